@@ -1,0 +1,378 @@
+//! Ocelot's load balancers (`src/LoadBalancer/*`) on `pingora-load-balancing`.
+//!
+//! Every route owns a [`Pool`]: a Pingora `LoadBalancer` whose backends come
+//! from [`HostDiscovery`], which resolves the route's `DownstreamHostAndPorts`
+//! off the worker threads and keeps the last good address of a host whose
+//! lookup fails. Pingora's round robin serves `RoundRobin`; the balancers
+//! Pingora lacks (`NoLoadBalancer`, `LeastConnection`, `CookieStickySessions`)
+//! pick among the same backends, so health state (issue 3) applies to all.
+
+use async_trait::async_trait;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_limits::inflight::{Guard, Inflight};
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which balancer a route asked for (`LoadBalancerOptions.Type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BalancerKind {
+    NoLoadBalancer,
+    RoundRobin,
+    LeastConnection,
+    CookieStickySessions { cookie: String, expiry: Duration },
+    /// Ocelot looks balancers up by exact name and answers 500 when none fits.
+    Unknown(String),
+}
+
+impl BalancerKind {
+    /// From the effective options; defaults as in Ocelot (`NoLoadBalancer`,
+    /// sticky cookie `.AspNetCore.Session`, expiry 20 minutes).
+    pub fn from_options(kind: Option<&str>, key: Option<&str>, expiry_ms: Option<i64>) -> BalancerKind {
+        match kind.unwrap_or("") {
+            "" | "NoLoadBalancer" => BalancerKind::NoLoadBalancer,
+            "RoundRobin" => BalancerKind::RoundRobin,
+            "LeastConnection" => BalancerKind::LeastConnection,
+            "CookieStickySessions" => BalancerKind::CookieStickySessions {
+                cookie: key.filter(|k| !k.is_empty()).unwrap_or(".AspNetCore.Session").to_string(),
+                expiry: Duration::from_millis(expiry_ms.filter(|e| *e > 0).unwrap_or(1_200_000) as u64),
+            },
+            other => BalancerKind::Unknown(other.to_string()),
+        }
+    }
+}
+
+/// What a backend is besides its address: its place in the route's list (for
+/// "the first one" semantics) and the authority to send as `Host` and SNI.
+#[derive(Debug, Clone)]
+pub struct BackendMeta {
+    pub index: usize,
+    pub host: Arc<str>,
+    pub authority: Arc<str>,
+}
+
+/// One `DownstreamHostAndPorts` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Resolves the route's targets. A failed lookup keeps the last good address,
+/// so a DNS hiccup never empties a pool that was working.
+pub struct HostDiscovery {
+    targets: Vec<Target>,
+    last_good: Mutex<HashMap<usize, SocketAddr>>,
+}
+
+impl HostDiscovery {
+    pub fn new(targets: Vec<Target>) -> Self {
+        HostDiscovery {
+            targets,
+            last_good: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn resolve(target: &Target) -> std::io::Result<SocketAddr> {
+        if let Ok(ip) = target.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, target.port));
+        }
+        // tokio runs getaddrinfo on its blocking pool, so no worker thread waits.
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port)).await?.collect();
+        // Ocelot treats an entry as one service; when a name has several
+        // addresses ("localhost" → ::1 and 127.0.0.1) prefer IPv4, which is
+        // what services listening on 0.0.0.0 are reachable on.
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for HostDiscovery {
+    async fn discover(&self) -> pingora_error::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut backends = BTreeSet::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            let resolved = match HostDiscovery::resolve(target).await {
+                Ok(addr) => {
+                    if let Ok(mut last) = self.last_good.lock() {
+                        last.insert(index, addr);
+                    }
+                    Some(addr)
+                }
+                Err(e) => {
+                    let fallback = self.last_good.lock().ok().and_then(|last| last.get(&index).copied());
+                    log::warn!(
+                        "cannot resolve downstream host {}:{}: {e}{}",
+                        target.host,
+                        target.port,
+                        if fallback.is_some() { "; keeping its last address" } else { "" }
+                    );
+                    fallback
+                }
+            };
+            if let Some(addr) = resolved {
+                let mut backend = Backend {
+                    addr: PingoraAddr::Inet(addr),
+                    weight: 1,
+                    ext: Default::default(),
+                };
+                backend.ext.insert(BackendMeta {
+                    index,
+                    host: target.host.as_str().into(),
+                    authority: format!("{}:{}", target.host, target.port).into(),
+                });
+                backends.insert(backend);
+            }
+        }
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// A chosen backend. Holding it counts as one in-flight request for
+/// `LeastConnection`; dropping it ends that.
+pub struct Selected {
+    pub addr: SocketAddr,
+    pub meta: BackendMeta,
+    _inflight: Option<Guard>,
+}
+
+/// Cookie → backend map for `CookieStickySessions`, shared by every route (and
+/// every config reload): routes that use the same cookie name share stickiness,
+/// as in Ocelot.
+#[derive(Default)]
+pub struct StickySessions {
+    entries: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+}
+
+/// Bounds the sticky map so a flood of distinct cookie values cannot grow memory
+/// without limit; past it, new sessions are balanced but not remembered.
+const STICKY_CAPACITY: usize = 100_000;
+
+impl StickySessions {
+    fn lookup(&self, key: &str, now: Instant) -> Option<SocketAddr> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(key).filter(|(_, expires)| *expires > now).map(|(addr, _)| *addr)
+    }
+
+    fn remember(&self, key: String, addr: SocketAddr, expires: Instant) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.len() >= STICKY_CAPACITY && !entries.contains_key(&key) {
+            let now = Instant::now();
+            entries.retain(|_, (_, exp)| *exp > now);
+            if entries.len() >= STICKY_CAPACITY {
+                return;
+            }
+        }
+        entries.insert(key, (addr, expires));
+    }
+}
+
+/// A route's backends and its balancer.
+pub struct Pool {
+    pub kind: BalancerKind,
+    lb: LoadBalancer<RoundRobin>,
+    inflight: Inflight,
+}
+
+impl Pool {
+    pub fn new(kind: BalancerKind, targets: Vec<Target>) -> Pool {
+        let backends = Backends::new(Box::new(HostDiscovery::new(targets)));
+        Pool {
+            kind,
+            lb: LoadBalancer::from_backends(backends),
+            inflight: Inflight::new(),
+        }
+    }
+
+    /// Re-runs discovery (DNS) and rebuilds the selector.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.lb.update().await {
+            log::warn!("refreshing backends failed: {e}");
+        }
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.lb.backends().get_backend().len()
+    }
+
+    /// Picks a backend by the route's balancer, or `None` when no backend is
+    /// available. `cookies` is the request's `Cookie` header values.
+    pub fn select<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>, sticky: &StickySessions) -> Option<Selected> {
+        let backend = match &self.kind {
+            BalancerKind::NoLoadBalancer => self.first_ready(),
+            BalancerKind::RoundRobin => self.lb.select(b"", 256),
+            BalancerKind::LeastConnection => self.least_busy(),
+            BalancerKind::CookieStickySessions { cookie, expiry } => {
+                let value = cookie_value(cookies, cookie.as_bytes()).unwrap_or_default();
+                // Ocelot keys stickiness by cookie value; clients without the
+                // cookie all share the empty value.
+                let key = format!("{cookie}:{value}");
+                let now = Instant::now();
+                let remembered = sticky.lookup(&key, now).and_then(|addr| self.ready_backend(addr));
+                let chosen = remembered.or_else(|| self.lb.select(b"", 256))?;
+                if let Some(addr) = chosen.addr.as_inet() {
+                    // Sliding expiry: every request renews the session.
+                    sticky.remember(key, *addr, now + *expiry);
+                }
+                Some(chosen)
+            }
+            BalancerKind::Unknown(_) => None,
+        }?;
+        self.selected(backend)
+    }
+
+    fn selected(&self, backend: Backend) -> Option<Selected> {
+        let addr = *backend.addr.as_inet()?;
+        let meta = backend.ext.get::<BackendMeta>()?.clone();
+        let guard = match self.kind {
+            BalancerKind::LeastConnection => Some(self.inflight.incr(addr, 1).0),
+            _ => None,
+        };
+        Some(Selected {
+            addr,
+            meta,
+            _inflight: guard,
+        })
+    }
+
+    fn index_of(backend: &Backend) -> usize {
+        backend.ext.get::<BackendMeta>().map_or(usize::MAX, |m| m.index)
+    }
+
+    fn first_ready(&self) -> Option<Backend> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .min_by_key(|b| Pool::index_of(b))
+            .cloned()
+    }
+
+    fn least_busy(&self) -> Option<Backend> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .min_by_key(|b| {
+                let load = b.addr.as_inet().map_or(0, |addr| self.inflight.incr(*addr, 0).1);
+                (load, Pool::index_of(b))
+            })
+            .cloned()
+    }
+
+    fn ready_backend(&self, addr: SocketAddr) -> Option<Backend> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .find(|b| b.addr.as_inet() == Some(&addr) && backends.ready(b))
+            .cloned()
+    }
+}
+
+/// The value of cookie `name` in any of the `Cookie` headers.
+pub fn cookie_value<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<String> {
+    for header in headers {
+        for pair in header.split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if let Some(rest) = pair.strip_prefix(name) {
+                if let Some(value) = rest.strip_prefix(b"=") {
+                    return std::str::from_utf8(value).ok().map(str::to_string);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(kind: BalancerKind, ports: &[u16]) -> Pool {
+        let targets = ports.iter().map(|p| Target { host: "127.0.0.1".into(), port: *p }).collect();
+        Pool::new(kind, targets)
+    }
+
+    fn pick(p: &Pool, sticky: &StickySessions, cookie: Option<&str>) -> Selected {
+        let cookies: Vec<&[u8]> = cookie.map(|c| c.as_bytes()).into_iter().collect();
+        p.select(cookies.into_iter(), sticky).expect("a backend")
+    }
+
+    #[tokio::test]
+    async fn no_load_balancer_takes_the_first_entry() {
+        let p = pool(BalancerKind::NoLoadBalancer, &[9003, 9001, 9002]);
+        p.refresh().await;
+        let s = StickySessions::default();
+        for _ in 0..3 {
+            assert_eq!(pick(&p, &s, None).addr.port(), 9003);
+        }
+    }
+
+    #[tokio::test]
+    async fn round_robin_rotates() {
+        let p = pool(BalancerKind::RoundRobin, &[9001, 9002]);
+        p.refresh().await;
+        let s = StickySessions::default();
+        let ports: Vec<u16> = (0..4).map(|_| pick(&p, &s, None).addr.port()).collect();
+        assert_ne!(ports[0], ports[1]);
+        assert_eq!(ports[0], ports[2]);
+        assert_eq!(ports[1], ports[3]);
+    }
+
+    #[tokio::test]
+    async fn least_connection_avoids_the_busy_backend() {
+        let p = pool(BalancerKind::LeastConnection, &[9001, 9002]);
+        p.refresh().await;
+        let s = StickySessions::default();
+        let first = pick(&p, &s, None);
+        assert_eq!(first.addr.port(), 9001);
+        let second = pick(&p, &s, None);
+        assert_eq!(second.addr.port(), 9002);
+        drop(first);
+        assert_eq!(pick(&p, &s, None).addr.port(), 9001);
+    }
+
+    #[tokio::test]
+    async fn sticky_sessions_follow_the_cookie() {
+        let kind = BalancerKind::from_options(Some("CookieStickySessions"), Some("sid"), Some(60_000));
+        let p = pool(kind, &[9001, 9002, 9003]);
+        p.refresh().await;
+        let s = StickySessions::default();
+        let a = pick(&p, &s, Some("x=1; sid=alice")).addr;
+        let b = pick(&p, &s, Some("sid=bob")).addr;
+        for _ in 0..5 {
+            assert_eq!(pick(&p, &s, Some("sid=alice; y=2")).addr, a);
+            assert_eq!(pick(&p, &s, Some("sid=bob")).addr, b);
+        }
+    }
+
+    #[tokio::test]
+    async fn unresolvable_hosts_leave_an_empty_pool_not_a_panic() {
+        let p = Pool::new(
+            BalancerKind::RoundRobin,
+            vec![Target { host: "no-such-host.invalid".into(), port: 80 }],
+        );
+        p.refresh().await;
+        assert_eq!(p.backend_count(), 0);
+        assert!(p.select(std::iter::empty(), &StickySessions::default()).is_none());
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let h: Vec<&[u8]> = vec![b"a=1; session=xyz; b=2"];
+        assert_eq!(cookie_value(h.into_iter(), b"session").as_deref(), Some("xyz"));
+        let h: Vec<&[u8]> = vec![b"sessionx=1"];
+        assert_eq!(cookie_value(h.into_iter(), b"session"), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! `gateway`: command line → settings → configuration → Pingora server.
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use gateway::admin::{AdminApp, Lifecycle, Readiness};
+use gateway::balancing::StickySessions;
+use gateway::proxy::Gateway;
+use gateway::routing::{BackendRefresher, Snapshot};
+use gateway::settings::Settings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An Ocelot-compatible API gateway: serves the routes of an existing
+/// `ocelot.json` (or a folder of `ocelot.*.json`) unchanged.
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version)]
+struct Cli {
+    /// The `ocelot.json` file, or a folder of `ocelot.*.json` files to merge.
+    #[arg(long, value_name = "FILE|DIR")]
+    ocelot: Option<PathBuf>,
+    /// Environment for the `ocelot.{Environment}.json` overlay
+    /// (default: $ASPNETCORE_ENVIRONMENT or $DOTNET_ENVIRONMENT, as ASP.NET does).
+    #[arg(long, value_name = "NAME")]
+    environment: Option<String>,
+    /// Proxy listener address; repeat for several (default 0.0.0.0:8080).
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Admin listener address for /healthz and /readyz (default 0.0.0.0:9901).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Gateway settings file (YAML).
+    #[arg(long, value_name = "FILE")]
+    settings: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 if it loads, 1 with its errors otherwise.
+    #[arg(short = 't', long = "check")]
+    check: bool,
+    /// Take over the listening sockets of a running gateway (Pingora graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Pingora server configuration (YAML); gateway settings override it.
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    conf: Option<String>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut settings = match &cli.settings {
+        Some(path) => Settings::load(path)?,
+        None => Settings::default(),
+    };
+    if cli.ocelot.is_some() {
+        settings.ocelot = cli.ocelot.clone();
+    }
+    if cli.environment.is_some() {
+        settings.environment = cli.environment.clone();
+    }
+    if !cli.listen.is_empty() {
+        settings.listen = cli.listen.clone();
+    }
+    if cli.admin_listen.is_some() {
+        settings.admin_listen = cli.admin_listen.clone();
+    }
+    let environment = settings
+        .environment
+        .clone()
+        .or_else(|| std::env::var("ASPNETCORE_ENVIRONMENT").ok())
+        .or_else(|| std::env::var("DOTNET_ENVIRONMENT").ok());
+    let ocelot = settings
+        .ocelot
+        .clone()
+        .ok_or("no configuration: pass --ocelot <FILE|DIR> or set `ocelot:` in the settings file")?;
+
+    let loaded = match ocelot_compat::load(&ocelot, environment.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(diags) => {
+            eprint!("{diags}");
+            let count = diags.errors().count();
+            return Err(format!("{}: configuration has {count} error(s); not starting", ocelot.display()));
+        }
+    };
+    let snapshot = Snapshot::build(loaded);
+    for warning in &snapshot.warnings {
+        log::warn!("{warning}");
+    }
+    if cli.check {
+        println!(
+            "{}: OK ({} routes, {} aggregates, {} dynamic routes, {} warnings)",
+            ocelot.display(),
+            snapshot.config.routes.len(),
+            snapshot.config.aggregates.len(),
+            snapshot.config.dynamic_routes.len(),
+            snapshot.warnings.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Resolve downstream hosts once before serving, so the first requests have backends.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(snapshot.refresh_backends());
+    drop(runtime);
+
+    let mut conf = match &cli.conf {
+        Some(path) => ServerConf::load_from_yaml(path).map_err(|e| format!("{path}: {e}"))?,
+        None => ServerConf::new().ok_or("cannot build the default server configuration")?,
+    };
+    if let Some(threads) = settings.threads {
+        conf.threads = threads.max(1);
+    } else if cli.conf.is_none() {
+        conf.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    conf.grace_period_seconds = settings.grace_period_seconds.or(conf.grace_period_seconds).or(Some(15));
+    conf.graceful_shutdown_timeout_seconds = settings.graceful_shutdown_timeout_seconds.or(conf.graceful_shutdown_timeout_seconds).or(Some(5));
+    if let Some(size) = settings.upstream_keepalive_pool_size {
+        conf.upstream_keepalive_pool_size = size;
+    } else if cli.conf.is_none() {
+        conf.upstream_keepalive_pool_size = 1024;
+    }
+    if let Some(ca) = &settings.upstream_ca_file {
+        conf.ca_file = Some(ca.to_string_lossy().into_owned());
+    }
+    if let Some(sock) = &settings.upgrade_sock {
+        conf.upgrade_sock = sock.clone();
+    }
+    if let Some(pid) = &settings.pid_file {
+        conf.pid_file = pid.clone();
+    }
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let gateway = Gateway {
+        state: state.clone(),
+        sticky: Arc::new(StickySessions::default()),
+    };
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let listen = if settings.listen.is_empty() {
+        vec!["0.0.0.0:8080".to_string()]
+    } else {
+        settings.listen.clone()
+    };
+    for addr in &listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    let readiness = Arc::new(Readiness::default());
+    let mut admin = Service::new("admin".to_string(), AdminApp { readiness: readiness.clone() });
+    admin.add_tcp(settings.admin_listen.as_deref().unwrap_or("0.0.0.0:9901"));
+    server.add_service(admin);
+    server.add_service(background_service("lifecycle", Lifecycle { readiness }));
+    server.add_service(background_service(
+        "dns refresh",
+        BackendRefresher {
+            state,
+            every: Duration::from_secs(settings.dns_refresh_seconds.max(1)),
+        },
+    ));
+    log::info!("gateway listening on {}", listen.join(", "));
+    server.run_forever()
+}

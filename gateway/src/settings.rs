@@ -1,0 +1,96 @@
+//! Gateway settings: everything `ocelot.json` cannot say (listeners, TLS trust,
+//! process options). One YAML file, every key optional; command-line flags win.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The settings file. Unknown keys are rejected so a typo never silently turns
+/// a setting off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `ocelot.json` file, or a folder of `ocelot.*.json` files to merge.
+    pub ocelot: Option<PathBuf>,
+    /// Environment name for the `ocelot.{Environment}.json` overlay.
+    pub environment: Option<String>,
+    /// Proxy listeners (`host:port`).
+    pub listen: Vec<String>,
+    /// Admin listener serving `/healthz` and `/readyz`.
+    pub admin_listen: Option<String>,
+    /// Worker threads for the proxy service (default: one per core).
+    pub threads: Option<usize>,
+    /// Extra CA bundle (PEM) trusted when verifying upstream TLS certificates.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// How often host names in `DownstreamHostAndPorts` are re-resolved.
+    pub dns_refresh_seconds: u64,
+    /// Seconds to keep serving after SIGTERM before the final shutdown step
+    /// (default 15, to fit Kubernetes' 30 s termination grace; Pingora's own is 300).
+    pub grace_period_seconds: Option<u64>,
+    /// Seconds the final shutdown step may take (default 5).
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Idle upstream connections kept per process (default 1024).
+    pub upstream_keepalive_pool_size: Option<usize>,
+    /// Pingora's upgrade socket (`gateway -u` hands the listeners over through it).
+    pub upgrade_sock: Option<String>,
+    /// Pid file written by Pingora.
+    pub pid_file: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ocelot: None,
+            environment: None,
+            listen: Vec::new(),
+            admin_listen: None,
+            threads: None,
+            upstream_ca_file: None,
+            dns_refresh_seconds: 30,
+            grace_period_seconds: None,
+            graceful_shutdown_timeout_seconds: None,
+            upstream_keepalive_pool_size: None,
+            upgrade_sock: None,
+            pid_file: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads a settings file; errors name the file and, for YAML errors, the line.
+    pub fn load(path: &Path) -> Result<Settings, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read settings: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Ok(Settings::default());
+        }
+        let mut settings: Settings = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Relative paths in the settings file are relative to the file, not to the
+        // working directory, so a settings file can be moved with its config.
+        if let Some(dir) = path.parent() {
+            for p in [&mut settings.ocelot, &mut settings.upstream_ca_file].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s: Settings = serde_yaml::from_str("listen: ['127.0.0.1:1']\nthreads: 3\n").expect("yaml");
+        assert_eq!(s.listen, vec!["127.0.0.1:1"]);
+        assert_eq!(s.threads, Some(3));
+        assert_eq!(s.grace_period_seconds, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = serde_yaml::from_str::<Settings>("lissten: []\n").expect_err("typo must fail");
+        assert!(e.to_string().contains("lissten"), "{e}");
+    }
+}

@@ -1,0 +1,362 @@
+//! Startup validation, as Ocelot's `src/Configuration/Validator/*` does it, but
+//! reporting every problem at once, each naming its route and field. Things
+//! Ocelot only discovers per request (an unknown balancer, a scheme nobody
+//! registered) are warnings here: the config still loads, as it would in Ocelot.
+
+use crate::diag::Diagnostic;
+use crate::model::{FileAggregateRoute, FileConfiguration, FileRateLimitOptions, FileRoute};
+use crate::template::placeholder_names;
+
+/// Balancers Ocelot ships; its lookup is exact and case-sensitive.
+pub const KNOWN_BALANCERS: [&str; 4] = ["NoLoadBalancer", "RoundRobin", "LeastConnection", "CookieStickySessions"];
+
+/// Every problem in the file model. The caller decides what to do with warnings.
+pub fn validate(config: &FileConfiguration) -> Vec<Diagnostic> {
+    let mut d = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        validate_route(route, &route.describe(i), &mut d);
+    }
+    validate_duplicate_routes(config, &mut d);
+    for (i, agg) in config.aggregates.iter().enumerate() {
+        validate_aggregate(config, agg, &agg.describe(i), &mut d);
+    }
+    validate_duplicate_aggregates(config, &mut d);
+    if let Some(rl) = &config.global.rate_limit_options {
+        validate_rate_limit(rl, "GlobalConfiguration", "RateLimitOptions", false, &mut d);
+    }
+    for (i, route) in config.dynamic_routes.iter().enumerate() {
+        let location = match &route.service_name {
+            Some(name) => format!("DynamicRoutes[{i}] ({name})"),
+            None => format!("DynamicRoutes[{i}]"),
+        };
+        if let Some(rl) = &route.rate_limit_options {
+            validate_rate_limit(rl, &location, "RateLimitOptions", true, &mut d);
+        }
+        validate_http_version(route.downstream_http_version.as_deref(), route.downstream_http_version_policy.as_deref(), &location, &mut d);
+    }
+    validate_http_version(
+        config.global.downstream_http_version.as_deref(),
+        config.global.downstream_http_version_policy.as_deref(),
+        "GlobalConfiguration",
+        &mut d,
+    );
+    d
+}
+
+/// The checks Ocelot applies to a path template, upstream or downstream.
+fn validate_path_template(template: Option<&str>, location: &str, field: &str, d: &mut Vec<Diagnostic>) {
+    let Some(template) = template.filter(|t| !t.is_empty()) else {
+        d.push(Diagnostic::error(location, field, "is required"));
+        return;
+    };
+    if !template.starts_with('/') {
+        d.push(Diagnostic::error(location, field, format!("'{template}' must start with '/'")));
+    }
+    if template.contains("//") {
+        d.push(Diagnostic::error(location, field, format!("'{template}' must not contain '//'")));
+    }
+    let lower = template.to_ascii_lowercase();
+    if lower.contains("http://") || lower.contains("https://") {
+        d.push(Diagnostic::error(location, field, format!("'{template}' must not contain a scheme")));
+    }
+    if template.matches('{').count() != template.matches('}').count() {
+        d.push(Diagnostic::error(location, field, format!("'{template}' has unbalanced braces")));
+    }
+}
+
+fn validate_route(route: &FileRoute, location: &str, d: &mut Vec<Diagnostic>) {
+    validate_path_template(route.upstream_path_template.as_deref(), location, "UpstreamPathTemplate", d);
+    validate_path_template(route.downstream_path_template.as_deref(), location, "DownstreamPathTemplate", d);
+    if let Some(template) = &route.upstream_path_template {
+        let names = placeholder_names(template);
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                d.push(Diagnostic::error(location, "UpstreamPathTemplate", format!("placeholder {name} appears more than once")));
+            }
+        }
+    }
+    let uses_discovery = route.service_name.as_deref().is_some_and(|s| !s.trim().is_empty());
+    if !uses_discovery {
+        if route.downstream_host_and_ports.is_empty() {
+            d.push(Diagnostic::error(
+                location,
+                "DownstreamHostAndPorts",
+                "at least one host and port is required when ServiceName is not set",
+            ));
+        }
+        for (i, hp) in route.downstream_host_and_ports.iter().enumerate() {
+            if hp.host.trim().is_empty() {
+                d.push(Diagnostic::error(location, format!("DownstreamHostAndPorts[{i}].Host"), "must not be empty"));
+            }
+            if !(1..=65535).contains(&hp.port) {
+                d.push(Diagnostic::error(
+                    location,
+                    format!("DownstreamHostAndPorts[{i}].Port"),
+                    format!("{} is not a port number (1-65535)", hp.port),
+                ));
+            }
+        }
+    }
+    if let Some(scheme) = route.downstream_scheme.as_deref().filter(|s| !s.is_empty()) {
+        if !["http", "https", "ws", "wss"].iter().any(|k| k.eq_ignore_ascii_case(scheme)) {
+            d.push(Diagnostic::error(location, "DownstreamScheme", format!("'{scheme}' is not one of http, https, ws, wss")));
+        }
+    }
+    if let Some(method) = route.downstream_http_method.as_deref().filter(|m| !m.is_empty()) {
+        if !method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            d.push(Diagnostic::error(location, "DownstreamHttpMethod", format!("'{method}' is not a valid HTTP method")));
+        }
+    }
+    validate_http_version(route.downstream_http_version.as_deref(), route.downstream_http_version_policy.as_deref(), location, d);
+    if let Some(rl) = &route.rate_limit_options {
+        validate_rate_limit(rl, location, "RateLimitOptions", true, d);
+    }
+    if let Some(lb) = &route.load_balancer_options {
+        if let Some(kind) = lb.r#type.as_deref().filter(|t| !t.is_empty()) {
+            if !KNOWN_BALANCERS.contains(&kind) {
+                d.push(Diagnostic::warning(
+                    location,
+                    "LoadBalancerOptions.Type",
+                    format!("unknown load balancer '{kind}' (known: {}); requests to this route will get 500, as in Ocelot", KNOWN_BALANCERS.join(", ")),
+                ));
+            }
+        }
+    }
+    for (name, value) in &route.upstream_header_templates {
+        if name.trim().is_empty() {
+            d.push(Diagnostic::error(location, "UpstreamHeaderTemplates", format!("empty header name (template '{value}')")));
+        }
+    }
+}
+
+/// `DownstreamHttpVersion` must look like `1`, `1.1` or `2,0`; the policy is one of three exact names.
+fn validate_http_version(version: Option<&str>, policy: Option<&str>, location: &str, d: &mut Vec<Diagnostic>) {
+    if let Some(v) = version.filter(|v| !v.is_empty()) {
+        let b = v.as_bytes();
+        let ok = match b.len() {
+            1 => b[0].is_ascii_digit(),
+            3 => b[0].is_ascii_digit() && (b[1] == b'.' || b[1] == b',') && b[2].is_ascii_digit(),
+            _ => false,
+        };
+        if !ok {
+            d.push(Diagnostic::error(location, "DownstreamHttpVersion", format!("'{v}' is not an HTTP version such as 1.1 or 2.0")));
+        }
+    }
+    if let Some(p) = policy.filter(|p| !p.is_empty()) {
+        const POLICIES: [&str; 3] = ["RequestVersionExact", "RequestVersionOrLower", "RequestVersionOrHigher"];
+        if !POLICIES.contains(&p) {
+            d.push(Diagnostic::error(
+                location,
+                "DownstreamHttpVersionPolicy",
+                format!("'{p}' is not one of {}", POLICIES.join(", ")),
+            ));
+        }
+    }
+}
+
+/// Parses an Ocelot rate-limit duration: a number (decimals allowed) and an
+/// optional unit `ms`, `s`, `m`, `h` or `d`; no unit means milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = value * factor;
+    ms.is_finite().then_some(ms)
+}
+
+fn validate_rate_limit(rl: &FileRateLimitOptions, location: &str, field: &str, per_route: bool, d: &mut Vec<Diagnostic>) {
+    // Only a rule that limits something needs a limit and a period; a global
+    // section may carry just the shared settings (client header, message...).
+    let enabled = rl.enable_rate_limiting.unwrap_or(true);
+    let has_rule = per_route || rl.limit.is_some() || rl.period.is_some();
+    if !enabled || !has_rule {
+        return;
+    }
+    match rl.limit {
+        Some(limit) if limit <= 0 => d.push(Diagnostic::error(location, format!("{field}.Limit"), format!("must be greater than 0, got {limit}"))),
+        _ => {}
+    }
+    if let Some(period) = &rl.period {
+        match parse_duration_ms(period) {
+            Some(ms) if ms > 0.0 => {}
+            _ => d.push(Diagnostic::error(
+                location,
+                format!("{field}.Period"),
+                format!("'{period}' is not a period such as 500ms, 1s, 5m, 1h or 1d"),
+            )),
+        }
+    }
+    if let Some(wait) = rl.wait.as_deref().filter(|w| !w.is_empty()) {
+        if parse_duration_ms(wait).is_none() {
+            d.push(Diagnostic::error(location, format!("{field}.Wait"), format!("'{wait}' is not a duration such as 500ms or 1s")));
+        }
+    }
+}
+
+fn same_host(a: Option<&str>, b: Option<&str>) -> bool {
+    a.unwrap_or("") == b.unwrap_or("")
+}
+
+fn methods_overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty() || b.is_empty() || a.iter().any(|m| b.iter().any(|n| m.eq_ignore_ascii_case(n)))
+}
+
+fn same_headers(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.iter().any(|(k2, v2)| k.eq_ignore_ascii_case(k2) && v == v2))
+}
+
+fn validate_duplicate_routes(config: &FileConfiguration, d: &mut Vec<Diagnostic>) {
+    for (i, a) in config.routes.iter().enumerate() {
+        let Some(template) = a.upstream_path_template.as_deref() else { continue };
+        for (j, b) in config.routes.iter().enumerate().take(i) {
+            if b.upstream_path_template.as_deref() == Some(template)
+                && same_host(a.upstream_host.as_deref(), b.upstream_host.as_deref())
+                && same_headers(&a.upstream_header_templates, &b.upstream_header_templates)
+                && methods_overlap(&a.upstream_http_method, &b.upstream_http_method)
+            {
+                d.push(Diagnostic::error(
+                    a.describe(i),
+                    "UpstreamPathTemplate",
+                    format!("duplicates {} (same template, host, header templates and overlapping methods)", b.describe(j)),
+                ));
+            }
+        }
+        for (j, agg) in config.aggregates.iter().enumerate() {
+            let route_allows_get = a.upstream_http_method.is_empty() || a.upstream_http_method.iter().any(|m| m.eq_ignore_ascii_case("GET"));
+            if agg.upstream_path_template.as_deref() == Some(template)
+                && same_host(a.upstream_host.as_deref(), agg.upstream_host.as_deref())
+                && route_allows_get
+            {
+                d.push(Diagnostic::error(a.describe(i), "UpstreamPathTemplate", format!("collides with {}", agg.describe(j))));
+            }
+        }
+    }
+}
+
+fn validate_aggregate(config: &FileConfiguration, agg: &FileAggregateRoute, location: &str, d: &mut Vec<Diagnostic>) {
+    validate_path_template(agg.upstream_path_template.as_deref(), location, "UpstreamPathTemplate", d);
+    if agg.route_keys.is_empty() {
+        d.push(Diagnostic::error(location, "RouteKeys", "an aggregate needs at least one route key"));
+    }
+    for key in &agg.route_keys {
+        match config.routes.iter().find(|r| r.key.as_deref() == Some(key.as_str())) {
+            None => d.push(Diagnostic::error(location, "RouteKeys", format!("no route has Key '{key}'"))),
+            Some(route) if route.request_id_key.as_deref().is_some_and(|k| !k.is_empty()) => d.push(Diagnostic::error(
+                location,
+                "RouteKeys",
+                format!("route '{key}' sets RequestIdKey, which aggregated routes may not"),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (i, c) in agg.route_keys_config.iter().enumerate() {
+        if let Some(key) = &c.route_key {
+            if !agg.route_keys.contains(key) {
+                d.push(Diagnostic::error(location, format!("RouteKeysConfig[{i}].RouteKey"), format!("'{key}' is not one of RouteKeys")));
+            }
+        }
+    }
+}
+
+fn validate_duplicate_aggregates(config: &FileConfiguration, d: &mut Vec<Diagnostic>) {
+    for (i, a) in config.aggregates.iter().enumerate() {
+        for (j, b) in config.aggregates.iter().enumerate().take(i) {
+            if a.upstream_path_template.is_some()
+                && a.upstream_path_template == b.upstream_path_template
+                && same_host(a.upstream_host.as_deref(), b.upstream_host.as_deref())
+                && same_headers(&a.upstream_header_templates, &b.upstream_header_templates)
+            {
+                d.push(Diagnostic::error(a.describe(i), "UpstreamPathTemplate", format!("duplicates {}", b.describe(j))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::from_value;
+    use serde_json::json;
+
+    fn errors(v: serde_json::Value) -> Vec<String> {
+        let (c, diags) = from_value(&v);
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
+        validate(&c).into_iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
+    }
+
+    fn route(up: &str, down: &str) -> serde_json::Value {
+        json!({"UpstreamPathTemplate": up, "DownstreamPathTemplate": down, "DownstreamHostAndPorts": [{"Host": "localhost", "Port": 80}]})
+    }
+
+    #[test]
+    fn a_valid_config_has_no_errors() {
+        assert!(errors(json!({"Routes": [route("/a/{id}", "/b/{id}")]})).is_empty());
+    }
+
+    #[test]
+    fn reports_every_problem_with_route_and_field() {
+        let e = errors(json!({"Routes": [
+            {"UpstreamPathTemplate": "api", "DownstreamPathTemplate": "//x", "DownstreamHostAndPorts": []},
+            {"UpstreamPathTemplate": "/a/{id}/{id}", "DownstreamPathTemplate": "http://x/", "DownstreamHostAndPorts": [{"Host": "", "Port": 0}],
+             "RateLimitOptions": {"Limit": 0, "Period": "1 fortnight"}, "DownstreamHttpVersion": "x", "DownstreamScheme": "ftp"}
+        ]}));
+        let expected = [
+            "error: Routes[0] (api): UpstreamPathTemplate: 'api' must start with '/'",
+            "error: Routes[0] (api): DownstreamPathTemplate: '//x' must not contain '//'",
+            "error: Routes[0] (api): DownstreamHostAndPorts: at least one host and port is required when ServiceName is not set",
+            "error: Routes[1] (/a/{id}/{id}): UpstreamPathTemplate: placeholder {id} appears more than once",
+            "error: Routes[1] (/a/{id}/{id}): DownstreamPathTemplate: 'http://x/' must not contain a scheme",
+            "error: Routes[1] (/a/{id}/{id}): DownstreamHostAndPorts[0].Host: must not be empty",
+            "error: Routes[1] (/a/{id}/{id}): DownstreamHostAndPorts[0].Port: 0 is not a port number (1-65535)",
+            "error: Routes[1] (/a/{id}/{id}): DownstreamScheme: 'ftp' is not one of http, https, ws, wss",
+            "error: Routes[1] (/a/{id}/{id}): DownstreamHttpVersion: 'x' is not an HTTP version such as 1.1 or 2.0",
+            "error: Routes[1] (/a/{id}/{id}): RateLimitOptions.Limit: must be greater than 0, got 0",
+            "error: Routes[1] (/a/{id}/{id}): RateLimitOptions.Period: '1 fortnight' is not a period such as 500ms, 1s, 5m, 1h or 1d",
+        ];
+        for x in expected {
+            assert!(e.contains(&x.to_string()), "missing {x}\n got {e:#?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_routes_and_aggregates() {
+        let mut a = route("/x", "/x");
+        a["UpstreamHttpMethod"] = json!(["Get"]);
+        let mut b = route("/x", "/y");
+        b["UpstreamHttpMethod"] = json!(["GET", "POST"]);
+        let mut c = route("/x", "/z");
+        c["UpstreamHttpMethod"] = json!(["Put"]);
+        let mut k = route("/k", "/k");
+        k["Key"] = json!("k");
+        k["RequestIdKey"] = json!("X-Id");
+        let e = errors(json!({"Routes": [a, b, c, k],
+            "Aggregates": [{"UpstreamPathTemplate": "/x", "RouteKeys": ["k", "missing"]}, {"UpstreamPathTemplate": "/x", "RouteKeys": ["k"]}]}));
+        assert!(e.iter().any(|m| m.contains("Routes[1] (/x): UpstreamPathTemplate: duplicates Routes[0] (/x)")), "{e:#?}");
+        assert!(!e.iter().any(|m| m.contains("Routes[2] (/x): UpstreamPathTemplate: duplicates")), "{e:#?}");
+        assert!(e.iter().any(|m| m.contains("Routes[0] (/x): UpstreamPathTemplate: collides with Aggregates[0] (/x)")), "{e:#?}");
+        assert!(!e.iter().any(|m| m.contains("Routes[2] (/x): UpstreamPathTemplate: collides")), "{e:#?}");
+        assert!(e.iter().any(|m| m.contains("Aggregates[0] (/x): RouteKeys: no route has Key 'missing'")), "{e:#?}");
+        assert!(e.iter().any(|m| m.contains("route 'k' sets RequestIdKey")), "{e:#?}");
+        assert!(e.iter().any(|m| m.contains("Aggregates[1] (/x): UpstreamPathTemplate: duplicates Aggregates[0] (/x)")), "{e:#?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("1s"), Some(1000.0));
+        assert_eq!(parse_duration_ms("1.5m"), Some(90_000.0));
+        assert_eq!(parse_duration_ms("250"), Some(250.0));
+        assert_eq!(parse_duration_ms("250ms"), Some(250.0));
+        assert_eq!(parse_duration_ms("2d"), Some(172_800_000.0));
+        assert_eq!(parse_duration_ms("1w"), None);
+        assert_eq!(parse_duration_ms(""), None);
+    }
+}
