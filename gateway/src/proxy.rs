@@ -235,15 +235,18 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
         let code = status_for(e);
-        match code {
-            Some(code) if code >= 500 => log::warn!("route {route}: {e} → {code}"),
-            _ => log::debug!("route {route}: {e}"),
-        }
+        log::debug!("route {}: {e}", ctx.route().map(|r| r.name.as_str()).unwrap_or("-"));
         if let Some(code) = code {
-            if let Err(write_error) = session.respond_error(code).await {
-                log::debug!("cannot send error response: {write_error}");
+            // Ocelot's error responses are the bare status: no body, no extra headers.
+            match ResponseHeader::build(code, Some(1)) {
+                Ok(mut resp) => {
+                    let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
+                    if let Err(write_error) = session.write_error_response(resp, bytes::Bytes::new()).await {
+                        log::debug!("cannot send error response: {write_error}");
+                    }
+                }
+                Err(build_error) => log::error!("cannot build a {code} response: {build_error}"),
             }
         }
         FailToProxy {

@@ -223,10 +223,16 @@ fn validate_duplicate_routes(config: &FileConfiguration, d: &mut Vec<Diagnostic>
                 && same_headers(&a.upstream_header_templates, &b.upstream_header_templates)
                 && methods_overlap(&a.upstream_http_method, &b.upstream_http_method)
             {
-                d.push(Diagnostic::error(
+                // Ocelot's validator refuses this, but real configurations in
+                // production carry such duplicates (abp-next-admin does), and the
+                // first route wins every match anyway: warn, don't refuse.
+                d.push(Diagnostic::warning(
                     a.describe(i),
                     "UpstreamPathTemplate",
-                    format!("duplicates {} (same template, host, header templates and overlapping methods)", b.describe(j)),
+                    format!(
+                        "duplicates {} (same template, host, header templates and overlapping methods); the earlier route wins, this one is unreachable for the shared methods",
+                        b.describe(j)
+                    ),
                 ));
             }
         }
@@ -290,7 +296,7 @@ mod tests {
     fn errors(v: serde_json::Value) -> Vec<String> {
         let (c, diags) = from_value(&v);
         assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
-        validate(&c).into_iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect()
+        validate(&c).into_iter().map(|d| d.to_string()).collect()
     }
 
     fn route(up: &str, down: &str) -> serde_json::Value {
@@ -340,7 +346,7 @@ mod tests {
         k["RequestIdKey"] = json!("X-Id");
         let e = errors(json!({"Routes": [a, b, c, k],
             "Aggregates": [{"UpstreamPathTemplate": "/x", "RouteKeys": ["k", "missing"]}, {"UpstreamPathTemplate": "/x", "RouteKeys": ["k"]}]}));
-        assert!(e.iter().any(|m| m.contains("Routes[1] (/x): UpstreamPathTemplate: duplicates Routes[0] (/x)")), "{e:#?}");
+        assert!(e.iter().any(|m| m.starts_with("warning: Routes[1] (/x): UpstreamPathTemplate: duplicates Routes[0] (/x)")), "{e:#?}");
         assert!(!e.iter().any(|m| m.contains("Routes[2] (/x): UpstreamPathTemplate: duplicates")), "{e:#?}");
         assert!(e.iter().any(|m| m.contains("Routes[0] (/x): UpstreamPathTemplate: collides with Aggregates[0] (/x)")), "{e:#?}");
         assert!(!e.iter().any(|m| m.contains("Routes[2] (/x): UpstreamPathTemplate: collides")), "{e:#?}");

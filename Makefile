@@ -1,0 +1,77 @@
+# Developer and CI entry points. CI runs `make test` (see .ci/run).
+#
+#   make test    install missing system packages, build the gateway, run every test
+#   make run     demo: echo upstreams on :5001/:5002 behind the gateway on :8080
+#   make build   build the workspace binaries (dev profile)
+#   make lint    rustfmt check + clippy with warnings as errors
+#   make bench   (not yet)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# apt-get needs root; use sudo only when we are not root already.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+RUN_LISTEN ?= 127.0.0.1:8080
+RUN_ADMIN ?= 127.0.0.1:9901
+DEMO_UPSTREAMS ?= 127.0.0.1:5001 127.0.0.1:5002
+RUN_OCELOT ?= conf/ocelot.json
+# Binaries land here unless CARGO_TARGET_DIR moves them.
+BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
+
+.PHONY: help deps build test run lint bench
+
+help:
+	@sed -n '3,8p' Makefile | sed 's/^# *//'
+
+# System packages a fresh Debian with only Rust lacks: cmake (zlib-ng in
+# Pingora), a C/C++ toolchain and a full perl (vendored OpenSSL's Configure
+# needs IPC::Cmd and FindBin, which perl-base alone does not have). Each is
+# probed first, so this is a no-op on a machine that has them.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	echo 'int main(void){return 0;}' | cc -x c - -o /dev/null >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	echo 'int main(){return 0;}' | c++ -x c++ - -o /dev/null >/dev/null 2>&1 || missing="$$missing g++"; \
+	perl -MIPC::Cmd -MFindBin -MFile::Spec -e1 >/dev/null 2>&1 || missing="$$missing perl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+# One profile (dev, with optimised dependencies from the workspace Cargo.toml).
+# The e2e tests run the gateway binary, which `cargo test` does not rebuild by
+# itself, hence the explicit build first.
+test: deps
+	$(CARGO) build -p gateway
+	$(CARGO) test --workspace
+
+run: deps
+	$(CARGO) build -p gateway -p e2e --bins
+	@up=""; gw=""; \
+	trap 'kill -INT $$gw $$up 2>/dev/null; wait 2>/dev/null; echo; echo "stopped"' EXIT; \
+	trap 'exit 0' INT TERM; \
+	$(BIN_DIR)/demo-upstream $(DEMO_UPSTREAMS) & up=$$!; \
+	$(BIN_DIR)/gateway --ocelot $(RUN_OCELOT) --listen $(RUN_LISTEN) --admin-listen $(RUN_ADMIN) & gw=$$!; \
+	for _ in $$(seq 1 100); do \
+	  if (exec 3<>/dev/tcp/$(subst :,/,$(RUN_ADMIN)) && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3 | grep -q 200) 2>/dev/null; then break; fi; \
+	  kill -0 $$gw 2>/dev/null || { echo "gateway exited"; exit 1; }; \
+	  sleep 0.1; \
+	done; \
+	echo; \
+	echo "gateway on http://$(RUN_LISTEN) (admin http://$(RUN_ADMIN)), routes from $(RUN_OCELOT). Try:"; \
+	echo "  curl http://$(RUN_LISTEN)/demo/hello"; \
+	echo "  curl http://$(RUN_LISTEN)/users/42/orders/7"; \
+	echo "  curl http://$(RUN_LISTEN)/lb/any/path    (twice: round robin over :5001 and :5002)"; \
+	echo "Ctrl-C stops both."; \
+	wait $$gw
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	@echo "bench: not yet: benchmarks are still to be written."

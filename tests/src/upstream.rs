@@ -1,0 +1,492 @@
+//! A real HTTP/1.1 upstream ("echo server") for the gateway to proxy to.
+//!
+//! Every request is answered with a JSON description of what arrived (see
+//! [`Seen`]) and recorded, so a test can check both what the client got back
+//! and what the upstream saw. Special behaviour is requested with `x-echo-*`
+//! request headers rather than paths, so the path stays free for routing:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-echo-status: 503` | answer with that status |
+//! | `x-echo-reason: Custom Reason` | use that reason phrase in the status line |
+//! | `x-echo-header: Name: value` | add a response header (repeatable) |
+//! | `x-echo-delay-ms: N` | wait N ms before answering |
+//! | `x-echo-hold: KEY` | wait until the test calls [`EchoServer::release`] with KEY |
+//! | `x-echo-body-bytes: N` | stream an N-byte [`pattern`](crate::pattern) body instead of JSON |
+//! | `x-echo-chunked: 1` | with `x-echo-body-bytes`, send it chunked (no Content-Length) |
+//! | `x-echo-expect-pattern: 1` | check the request body against the pattern ([`Seen::body_pattern_ok`]) |
+//!
+//! Request bodies are consumed frame by frame and only counted, never buffered,
+//! so a 1 GiB upload costs the test process nothing.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pattern;
+use crate::pki::TestPki;
+
+pub const STATUS: &str = "x-echo-status";
+pub const REASON: &str = "x-echo-reason";
+pub const HEADER: &str = "x-echo-header";
+pub const DELAY_MS: &str = "x-echo-delay-ms";
+pub const HOLD: &str = "x-echo-hold";
+pub const BODY_BYTES: &str = "x-echo-body-bytes";
+pub const CHUNKED: &str = "x-echo-chunked";
+pub const EXPECT_PATTERN: &str = "x-echo-expect-pattern";
+
+/// A held request is let go after this long even if the test never releases
+/// it, so a failing test cannot leave a connection hanging forever.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+
+/// What one upstream saw of one request. It is also the JSON answer body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Seen {
+    /// Name of the echo server that answered (tells load-balanced backends apart).
+    pub server: String,
+    pub method: String,
+    /// Request path exactly as it arrived (still percent-encoded).
+    pub path: String,
+    /// Raw query after `?`, or null when the request target had no `?`.
+    pub query: Option<String>,
+    /// Header names are lower-case (hyper's HeaderMap); order is arrival order,
+    /// except that repeated names are grouped at their first position.
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    /// Set only when the request carried `x-echo-expect-pattern`.
+    #[serde(default)]
+    pub body_pattern_ok: Option<bool>,
+    pub version: String,
+    /// Whether the request came over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name indication the client sent, if any.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+impl Seen {
+    /// First value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    /// Path plus `?query` when there was one, as the upstream received it.
+    pub fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{}", self.path, q),
+            None => self.path.clone(),
+        }
+    }
+}
+
+struct State {
+    name: String,
+    seen: Mutex<Vec<Seen>>,
+    released: watch::Sender<HashSet<String>>,
+    connections: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+}
+
+/// A running echo server. Dropping it stops it.
+pub struct EchoServer {
+    name: String,
+    addr: SocketAddr,
+    state: Arc<State>,
+    pki: Option<TestPki>,
+    // Own runtime: the server keeps answering whatever the test's runtime is
+    // doing (blocking, shutting down), and works from sync and async tests.
+    rt: Option<Runtime>,
+}
+
+impl EchoServer {
+    /// Plain HTTP on 127.0.0.1 and a port chosen by the OS.
+    pub fn start(name: &str) -> EchoServer {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).expect("start echo server")
+    }
+
+    /// Plain HTTP on a given address (the `demo-upstream` binary uses this).
+    pub fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<EchoServer> {
+        Self::spawn(name, addr, None)
+    }
+
+    /// HTTPS with a certificate for `localhost` and `127.0.0.1` issued by a
+    /// fresh test CA (see [`EchoServer::write_ca_pem`]). Also listens on
+    /// `[::1]` at the same port when it can, because `localhost` may resolve
+    /// to either address.
+    pub fn start_tls(name: &str) -> EchoServer {
+        Self::start_tls_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// HTTPS with a certificate valid only for `cert_names`.
+    pub fn start_tls_for(name: &str, cert_names: &[&str]) -> EchoServer {
+        let pki = TestPki::generate(cert_names);
+        Self::spawn(name, "127.0.0.1:0".parse().unwrap(), Some(pki)).expect("start TLS echo server")
+    }
+
+    fn spawn(name: &str, addr: SocketAddr, pki: Option<TestPki>) -> std::io::Result<EchoServer> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("echo-{name}"))
+            .enable_all()
+            .build()?;
+        let state = Arc::new(State {
+            name: name.to_string(),
+            seen: Mutex::new(Vec::new()),
+            released: watch::Sender::new(HashSet::new()),
+            connections: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+        });
+        let acceptor = pki
+            .as_ref()
+            .map(|p| TlsAcceptor::from(Arc::new(p.server_config())));
+
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut listeners = vec![listener];
+        if pki.is_some() {
+            if let Ok(v6) = std::net::TcpListener::bind(("::1", addr.port())) {
+                v6.set_nonblocking(true)?;
+                listeners.push(v6);
+            }
+        }
+        {
+            let _guard = rt.enter();
+            for l in listeners {
+                let l = TcpListener::from_std(l)?;
+                rt.spawn(accept_loop(l, state.clone(), acceptor.clone()));
+            }
+        }
+        Ok(EchoServer {
+            name: name.to_string(),
+            addr,
+            state,
+            pki,
+            rt: Some(rt),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `{"Host": "127.0.0.1", "Port": port}` for `DownstreamHostAndPorts`.
+    pub fn host_and_port(&self) -> serde_json::Value {
+        serde_json::json!({ "Host": self.addr.ip().to_string(), "Port": self.port() })
+    }
+
+    /// `{"Host": "localhost", "Port": port}`: the name the TLS certificate is for.
+    pub fn localhost_and_port(&self) -> serde_json::Value {
+        serde_json::json!({ "Host": "localhost", "Port": self.port() })
+    }
+
+    /// Every request seen so far, in completion-of-body order.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    /// The only request seen; panics if there were none or several.
+    pub fn only_request(&self) -> Seen {
+        let all = self.requests();
+        assert_eq!(
+            all.len(),
+            1,
+            "{} expected exactly one request, saw {all:#?}",
+            self.name
+        );
+        all.into_iter().next().unwrap()
+    }
+
+    /// TCP connections accepted (a refused TLS handshake still counts).
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (e.g. the client rejected our certificate).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.state.tls_handshake_failures.load(Ordering::SeqCst)
+    }
+
+    /// Let every request held with `x-echo-hold: key` answer.
+    pub fn release(&self, key: &str) {
+        self.state.released.send_modify(|s| {
+            s.insert(key.to_string());
+        });
+    }
+
+    /// Poll until at least `n` requests were seen; panics after `timeout`.
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: waited {timeout:?} for {n} requests, saw {}",
+                self.name,
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// PEM of the CA that issued this server's certificate (TLS mode only).
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.as_ref().expect("not a TLS echo server").ca_pem
+    }
+
+    /// Write the CA PEM to `path`, e.g. for the gateway's `upstream_ca_file`.
+    pub fn write_ca_pem(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.ca_pem())
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // shutdown_background is the one way to drop a runtime that is
+            // allowed from inside another runtime (async tests).
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
+    loop {
+        let Ok((tcp, _peer)) = listener.accept().await else {
+            continue;
+        };
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve(tcp, state, false, None).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        let sni = stream.get_ref().1.server_name().map(str::to_string);
+                        serve(stream, state, true, sni).await
+                    }
+                    Err(_) => {
+                        state.tls_handshake_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            }
+        });
+    }
+}
+
+async fn serve<IO>(io: IO, state: Arc<State>, tls: bool, sni: Option<String>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(state.clone(), tls, sni.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+type EchoBody = BoxBody<Bytes, Infallible>;
+
+fn header_str<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn handle(
+    state: Arc<State>,
+    tls: bool,
+    sni: Option<String>,
+    req: Request<Incoming>,
+) -> Result<Response<EchoBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let check_pattern = parts.headers.contains_key(EXPECT_PATTERN);
+
+    let mut body_len = 0u64;
+    let mut pattern_ok = true;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The client went away mid-body; record what did arrive.
+            pattern_ok = false;
+            break;
+        };
+        if let Some(data) = frame.data_ref() {
+            if check_pattern && pattern_ok && !pattern::matches_at(body_len, data) {
+                pattern_ok = false;
+            }
+            body_len += data.len() as u64;
+        }
+    }
+
+    let seen = Seen {
+        server: state.name.clone(),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body_len,
+        body_pattern_ok: check_pattern.then_some(pattern_ok),
+        version: format!("{:?}", parts.version),
+        tls,
+        sni,
+    };
+    state.seen.lock().unwrap().push(seen.clone());
+
+    if let Some(key) = header_str(&parts, HOLD) {
+        let mut rx = state.released.subscribe();
+        let _ = tokio::time::timeout(MAX_HOLD, rx.wait_for(|s| s.contains(key))).await;
+    }
+    if let Some(ms) = header_str(&parts, DELAY_MS).and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let status = header_str(&parts, STATUS)
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|v| StatusCode::from_u16(v).ok())
+        .unwrap_or(StatusCode::OK);
+    let bodiless = status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::NO_CONTENT
+        || status.is_informational()
+        || parts.method == http::Method::HEAD;
+
+    let body: EchoBody = if bodiless {
+        Empty::new().boxed()
+    } else if let Some(n) = header_str(&parts, BODY_BYTES).and_then(|v| v.parse().ok()) {
+        PatternBody {
+            offset: 0,
+            total: n,
+            chunked: parts.headers.contains_key(CHUNKED),
+        }
+        .boxed()
+    } else {
+        Full::new(Bytes::from(serde_json::to_vec(&seen).unwrap())).boxed()
+    };
+
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if !bodiless && !parts.headers.contains_key(BODY_BYTES) {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    for v in parts.headers.get_all(HEADER) {
+        let Some((name, value)) = v.to_str().ok().and_then(|s| s.split_once(':')) else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.trim().as_bytes()),
+            http::HeaderValue::from_str(value.trim()),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    if let Some(reason) = parts.headers.get(REASON) {
+        if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes()) {
+            resp.extensions_mut().insert(r);
+        }
+    }
+    Ok(resp)
+}
+
+/// A response body of `total` pattern bytes, produced chunk by chunk on demand.
+struct PatternBody {
+    offset: u64,
+    total: u64,
+    chunked: bool,
+}
+
+impl http_body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let left = self.total - self.offset;
+        if left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = left.min(pattern::CHUNK as u64) as usize;
+        let chunk = pattern::chunk_at(self.offset, n);
+        self.offset += n as u64;
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.offset == self.total
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.chunked {
+            // An unknown size makes hyper use Transfer-Encoding: chunked.
+            SizeHint::default()
+        } else {
+            SizeHint::with_exact(self.total - self.offset)
+        }
+    }
+}

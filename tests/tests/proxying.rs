@@ -1,0 +1,267 @@
+//! What the gateway sends upstream and hands back (spec §7.2): method
+//! override, Host, header forwarding, hop-by-hop removal, bodies, response
+//! headers.
+
+use e2e::{
+    assert_routed, bounded, client, config, get, raw, route, send, with, EchoServer, Gateway, Seen,
+};
+use serde_json::json;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_http_method_overrides_the_method() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![with(
+            route("/m", "/m", &[&up]),
+            json!({ "UpstreamHttpMethod": ["Post"], "DownstreamHttpMethod": "PUT" }),
+        )]))
+        .await;
+        let r = send(client().post(gw.url("/m")).body("0123456789"), &[]).await;
+        let seen = assert_routed(&r, "up", "/m");
+        assert_eq!(seen.method, "PUT");
+        assert_eq!(seen.body_len, 10);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_is_the_downstream_clients() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/h", "/h", &[&up])])).await;
+
+        let seen = assert_routed(&get(&gw.url("/h"), &[]).await, "up", "/h");
+        assert_eq!(seen.header_values("host"), vec![gw.authority().as_str()]);
+
+        let seen = assert_routed(
+            &get(&gw.url("/h"), &[("host", "shop.example.com:1234")]).await,
+            "up",
+            "/h",
+        );
+        assert_eq!(seen.header_values("host"), vec!["shop.example.com:1234"]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_headers_are_forwarded_and_nothing_is_added() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/f", "/f", &[&up])])).await;
+        let req = client()
+            .get(gw.url("/f"))
+            .header("authorization", "Bearer abc.def")
+            .header("cookie", "a=1; b=2")
+            .header("accept", "application/xml")
+            .header("user-agent", "e2e-test/1")
+            .header("x-custom", "one")
+            .header("x-multi", "first")
+            .header("x-multi", "second")
+            .header("x-forwarded-for", "10.9.8.7");
+        let seen = assert_routed(&send(req, &[]).await, "up", "/f");
+
+        assert_eq!(seen.header("authorization"), Some("Bearer abc.def"));
+        assert_eq!(seen.header("cookie"), Some("a=1; b=2"));
+        assert_eq!(seen.header("accept"), Some("application/xml"));
+        assert_eq!(seen.header("user-agent"), Some("e2e-test/1"));
+        assert_eq!(seen.header("x-custom"), Some("one"));
+        assert_eq!(joined(&seen, "x-multi"), "first,second");
+        // A client's own X-Forwarded-For passes through unchanged...
+        assert_eq!(seen.header_values("x-forwarded-for"), vec!["10.9.8.7"]);
+        // ...and the gateway adds none of its own (Ocelot adds no forwarding headers).
+        for h in [
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "forwarded",
+            "via",
+            "x-real-ip",
+        ] {
+            assert!(!seen.has_header(h), "gateway added {h}: {seen:#?}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/hop", "/hop", &[&up])])).await;
+        // Raw bytes: client libraries manage these headers themselves.
+        let req = format!(
+            "GET /hop HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nKeep-Alive: timeout=5\r\n\
+             TE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\n\
+             X-Keep: yes\r\n\r\n",
+            gw.authority()
+        );
+        let r = raw::exchange(gw.addr(), req.as_bytes()).await;
+        assert_eq!(r.status(), Some(200), "{}", r.describe());
+        let seen = up.only_request();
+        for h in HOP_BY_HOP {
+            assert!(!seen.has_header(h), "hop-by-hop {h} forwarded: {seen:#?}");
+        }
+        assert_eq!(seen.header("x-keep"), Some("yes"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_header_without_upgrade_is_not_forwarded() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/up", "/up", &[&up])])).await;
+        let req = format!(
+            "GET /up HTTP/1.1\r\nHost: {}\r\nUpgrade: h2c\r\nConnection: close\r\n\r\n",
+            gw.authority()
+        );
+        let r = raw::exchange(gw.addr(), req.as_bytes()).await;
+        assert_eq!(r.status(), Some(200), "{}", r.describe());
+        let seen = up.only_request();
+        assert!(!seen.has_header("upgrade"), "{seen:#?}");
+        assert!(!seen.has_header("connection"), "{seen:#?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_forwarded_with_length_or_chunked() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/body", "/body", &[&up])])).await;
+
+        let body = vec![b'z'; 100_000];
+        let r = send(
+            client().post(gw.url("/body")).body(body),
+            &[("content-type", "application/octet-stream")],
+        )
+        .await;
+        let seen = assert_routed(&r, "up", "/body");
+        assert_eq!(seen.body_len, 100_000);
+        assert_eq!(seen.header("content-length"), Some("100000"));
+        assert_eq!(
+            seen.header("content-type"),
+            Some("application/octet-stream")
+        );
+
+        // Chunked in (no length known): the whole body still arrives.
+        let total = 300_001u64;
+        let req = client()
+            .post(gw.url("/body"))
+            .header("x-echo-expect-pattern", "1")
+            .body(reqwest::Body::wrap_stream(e2e::pattern::stream(total)));
+        let seen = assert_routed(&send(req, &[]).await, "up", "/body");
+        assert_eq!(seen.body_len, total);
+        assert_eq!(seen.body_pattern_ok, Some(true));
+
+        // Empty POST.
+        let seen = assert_routed(
+            &send(client().post(gw.url("/body")), &[]).await,
+            "up",
+            "/body",
+        );
+        assert_eq!(seen.body_len, 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_and_body_come_back_unchanged() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/r", "/r", &[&up])])).await;
+        let r = get(
+            &gw.url("/r"),
+            &[
+                ("x-echo-header", "X-Resp: hello"),
+                ("x-echo-header", "Cache-Control: max-age=60"),
+                ("x-echo-header", "Set-Cookie: s=1; Path=/"),
+            ],
+        )
+        .await;
+        let seen = assert_routed(&r, "up", "/r");
+        assert_eq!(r.header("x-resp"), Some("hello"));
+        assert_eq!(r.header("cache-control"), Some("max-age=60"));
+        assert_eq!(r.header("set-cookie"), Some("s=1; Path=/"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        // The body is the upstream's, byte for byte.
+        assert_eq!(r.body, serde_json::to_vec(&seen).unwrap());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_client_connection_serves_many_requests() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/k/{n}", "/k/{n}", &[&up])])).await;
+        let c = client();
+        for n in 0..20 {
+            let r = send(c.get(gw.url(&format!("/k/{n}"))), &[]).await;
+            assert_routed(&r, "up", &format!("/k/{n}"));
+        }
+        assert_eq!(up.count(), 20);
+    })
+    .await
+}
+
+fn joined(seen: &Seen, name: &str) -> String {
+    // Repeated headers may be sent as separate lines or folded with commas;
+    // both mean the same list.
+    seen.header_values(name)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_request_gets_headers_only() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/head", "/head", &[&up])])).await;
+        let r = send(
+            client().head(gw.url("/head")),
+            &[("x-echo-header", "X-Head: yes")],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-head"), Some("yes"));
+        assert!(r.body.is_empty());
+        assert_eq!(up.only_request().method, "HEAD");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_request_is_served() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/old/{x}", "/new/{x}", &[&up])])).await;
+        let req = format!(
+            "GET /old/school HTTP/1.0\r\nHost: {}\r\n\r\n",
+            gw.authority()
+        );
+        let r = raw::exchange_to_close(gw.addr(), req.as_bytes()).await;
+        assert_eq!(r.status(), Some(200), "{}", r.describe());
+        assert!(
+            r.closed && !r.timed_out,
+            "HTTP/1.0 connection not closed: {}",
+            r.describe()
+        );
+        assert_eq!(up.only_request().path, "/new/school");
+    })
+    .await
+}
