@@ -403,11 +403,17 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
             .object(&["RateLimitOptions"], d)
             .map(|m| read_rate_limit(m, &o.child("RateLimitOptions"), false, d)),
         security_options: o.object(&["SecurityOptions"], d).map(|m| read_security(m, &o.child("SecurityOptions"), d)),
-        metadata: o.dict(&["Metadata"], d),
+        metadata: o.metadata(d),
     };
     let legacy_cache = o.object(&["FileCacheOptions"], d).map(|m| read_cache(m, &o.child("FileCacheOptions"), false, d));
     let cache = o.object(&["CacheOptions"], d).map(|m| read_cache(m, &o.child("CacheOptions"), false, d));
     r.cache_options = legacy_cache.or(cache);
+    for (field, template) in [
+        ("UpstreamPathTemplate", &mut r.upstream_path_template),
+        ("DownstreamPathTemplate", &mut r.downstream_path_template),
+    ] {
+        add_leading_slash(template, location, field, d);
+    }
 
     if let Some(items) = o.array(&["DownstreamHostAndPorts"], d) {
         for (i, item) in items.iter().enumerate() {
@@ -471,7 +477,7 @@ fn read_dynamic_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diag
         load_balancer_options: o
             .object(&["LoadBalancerOptions"], d)
             .map(|m| read_load_balancer(m, &o.child("LoadBalancerOptions"), false, d)),
-        metadata: o.dict(&["Metadata"], d),
+        metadata: o.metadata(d),
         qos_options: o.object(&["QoSOptions"], d).map(|m| read_qos(m, &o.child("QoSOptions"), false, d)),
         rate_limit_options: legacy_rule.or(rule),
         timeout: o.int(&["Timeout"], d),
@@ -491,6 +497,7 @@ fn read_aggregate(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnost
         aggregator: o.string(&["Aggregator"], d),
         ..FileAggregateRoute::default()
     };
+    add_leading_slash(&mut a.upstream_path_template, location, "UpstreamPathTemplate", d);
     // An empty list binds to nothing in ASP.NET, so the GET default stays.
     if let Some(methods) = o.string_list(&["UpstreamHttpMethod"], d) {
         if !methods.is_empty() {
@@ -547,7 +554,7 @@ fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalC
         security_options: o.object(&["SecurityOptions"], d).map(|m| read_security(m, &o.child("SecurityOptions"), d)),
         upstream_header_transform: o.dict(&["UpstreamHeaderTransform"], d).unwrap_or_default(),
         downstream_header_transform: o.dict(&["DownstreamHeaderTransform"], d).unwrap_or_default(),
-        metadata: o.dict(&["Metadata"], d),
+        metadata: o.metadata(d),
         metadata_options: o.object(&["MetadataOptions"], d).map(|m| read_metadata_options(m, &o.child("MetadataOptions"), d)),
         timeout: o.int(&["Timeout"], d),
     };
@@ -596,6 +603,22 @@ fn read_http_handler(map: &Map<String, Value>, path: &str, global: bool, d: &mut
     };
     o.finish(d);
     h
+}
+
+/// Ocelot refuses a path template without its leading '/', yet configurations
+/// written that way exist in the wild (their authors meant the obvious path), so
+/// the slash is added and the reader told.
+fn add_leading_slash(template: &mut Option<String>, location: &str, field: &str, d: &mut Vec<Diagnostic>) {
+    if let Some(t) = template {
+        if !t.is_empty() && !t.starts_with('/') {
+            d.push(Diagnostic::warning(
+                location,
+                field,
+                format!("'{t}' does not start with '/'; read as '/{t}' (Ocelot would refuse to start)"),
+            ));
+            t.insert(0, '/');
+        }
+    }
 }
 
 /// Ocelot once spelled the default balancer `NoLoadBalance`; both mean the same.
@@ -873,7 +896,17 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// `Metadata` values may be JSON objects or arrays (Ocelot's own Metadata
+    /// sample does this); they are kept as their JSON text.
+    fn metadata(&mut self, d: &mut Vec<Diagnostic>) -> Option<Dict> {
+        self.dict_of(&["Metadata"], true, d)
+    }
+
     fn dict(&mut self, names: &[&str], d: &mut Vec<Diagnostic>) -> Option<Dict> {
+        self.dict_of(names, false, d)
+    }
+
+    fn dict_of(&mut self, names: &[&str], nested_as_json: bool, d: &mut Vec<Diagnostic>) -> Option<Dict> {
         let (key, value) = self.lookup(names)?;
         match value {
             Value::Null => None,
@@ -885,6 +918,7 @@ impl<'a> Obj<'a> {
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
                         Value::Null => String::new(),
+                        nested if nested_as_json => nested.to_string(),
                         _ => {
                             self.type_error(&format!("{key}.{k}"), "a string", d);
                             continue;
@@ -1064,6 +1098,22 @@ mod tests {
             text.contains(&"error: Routes[0].DownstreamHostAndPorts[0]: Port: expected an integer".to_string()),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn templates_without_a_leading_slash_are_fixed_with_a_warning() {
+        let (c, diags) = from_value(&json!({"ReRoutes": [{"UpstreamPathTemplate": "api/{x}", "DownstreamPathTemplate": "v1/{x}"}]}));
+        assert_eq!(c.routes[0].upstream_path_template.as_deref(), Some("/api/{x}"));
+        assert_eq!(c.routes[0].downstream_path_template.as_deref(), Some("/v1/{x}"));
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags.iter().all(|d| !d.is_error()));
+    }
+
+    #[test]
+    fn nested_metadata_values_are_kept_as_json() {
+        let (c, diags) = from_value(&json!({"Routes": [{"Metadata": {"k": {"a": 1}, "s": "v"}}]}));
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(c.routes[0].metadata, Some(vec![("k".to_string(), "{\"a\":1}".to_string()), ("s".to_string(), "v".to_string())]));
     }
 
     #[test]

@@ -392,3 +392,457 @@ impl Entry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(template: &str) -> UpstreamSpec {
+        UpstreamSpec {
+            template: template.to_string(),
+            priority: 1,
+            ..UpstreamSpec::default()
+        }
+    }
+
+    fn with_methods(mut s: UpstreamSpec, methods: &[&str]) -> UpstreamSpec {
+        s.methods = methods.iter().map(|m| m.to_string()).collect();
+        s
+    }
+
+    fn with_host(mut s: UpstreamSpec, host: &str) -> UpstreamSpec {
+        s.host = Some(host.to_string());
+        s
+    }
+
+    fn with_priority(mut s: UpstreamSpec, p: i32) -> UpstreamSpec {
+        s.priority = p;
+        s
+    }
+
+    fn with_headers(mut s: UpstreamSpec, h: &[(&str, &str)]) -> UpstreamSpec {
+        s.header_templates = h.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        s
+    }
+
+    fn table(routes: Vec<UpstreamSpec>) -> RouteTable {
+        RouteTable::new(routes, Vec::new())
+    }
+
+    struct Req<'a> {
+        method: &'a str,
+        host: Option<&'a str>,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: Vec<(&'a str, &'a str)>,
+    }
+
+    fn get(path: &str) -> Req<'_> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        Req {
+            method: "GET",
+            host: Some("localhost:5000"),
+            path,
+            query,
+            headers: Vec::new(),
+        }
+    }
+
+    impl<'a> Req<'a> {
+        fn method(mut self, m: &'a str) -> Self {
+            self.method = m;
+            self
+        }
+        fn host(mut self, h: Option<&'a str>) -> Self {
+            self.host = h;
+            self
+        }
+        fn header(mut self, n: &'a str, v: &'a str) -> Self {
+            self.headers.push((n, v));
+            self
+        }
+        fn find(&self, t: &RouteTable) -> Option<RouteMatch> {
+            t.find(&RequestInfo {
+                method: self.method,
+                host: self.host,
+                path: self.path,
+                query: self.query,
+                headers: &self.headers,
+            })
+        }
+        fn target(&self, t: &RouteTable) -> Option<Target> {
+            self.find(t).map(|m| m.target)
+        }
+    }
+
+    fn placeholders(m: &RouteMatch) -> Vec<(&str, &str)> {
+        m.placeholders.iter().collect()
+    }
+
+    const R0: Option<Target> = Some(Target::Route(0));
+    const R1: Option<Target> = Some(Target::Route(1));
+    const R2: Option<Target> = Some(Target::Route(2));
+
+    #[test]
+    fn empty_table() {
+        let t = table(vec![]);
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+        assert_eq!(get("/").target(&t), None);
+    }
+
+    #[test]
+    fn priority_and_config_order() {
+        // Should_use_priority
+        let t = table(vec![with_priority(spec("/goods/{url}"), 0), spec("/goods/delete")]);
+        assert_eq!(get("/goods/delete").target(&t), R1);
+        assert_eq!(get("/goods/other").target(&t), R0);
+        // Equal priority: configuration order.
+        let t = table(vec![spec("/goods/{url}"), spec("/goods/delete")]);
+        assert_eq!(get("/goods/delete").target(&t), R0);
+        // Higher priority later in the file still wins.
+        let t = table(vec![spec("/a/{x}"), with_priority(spec("/a/b"), 99)]);
+        assert_eq!(get("/a/b").target(&t), R1);
+        let t = table(vec![spec("/a/{x}"), with_priority(spec("/a/b"), -5)]);
+        assert_eq!(get("/a/b").target(&t), R0);
+    }
+
+    #[test]
+    fn catch_all_is_forced_to_priority_zero() {
+        let t = table(vec![spec("/{everything}"), spec("/")]);
+        assert_eq!(get("/").target(&t), R1);
+        assert_eq!(get("/test").target(&t), R0);
+        let t = table(vec![spec("/"), spec("/{everything}")]);
+        assert_eq!(get("/").target(&t), R0);
+        // Even a negative-priority route beats nothing but is beaten... by rank only.
+        let t = table(vec![spec("/{everything}"), with_priority(spec("/x"), 0)]);
+        assert_eq!(get("/x").target(&t), R0);
+        let m = get("/test/toot").find(&t).unwrap();
+        assert_eq!(placeholders(&m), [("{everything}", "test/toot")]);
+    }
+
+    #[test]
+    fn trailing_slash_routes() {
+        // Should_fix_issue_134
+        let t = table(vec![spec("/vacancy/"), spec("/vacancy/{vacancyId}")]);
+        assert_eq!(get("/vacancy/1").target(&t), R1);
+        assert_eq!(get("/vacancy/").target(&t), R0);
+        assert_eq!(get("/vacancy").target(&t), R0);
+        assert_eq!(get("/api/vacancy/1").target(&t), None);
+        let t = table(vec![spec("/products")]);
+        assert_eq!(get("/products/").target(&t), None);
+    }
+
+    #[test]
+    fn methods() {
+        let t = table(vec![with_methods(spec("/"), &["Get"]), with_methods(spec("/"), &["Post", " put "])]);
+        assert_eq!(get("/").target(&t), R0);
+        assert_eq!(get("/").method("post").target(&t), R1);
+        assert_eq!(get("/").method("PUT").target(&t), R1);
+        // Method mismatch is a 404, never a 405.
+        assert_eq!(get("/").method("DELETE").target(&t), None);
+        let t = table(vec![with_methods(spec("/"), &[]), with_methods(spec("/"), &["GET"])]);
+        assert_eq!(get("/").method("PATCH").target(&t), R0);
+    }
+
+    #[test]
+    fn upstream_host() {
+        let t = table(vec![with_host(spec("/"), "localhost")]);
+        assert_eq!(get("/").target(&t), R0);
+        assert_eq!(get("/").host(Some("localhost")).target(&t), R0);
+        assert_eq!(get("/").host(Some("LOCALHOST")).target(&t), None);
+        assert_eq!(get("/").host(None).target(&t), None);
+        let t = table(vec![with_host(spec("/"), "localhost"), with_host(spec("/"), "DONTMATCH")]);
+        assert_eq!(get("/").target(&t), R0);
+        let t = table(vec![with_host(spec("/"), "DONTMATCH"), with_host(spec("/"), "localhost")]);
+        assert_eq!(get("/").target(&t), R1);
+        // A host-specific match beats an earlier host-less one.
+        let t = table(vec![spec("/"), with_host(spec("/"), "localhost")]);
+        assert_eq!(get("/").target(&t), R1);
+        assert_eq!(get("/").host(Some("other")).target(&t), R0);
+        // ... even one of lower priority.
+        let t = table(vec![with_priority(spec("/a"), 50), with_priority(with_host(spec("/{x}"), "localhost"), 0)]);
+        assert_eq!(get("/a").target(&t), R1);
+        // UpstreamHost with a port never matches: the request host loses its port.
+        let t = table(vec![with_host(spec("/"), "127.0.0.20:5000")]);
+        assert_eq!(get("/").host(Some("127.0.0.20:5000")).target(&t), None);
+        // Empty UpstreamHost means any host.
+        let t = table(vec![with_host(spec("/"), "")]);
+        assert_eq!(get("/").host(None).target(&t), R0);
+        // Host-specific routes in different trie nodes.
+        let t = table(vec![
+            spec("/api/{x}"),
+            with_host(spec("/{everything}"), "localhost"),
+            with_host(spec("/api/users"), "localhost"),
+        ]);
+        assert_eq!(get("/api/users").target(&t), R2);
+        assert_eq!(get("/api/other").target(&t), R1);
+        assert_eq!(get("/api/other").host(Some("x")).target(&t), R0);
+    }
+
+    #[test]
+    fn aggregates_rank_after_routes() {
+        let routes = vec![spec("/a"), spec("/b")];
+        let aggs = vec![spec("/"), with_priority(spec("/b"), 2)];
+        let t = RouteTable::new(routes, aggs);
+        assert_eq!(t.len(), 4);
+        assert_eq!(get("/").target(&t), Some(Target::Aggregate(0)));
+        assert_eq!(get("/b").target(&t), Some(Target::Aggregate(1)));
+        let t = RouteTable::new(vec![spec("/x")], vec![spec("/x")]);
+        assert_eq!(get("/x").target(&t), R0);
+        // Aggregates honour header templates too.
+        let agg = with_host(with_headers(spec("/"), &[("country_code", "PL")]), "localhost");
+        let t = RouteTable::new(vec![spec("/a"), spec("/b")], vec![agg]);
+        assert_eq!(get("/").header("country_code", "PL").target(&t), Some(Target::Aggregate(0)));
+        assert_eq!(get("/").target(&t), None);
+    }
+
+    #[test]
+    fn header_routing() {
+        let t = table(vec![with_headers(spec("/"), &[("country_code", "PL")])]);
+        assert_eq!(get("/").header("country_code", "PL").target(&t), R0);
+        assert_eq!(get("/").header("other", "x").header("Country_Code", "pl").target(&t), R0);
+        assert_eq!(get("/").header("country_code", "UK").target(&t), None);
+        assert_eq!(get("/").target(&t), None);
+        // Two values arrive as "PL,othervalue".
+        assert_eq!(get("/").header("country_code", "PL").header("country_code", "othervalue").target(&t), None);
+        let t = table(vec![with_headers(spec("/"), &[("country_code", "PL"), ("region", "MAZ")])]);
+        assert_eq!(get("/").header("country_code", "PL").header("other", "o").header("region", "MAZ").target(&t), R0);
+        assert_eq!(get("/").header("country_code", "PL").header("region", "anothervalue").target(&t), None);
+        assert_eq!(get("/").header("country_code", "PL").target(&t), None);
+        let t = table(vec![with_headers(spec("/"), &[("country_code", "PL,{header:whatever}")])]);
+        let m = get("/").header("country_code", "PL").header("country_code", "UK").find(&t).unwrap();
+        assert_eq!(placeholders(&m), [("{whatever}", "UK")]);
+        // Should_distinguish_route_for_different_roles
+        let t = table(vec![with_headers(spec("/products"), &[("Origin", "admin.xxx.com")]), spec("/products")]);
+        assert_eq!(get("/products").header("Origin", "admin.xxx.com").target(&t), R0);
+        assert_eq!(get("/products").header("Origin", "user.xxx.com").target(&t), R1);
+        // Header and URL placeholders together, header ones last.
+        let t = table(vec![with_headers(
+            spec("/{aa}"),
+            &[("country_code", "start_{header:country_code}_version_{header:version}_end")],
+        )]);
+        let m = get("/bb").header("country_code", "start_pl_version_v1_end").find(&t).unwrap();
+        assert_eq!(placeholders(&m), [("{aa}", "bb"), ("{country_code}", "pl"), ("{version}", "v1")]);
+        // Case sensitivity follows RouteIsCaseSensitive.
+        let mut s = with_headers(spec("/"), &[("h", "Value")]);
+        s.case_sensitive = true;
+        let t = table(vec![s]);
+        assert_eq!(get("/").header("h", "value").target(&t), None);
+        assert_eq!(get("/").header("h", "Value").target(&t), R0);
+    }
+
+    #[test]
+    fn query_routes() {
+        // PR 2351: a catch-all query route and a plain one both match; first wins.
+        let t = table(vec![spec("/finance/v1/payment-methods?{id}"), spec("/finance/v1/payment-methods")]);
+        let m = get("/finance/v1/payment-methods?customer_id=12345").find(&t).unwrap();
+        assert_eq!(m.target, Target::Route(0));
+        assert_eq!(placeholders(&m), [("{id}", "")]);
+        assert_eq!(get("/finance/v1/payment-methods").target(&t), R0);
+        let t = table(vec![spec("/api/subscriptions/{subscriptionId}/updates?unitId={unitId}")]);
+        let m = get("/api/subscriptions/s1/updates?unitId=u1&productId=1").find(&t).unwrap();
+        assert_eq!(placeholders(&m), [("{subscriptionId}", "s1"), ("{unitId}", "u1")]);
+        assert_eq!(get("/api/subscriptions/s1/updates").target(&t), None);
+        assert_eq!(get("/api/subscriptions/s1/updates?test=1").target(&t), None);
+        let t = table(vec![spec("/{tenantId}/products?{everything}"), spec("/{tenantId}/products/{everything}")]);
+        assert_eq!(get("/1/products/1").target(&t), R1);
+        let t = table(vec![spec("/api/v1/abc?{everything}"), spec("/api/v1/abc2/{everything}")]);
+        let m = get("/api/v1/abc2/apple?isRequired=1").find(&t).unwrap();
+        assert_eq!(m.target, Target::Route(1));
+        assert_eq!(placeholders(&m), [("{everything}", "apple")]);
+    }
+
+    #[test]
+    fn routing_examples() {
+        // Should_fix_issue_271
+        let t = table(vec![spec("/api/v1/{everything}"), spec("/connect/token")]);
+        assert_eq!(get("/api/v1/modules/Test").target(&t), R0);
+        assert_eq!(get("/connect/token").target(&t), R1);
+        let t = table(vec![spec("/api/v{apiVersion}/cards")]);
+        assert_eq!(get("/api/v1/aaaaaaaaa/cards").target(&t), None);
+        let t = table(vec![spec("/{variantId}/products/{productId}")]);
+        let m = get("/23/products/1").find(&t).unwrap();
+        assert_eq!(placeholders(&m), [("{variantId}", "23"), ("{productId}", "1")]);
+        let t = table(vec![spec("/api/invoices_{url0}/{url1}-{url2}_abcd/{url3}?urlId={url4}")]);
+        let m = get("/api/InvoIces_abc/def-ghi_abcd/xyz?urlId=bla").find(&t).unwrap();
+        assert_eq!(
+            placeholders(&m),
+            [("{url0}", "abc"), ("{url1}", "def"), ("{url2}", "ghi"), ("{url3}", "xyz"), ("{url4}", "bla")]
+        );
+        // A case-sensitive route is found through the lowercased index, then checked.
+        let mut s = spec("/API/Items/{id}");
+        s.case_sensitive = true;
+        let t = table(vec![s, spec("/api/items/{id}")]);
+        assert_eq!(get("/API/Items/1").target(&t), R0);
+        assert_eq!(get("/api/items/1").target(&t), R1);
+        assert_eq!(get("/Api/ITEMS/1").target(&t), R1);
+    }
+
+    /// Ocelot's `DownstreamRouteFinder`, literally: filter, stable sort, scan all.
+    fn reference(specs: &[UpstreamSpec], aggs: usize, req: &Req<'_>) -> Option<Target> {
+        let host = req.host.map_or("", |h| h.split(':').next().unwrap_or(""));
+        let mut candidates: Vec<(usize, i32, &UpstreamSpec)> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let up = UpstreamTemplate::new(&s.template, s.case_sensitive);
+                (i, if up.is_catch_all() { 0 } else { s.priority }, s)
+            })
+            .collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut matches = Vec::new();
+        for (i, _, s) in candidates {
+            let method_ok = s.methods.is_empty() || s.methods.iter().any(|m| m.trim().eq_ignore_ascii_case(req.method.trim()));
+            let host_ok = s.host.as_deref().is_none_or(|h| h.is_empty() || h == host);
+            if !method_ok || !host_ok {
+                continue;
+            }
+            if !UpstreamTemplate::new(&s.template, s.case_sensitive).is_match(req.path, req.query) {
+                continue;
+            }
+            let headers_ok = s.header_templates.iter().all(|(n, v)| {
+                req.headers.as_slice().joined(n).is_some_and(|x| HeaderTemplate::new(n, v, s.case_sensitive).is_match(&x))
+            });
+            if headers_ok {
+                matches.push((i, s.host.as_deref().is_some_and(|h| !h.is_empty())));
+            }
+        }
+        let pick = matches.iter().find(|m| m.1).or(matches.first())?.0;
+        let routes = specs.len() - aggs;
+        Some(if pick < routes { Target::Route(pick) } else { Target::Aggregate(pick - routes) })
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+    }
+
+    #[test]
+    fn index_agrees_with_linear_reference() {
+        const TEMPLATES: &[&str] = &[
+            "/", "/{everything}", "/api/{x}", "/api/users", "/api/users/{id}", "/API/Users/", "/api/v{v}/users",
+            "/api/users/{id}/posts/{pid}", "/{t}/users", "/api/users?q={q}", "/api?{all}", "/api/users.json",
+            "/.well-known/{x}", "/a/b/c/d", "/a/b/{c}/d", "/api/users/{id}-{slug}", "/Api/{x}/",
+        ];
+        const PATHS: &[&str] = &[
+            "/", "/api", "/api/", "/api/users", "/API/USERS/", "/api/users/7", "/api/v2/users", "/x/users",
+            "/api/users/7/posts/9", "/api/usersXjson", "/.well-known/a", "/a/b/c/d", "/a/b/q/d", "/api/users/1-two",
+            "/other",
+        ];
+        const QUERIES: &[Option<&str>] = &[None, Some(""), Some("q=1"), Some("z=2")];
+        let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+        for _ in 0..300 {
+            let n = 1 + rng.next() % 12;
+            let aggs = (rng.next() % 3) as usize;
+            let mut specs = Vec::new();
+            for _ in 0..n as usize + aggs {
+                let mut s = spec(rng.pick(TEMPLATES));
+                s.priority = (rng.next() % 3) as i32;
+                s.case_sensitive = rng.next() % 4 == 0;
+                if rng.next() % 4 == 0 {
+                    s.host = Some(rng.pick(&["localhost", "other", ""]).to_string());
+                }
+                if rng.next() % 4 == 0 {
+                    s.methods = vec![rng.pick(&["GET", "post"]).to_string()];
+                }
+                if rng.next() % 6 == 0 {
+                    s.header_templates = vec![("h".into(), rng.pick(&["a", "{header:v}"]).to_string())];
+                }
+                specs.push(s);
+            }
+            let routes = specs[..specs.len() - aggs].to_vec();
+            let t = RouteTable::new(routes, specs[specs.len() - aggs..].to_vec());
+            for _ in 0..40 {
+                let mut req = get(rng.pick(PATHS));
+                req.query = QUERIES[(rng.next() % QUERIES.len() as u64) as usize];
+                req.method = rng.pick(&["GET", "POST", "get"]);
+                req.host = [Some("localhost:80"), Some("other"), None][(rng.next() % 3) as usize];
+                if rng.next() % 2 == 0 {
+                    req.headers.push(("H", rng.pick(&["a", "b"])));
+                }
+                assert_eq!(req.target(&t), reference(&specs, aggs, &req), "{specs:?} {}", req.path);
+            }
+        }
+    }
+
+    #[test]
+    fn ten_thousand_routes() {
+        let mut specs = Vec::new();
+        for i in 0..5000 {
+            specs.push(spec(&format!("/api/svc{i}/{{resource}}/{{id}}")));
+            specs.push(spec(&format!("/api/v1/items{i}/{{id}}")));
+        }
+        let t = table(specs);
+        assert_eq!(t.len(), 10_000);
+        let m = get("/api/svc4321/users/9").find(&t).unwrap();
+        assert_eq!(m.target, Target::Route(8642));
+        assert_eq!(placeholders(&m), [("{resource}", "users"), ("{id}", "9")]);
+        assert_eq!(get("/api/v1/items17/3").target(&t), Some(Target::Route(35)));
+        assert_eq!(get("/api/svc5000/users/9").target(&t), None);
+        assert_eq!(get("/api/SVC12").target(&t), None);
+        assert_eq!(get("/api/SVC12/x").target(&t), Some(Target::Route(24)));
+    }
+
+    #[test]
+    fn placeholders_api() {
+        let mut p = Placeholders::new();
+        p.push("{a}".into(), "1".into());
+        p.push("{a}".into(), "2".into());
+        assert_eq!(p.get("{a}"), Some("1"));
+        assert_eq!(p.len(), 2);
+        p.insert("{a}".into(), "3".into());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.get("{a}"), Some("3"));
+        p.insert("{b}".into(), "4".into());
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("{a}", "3"), ("{b}", "4")]);
+        assert_eq!(p.get("{c}"), None);
+        assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn table_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RouteTable>();
+        assert_send_sync::<RouteMatch>();
+    }
+
+    #[test]
+    fn never_panics_on_random_requests() {
+        let t = table(vec![
+            spec("/"),
+            spec("/{everything}"),
+            spec("/a/{b}?c={d}"),
+            with_headers(spec("/h/{x}"), &[("x", "{header:y}.z")]),
+            spec("{x}"),
+            spec(""),
+            spec("/{a"),
+        ]);
+        let mut rng = Rng(42);
+        const CHARS: &[&str] = &["/", "a", "?", "&", "=", "{", "%", "é", ".", "h", ":", " "];
+        for _ in 0..5000 {
+            let s: String = (0..rng.next() % 12).map(|_| rng.pick(CHARS)).collect();
+            let q: String = (0..rng.next() % 6).map(|_| rng.pick(CHARS)).collect();
+            let headers = vec![("x", s.as_str())];
+            let req = RequestInfo {
+                method: rng.pick(&["GET", "", " "]),
+                host: Some(s.as_str()),
+                path: &s,
+                query: Some(&q),
+                headers: &headers,
+            };
+            let _ = t.find(&req);
+        }
+    }
+}

@@ -2245,7 +2245,8 @@ mod tests {
             }
         }
         assert!(checked > 40_000);
-        eprintln!("DEBUG positives {positives} of {checked}");
+        // Keep the generators honest: plenty of both verdicts.
+        assert!(positives > checked / 10 && positives < checked * 9 / 10);
     }
 
     /// `UrlPathPlaceholderNameAndValueFinder.Find`, spelled out with the regex crate.

@@ -1,0 +1,379 @@
+//! JWT validation for one provider: the key set, the token policy (issuer,
+//! audience, algorithms, clock skew) and the check itself, with
+//! `jsonwebtoken`. Everything per key set (keys, `Validation`s) is built when
+//! the set is loaded; a request decodes its header, picks candidate keys and
+//! verifies.
+
+use crate::claims::Claims;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+/// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list
+/// of a provider without an HMAC secret.
+pub const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// The HMAC algorithms, allowed by default only with a configured secret.
+pub const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// What a provider accepts, besides the keys.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Algorithms a token header may name.
+    pub algorithms: Vec<Algorithm>,
+    /// Configured issuers (the discovery document's is added per key set).
+    pub issuers: Vec<String>,
+    /// Whether `iss` is checked (and required).
+    pub validate_issuer: bool,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Whether `aud` is checked (and required).
+    pub validate_audience: bool,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway: u64,
+}
+
+/// One verification key.
+#[derive(Clone)]
+pub struct VerifyKey {
+    /// `kid`; a key without one is tried for any token.
+    pub kid: Option<String>,
+    /// The one algorithm the key may be used with, when known (a JWK's `alg`
+    /// or its curve).
+    pub alg: Option<Algorithm>,
+    /// The key material.
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("family", &self.key.family())
+            .finish()
+    }
+}
+
+impl VerifyKey {
+    /// A key from one JWKS entry; `Err` says why the entry is not usable for
+    /// verifying signatures. Symmetric (`oct`) keys are never taken from a
+    /// key set: a published secret would let anyone sign.
+    pub fn from_jwk(value: &Value) -> Result<VerifyKey, String> {
+        let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| format!("not a supported JWK: {e}"))?;
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            return Err("an encryption key (use: enc)".to_string());
+        }
+        let declared = match &jwk.common.key_algorithm {
+            None => None,
+            Some(a) => Some(signing_algorithm(a).ok_or_else(|| format!("algorithm {a:?} is not a signing algorithm"))?),
+        };
+        let by_curve = match &jwk.algorithm {
+            AlgorithmParameters::OctetKey(_) => return Err("a symmetric key".to_string()),
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => Some(Algorithm::ES256),
+                EllipticCurve::P384 => Some(Algorithm::ES384),
+                ref other => return Err(format!("unsupported curve {other:?}")),
+            },
+            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+                EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+                ref other => return Err(format!("unsupported curve {other:?}")),
+            },
+            AlgorithmParameters::RSA(_) => None,
+        };
+        if let (Some(d), Some(c)) = (declared, by_curve) {
+            if d != c {
+                return Err(format!("alg {d:?} does not fit the key's curve"));
+            }
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+        if declared.is_some_and(|a| a.family() != key.family()) {
+            return Err("alg does not fit the key type".to_string());
+        }
+        Ok(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            alg: declared.or(by_curve),
+            key,
+        })
+    }
+}
+
+fn signing_algorithm(a: &KeyAlgorithm) -> Option<Algorithm> {
+    Some(match a {
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+        KeyAlgorithm::HS384 => Algorithm::HS384,
+        KeyAlgorithm::HS512 => Algorithm::HS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// No key fits the token's `kid`/algorithm (a refresh may help).
+    NoKey,
+    /// The token is invalid: shape, algorithm, signature, lifetime, issuer
+    /// or audience.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::NoKey => f.write_str("no key for the token's kid and algorithm"),
+            Rejection::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A loaded key set with its validations, one per key family.
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+    validations: Vec<(AlgorithmFamily, Validation)>,
+}
+
+impl KeySet {
+    /// The empty set (nothing fetched yet): every token is `NoKey`.
+    pub fn empty() -> KeySet {
+        KeySet {
+            keys: Vec::new(),
+            validations: Vec::new(),
+        }
+    }
+
+    /// Builds the set. `discovered_issuer` is the OpenID Connect discovery
+    /// document's `issuer`, accepted besides the configured ones (as
+    /// ASP.NET's JwtBearer does).
+    pub fn new(keys: Vec<VerifyKey>, discovered_issuer: Option<&str>, policy: &TokenPolicy) -> Result<KeySet, String> {
+        let mut issuers = policy.issuers.clone();
+        if let Some(i) = discovered_issuer.filter(|i| !i.is_empty()) {
+            if !issuers.iter().any(|c| c == i) {
+                issuers.push(i.to_string());
+            }
+        }
+        if policy.validate_issuer && issuers.is_empty() {
+            // Fail closed: jsonwebtoken would skip the check without issuers.
+            return Err("no issuer to validate tokens against".to_string());
+        }
+        if policy.validate_audience && policy.audiences.is_empty() {
+            return Err("no audience to validate tokens against".to_string());
+        }
+        let mut validations = Vec::new();
+        for family in [AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed, AlgorithmFamily::Hmac] {
+            let algorithms: Vec<Algorithm> = policy.algorithms.iter().copied().filter(|a| a.family() == family).collect();
+            if algorithms.is_empty() || !keys.iter().any(|k| k.key.family() == family) {
+                continue;
+            }
+            let mut v = Validation::new(algorithms[0]);
+            v.algorithms = algorithms;
+            v.leeway = policy.leeway;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if policy.validate_issuer {
+                v.set_issuer(&issuers);
+                required.push("iss");
+            }
+            if policy.validate_audience {
+                v.set_audience(&policy.audiences);
+                required.push("aud");
+            } else {
+                v.validate_aud = false;
+            }
+            v.set_required_spec_claims(&required);
+            validations.push((family, v));
+        }
+        Ok(KeySet { keys, validations })
+    }
+
+    /// How many keys the set has.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set has no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key has this `kid`.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Verifies `token` (whose header is `header`) and returns its claims.
+    pub fn verify(&self, token: &str, header: &Header) -> Result<Claims, Rejection> {
+        let family = header.alg.family();
+        let candidates = self.keys.iter().filter(|k| {
+            k.key.family() == family
+                && k.alg.is_none_or(|a| a == header.alg)
+                && match (&k.kid, &header.kid) {
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                    _ => true,
+                }
+        });
+        let Some((_, validation)) = self.validations.iter().find(|(f, _)| *f == family) else {
+            return Err(if self.keys.iter().any(|k| k.key.family() == family) {
+                Rejection::Invalid(format!("algorithm {:?} is not allowed", header.alg))
+            } else {
+                Rejection::NoKey
+            });
+        };
+        let mut tried = false;
+        for key in candidates {
+            tried = true;
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => return Ok(Claims::from_json(&data.claims)),
+                // Another key with the same (or no) kid may have signed it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_)) => {}
+                Err(e) => return Err(Rejection::Invalid(e.to_string())),
+            }
+        }
+        if tried {
+            Err(Rejection::Invalid("invalid signature".to_string()))
+        } else {
+            Err(Rejection::NoKey)
+        }
+    }
+}
+
+/// Checks the token's header against the allow-list before any key is
+/// looked at: `alg: none` and unknown algorithms fail to parse, anything
+/// not allowed is refused here.
+pub fn allowed_header(token: &str, policy: &TokenPolicy) -> Result<Header, Rejection> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| Rejection::Invalid(format!("bad token header: {e}")))?;
+    if !policy.algorithms.contains(&header.alg) {
+        return Err(Rejection::Invalid(format!("algorithm {:?} is not allowed", header.alg)));
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            algorithms: HMAC.to_vec(),
+            issuers: vec!["https://issuer".into()],
+            validate_issuer: true,
+            audiences: vec!["api".into()],
+            validate_audience: true,
+            leeway: 0,
+        }
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn token(claims: Value, kid: Option<&str>) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_string);
+        encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn set(kid: Option<&str>) -> KeySet {
+        let key = VerifyKey {
+            kid: kid.map(str::to_string),
+            alg: None,
+            key: DecodingKey::from_secret(SECRET),
+        };
+        KeySet::new(vec![key], None, &policy()).unwrap()
+    }
+
+    fn check(set: &KeySet, t: &str) -> Result<Claims, Rejection> {
+        let header = allowed_header(t, &policy())?;
+        set.verify(t, &header)
+    }
+
+    #[test]
+    fn valid_and_invalid_claims() {
+        let s = set(Some("k1"));
+        let good = json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60, "sub": "u"});
+        let claims = check(&s, &token(good.clone(), Some("k1"))).unwrap();
+        assert_eq!(claims.values("sub").collect::<Vec<_>>(), vec!["u"]);
+        // A token without kid is tried against every key.
+        assert!(check(&s, &token(good, None)).is_ok());
+        for bad in [
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() - 60}),
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60, "nbf": now() + 60}),
+            json!({"iss": "https://other", "aud": "api", "exp": now() + 60}),
+            json!({"iss": "https://issuer", "aud": "other", "exp": now() + 60}),
+            json!({"aud": "api", "exp": now() + 60}),
+            json!({"iss": "https://issuer", "exp": now() + 60}),
+            json!({"iss": "https://issuer", "aud": "api"}),
+        ] {
+            assert!(matches!(check(&s, &token(bad.clone(), Some("k1"))), Err(Rejection::Invalid(_))), "{bad}");
+        }
+        let unknown = token(json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}), Some("k2"));
+        assert_eq!(check(&s, &unknown).unwrap_err(), Rejection::NoKey);
+    }
+
+    #[test]
+    fn alg_none_and_tampering_are_rejected() {
+        let s = set(None);
+        let good = token(json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}), None);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        parts[0] = none_header;
+        let none = format!("{}.{}.", parts[0], parts[1]);
+        assert!(check(&s, &none).is_err());
+        let tampered = format!("{}x", good);
+        assert!(check(&s, &tampered).is_err());
+        assert!(check(&s, "not-a-token").is_err());
+        assert!(check(&s, "").is_err());
+    }
+
+    #[test]
+    fn jwk_parsing_rules() {
+        let oct = json!({"kty": "oct", "k": "c2VjcmV0", "kid": "x"});
+        assert!(VerifyKey::from_jwk(&oct).is_err());
+        let enc = json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"});
+        assert!(VerifyKey::from_jwk(&enc).is_err());
+        let rsa_oaep = json!({"kty": "RSA", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"});
+        assert!(VerifyKey::from_jwk(&rsa_oaep).is_err());
+        let rsa = json!({"kty": "RSA", "alg": "RS256", "kid": "r1", "n": "AQAB", "e": "AQAB"});
+        let k = VerifyKey::from_jwk(&rsa).unwrap();
+        assert_eq!((k.kid.as_deref(), k.alg), (Some("r1"), Some(Algorithm::RS256)));
+        let bad_alg = json!({"kty": "RSA", "alg": "ES256", "n": "AQAB", "e": "AQAB"});
+        assert!(VerifyKey::from_jwk(&bad_alg).is_err());
+        assert!(VerifyKey::from_jwk(&json!({"kty": "weird"})).is_err());
+    }
+
+    #[test]
+    fn policy_without_issuer_or_audience_fails_closed() {
+        let mut p = policy();
+        p.issuers.clear();
+        assert!(KeySet::new(Vec::new(), None, &p).is_err());
+        assert!(KeySet::new(Vec::new(), Some("https://found"), &p).is_ok());
+        p.audiences.clear();
+        assert!(KeySet::new(Vec::new(), Some("https://found"), &p).is_err());
+        p.validate_audience = false;
+        assert!(KeySet::new(Vec::new(), Some("https://found"), &p).is_ok());
+    }
+}
