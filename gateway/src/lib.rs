@@ -7,3 +7,6 @@ pub mod errors;
 pub mod proxy;
 pub mod routing;
 pub mod settings;
+pub mod lifecycle;
+pub mod metrics;
+pub mod reload;

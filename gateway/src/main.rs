@@ -2,13 +2,16 @@
 
 use arc_swap::ArcSwap;
 use clap::Parser;
-use gateway::admin::{AdminApp, Lifecycle, Readiness};
+use gateway::admin::AdminApp;
 use gateway::balancing::StickySessions;
+use gateway::lifecycle::{Readiness, ReadinessService, ReloadHook, Signals};
+use gateway::metrics::METRICS;
 use gateway::proxy::Gateway;
+use gateway::reload::{config_hash, ConfigSource, ConfigWatcher, Reloader};
 use gateway::routing::{BackendRefresher, Snapshot};
 use gateway::settings::Settings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
@@ -98,7 +101,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             return Err(format!("{}: configuration has {count} error(s); not starting", ocelot.display()));
         }
     };
-    let snapshot = Snapshot::build(loaded);
+    let hash = config_hash(&loaded.value);
+    let snapshot = Snapshot::build(loaded, None);
     for warning in &snapshot.warnings {
         log::warn!("{warning}");
     }
@@ -121,6 +125,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime.block_on(snapshot.refresh_backends());
     drop(runtime);
+    METRICS.config_loaded(&hash, snapshot.routes.len());
+    log::info!("configuration {hash} loaded: {} routes", snapshot.routes.len());
 
     let mut conf = match &cli.conf {
         Some(path) => ServerConf::load_from_yaml(path).map_err(|e| format!("{path}: {e}"))?,
@@ -131,7 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     } else if cli.conf.is_none() {
         conf.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
-    conf.grace_period_seconds = settings.grace_period_seconds.or(conf.grace_period_seconds).or(Some(15));
+    conf.grace_period_seconds = settings.grace_period_seconds.or(conf.grace_period_seconds).or(Some(10));
     conf.graceful_shutdown_timeout_seconds = settings.graceful_shutdown_timeout_seconds.or(conf.graceful_shutdown_timeout_seconds).or(Some(5));
     if let Some(size) = settings.upstream_keepalive_pool_size {
         conf.upstream_keepalive_pool_size = size;
@@ -158,9 +164,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     server.bootstrap();
 
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let readiness = Arc::new(Readiness::default());
+    let reloader = Arc::new(Reloader::new(
+        state.clone(),
+        ConfigSource {
+            path: ocelot,
+            environment,
+        },
+    ));
     let gateway = Gateway {
         state: state.clone(),
         sticky: Arc::new(StickySessions::default()),
+        readiness: readiness.clone(),
+        access_log: settings.access_log,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let listen = if settings.listen.is_empty() {
@@ -173,11 +189,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
     server.add_service(proxy);
 
-    let readiness = Arc::new(Readiness::default());
-    let mut admin = Service::new("admin".to_string(), AdminApp { readiness: readiness.clone() });
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            readiness: readiness.clone(),
+            reloader: reloader.clone(),
+            token: settings.admin_token.clone().filter(|t| !t.is_empty()),
+        },
+    );
     admin.add_tcp(settings.admin_listen.as_deref().unwrap_or("0.0.0.0:9901"));
     server.add_service(admin);
-    server.add_service(background_service("lifecycle", Lifecycle { readiness }));
+    server.add_service(background_service(
+        "readiness",
+        ReadinessService {
+            readiness: readiness.clone(),
+        },
+    ));
     server.add_service(background_service(
         "dns refresh",
         BackendRefresher {
@@ -185,6 +212,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             every: Duration::from_secs(settings.dns_refresh_seconds.max(1)),
         },
     ));
+    server.add_service(background_service(
+        "config watch",
+        ConfigWatcher {
+            reloader: reloader.clone(),
+            poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
+        },
+    ));
+    let on_reload: ReloadHook = Arc::new(move || {
+        let reloader = reloader.clone();
+        Box::pin(async move {
+            let _ = reloader.reload_from_disk().await;
+        })
+    });
     log::info!("gateway listening on {}", listen.join(", "));
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            readiness,
+            drain: Duration::from_secs(settings.drain_seconds),
+            on_reload: Some(on_reload),
+        }),
+    });
+    Ok(ExitCode::SUCCESS)
 }

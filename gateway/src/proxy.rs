@@ -7,6 +7,8 @@
 
 use crate::balancing::{BalancerKind, Selected, StickySessions};
 use crate::errors::{respond_with, status_for};
+use crate::lifecycle::Readiness;
+use crate::metrics::{status_class, METRICS};
 use crate::routing::{CompiledRoute, Snapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,12 +21,15 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The gateway: the current snapshot plus state that outlives reloads.
 pub struct Gateway {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub sticky: Arc<StickySessions>,
+    pub readiness: Arc<Readiness>,
+    /// Write one JSON access-log line per request on stdout.
+    pub access_log: bool,
 }
 
 /// Per-request state.
@@ -33,6 +38,11 @@ pub struct Ctx {
     route: Option<usize>,
     downstream: Option<DownstreamTarget>,
     selected: Option<Selected>,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
+    /// The request id forwarded downstream, for the access log.
+    pub request_id: Option<String>,
 }
 
 impl Ctx {
@@ -144,6 +154,10 @@ impl ProxyHttp for Gateway {
             route: None,
             downstream: None,
             selected: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_elapsed: None,
+            request_id: None,
         }
     }
 
@@ -180,6 +194,7 @@ impl ProxyHttp for Gateway {
         opts.verify_cert = route.verify_cert;
         opts.verify_hostname = route.verify_cert;
         ctx.selected = Some(selected);
+        ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -255,7 +270,58 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn upstream_response_filter(&self, _session: &mut Session, _upstream: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, _ctx: &mut Ctx) -> Result<()> {
+        if self.readiness.is_draining() {
+            // Shutting down or upgrading: tell keep-alive clients to reconnect
+            // (to another replica or the new process) instead of having the
+            // connection closed under their next request.
+            session.set_keepalive(None);
+            response.insert_header(header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+        let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
+        METRICS.upstream_connect_errors.with_label_values(&[route]).inc();
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("");
+        let method = session.req_header().method.as_str();
+        let elapsed = ctx.started.elapsed();
+        if !route.is_empty() {
+            METRICS.requests.with_label_values(&[route, method, status_class(status)]).inc();
+            METRICS.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+            if let Some(upstream) = ctx.upstream_elapsed {
+                METRICS.upstream_duration.with_label_values(&[route]).observe(upstream.as_secs_f64());
+            }
+        }
+        if self.access_log {
+            let line = serde_json::json!({
+                "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                "request_id": ctx.request_id,
+                "route": route,
+                "method": method,
+                "path": session.req_header().uri.path(),
+                "status": status,
+                "upstream": ctx.selected.as_ref().map(|s| s.addr.to_string()),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "upstream_ms": ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                "bytes_in": session.body_bytes_read(),
+                "bytes_out": session.body_bytes_sent(),
+                "client": session.client_addr().map(|a| a.to_string()),
+                "error": error.map(|e| e.to_string()),
+            });
+            println!("{line}");
+        }
         // Ends the request's in-flight count for LeastConnection.
         ctx.selected = None;
     }

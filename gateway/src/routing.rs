@@ -9,6 +9,7 @@ use ocelot_compat::model::{FileConfiguration, FileRoute};
 use ocelot_compat::table::RouteTable;
 use ocelot_compat::template::DownstreamTemplate;
 use ocelot_compat::{Diagnostic, LoadedConfig};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,14 +28,17 @@ pub struct CompiledRoute {
     /// The route gets its hosts from service discovery (`ServiceName`).
     pub uses_discovery: bool,
     pub pool: Arc<Pool>,
+    /// What the pool was built from: an unchanged key after a reload means the
+    /// pool (round-robin position, in-flight counts, health) carries over.
+    pub pool_key: String,
 }
 
 impl CompiledRoute {
-    fn compile(route: &FileRoute, config: &FileConfiguration) -> CompiledRoute {
+    fn compile(route: &FileRoute, config: &FileConfiguration, previous: &HashMap<&str, Arc<Pool>>) -> CompiledRoute {
         let global = &config.global;
         let lb = effective::load_balancer(route, global);
         let kind = BalancerKind::from_options(lb.r#type.as_deref(), lb.key.as_deref(), lb.expiry);
-        let targets = route
+        let targets: Vec<Target> = route
             .downstream_host_and_ports
             .iter()
             .filter_map(|hp| {
@@ -42,6 +46,11 @@ impl CompiledRoute {
                 Some(Target { host: hp.host.trim().to_string(), port })
             })
             .collect();
+        let pool_key = format!("{:?}|{:?}|{:?}|{:?}", route.upstream_path_template, route.key, kind, targets);
+        let pool = previous
+            .get(pool_key.as_str())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Pool::new(kind, targets)));
         let scheme = route.downstream_scheme.as_deref().unwrap_or("http").to_ascii_lowercase();
         CompiledRoute {
             name: route.upstream_path_template.clone().unwrap_or_default(),
@@ -56,7 +65,8 @@ impl CompiledRoute {
             verify_cert: !route.dangerous_accept_any_server_certificate_validator,
             auth_schemes: effective::authentication_schemes(&effective::authentication(route, global)),
             uses_discovery: route.service_name.as_deref().is_some_and(|s| !s.trim().is_empty()),
-            pool: Arc::new(Pool::new(kind, targets)),
+            pool,
+            pool_key,
         }
     }
 }
@@ -66,14 +76,21 @@ impl CompiledRoute {
 pub struct Snapshot {
     pub table: RouteTable,
     pub routes: Vec<CompiledRoute>,
+    /// The merged configuration as Ocelot JSON.
+    pub value: serde_json::Value,
     pub config: FileConfiguration,
     pub warnings: Vec<Diagnostic>,
 }
 
 impl Snapshot {
-    pub fn build(loaded: LoadedConfig) -> Snapshot {
-        let LoadedConfig { config, mut warnings, .. } = loaded;
-        let routes: Vec<CompiledRoute> = config.routes.iter().map(|r| CompiledRoute::compile(r, &config)).collect();
+    /// Compiles a loaded configuration. Pools of routes that did not change are
+    /// taken over from `previous`, so their state survives the reload.
+    pub fn build(loaded: LoadedConfig, previous: Option<&Snapshot>) -> Snapshot {
+        let LoadedConfig { value, config, mut warnings, .. } = loaded;
+        let reusable: HashMap<&str, Arc<Pool>> = previous
+            .map(|p| p.routes.iter().map(|r| (r.pool_key.as_str(), r.pool.clone())).collect())
+            .unwrap_or_default();
+        let routes: Vec<CompiledRoute> = config.routes.iter().map(|r| CompiledRoute::compile(r, &config, &reusable)).collect();
         for (i, route) in routes.iter().enumerate() {
             let location = config.routes[i].describe(i);
             if !route.auth_schemes.is_empty() {
@@ -104,8 +121,18 @@ impl Snapshot {
         Snapshot {
             table: ocelot_compat::route_table(&config),
             routes,
+            value,
             config,
             warnings,
+        }
+    }
+
+    /// Resolves the hosts of the pools that `previous` did not already have.
+    pub async fn refresh_new_backends(&self, previous: &Snapshot) {
+        for route in &self.routes {
+            if !previous.routes.iter().any(|p| Arc::ptr_eq(&p.pool, &route.pool)) {
+                route.pool.refresh().await;
+            }
         }
     }
 

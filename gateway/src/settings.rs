@@ -15,16 +15,26 @@ pub struct Settings {
     pub environment: Option<String>,
     /// Proxy listeners (`host:port`).
     pub listen: Vec<String>,
-    /// Admin listener serving `/healthz` and `/readyz`.
+    /// Admin listener serving `/healthz`, `/readyz`, `/metrics` and the admin API.
     pub admin_listen: Option<String>,
+    /// Bearer token for the admin API (`/admin/*`); without one the API is off.
+    pub admin_token: Option<String>,
+    /// One JSON access-log line per request on stdout.
+    pub access_log: bool,
+    /// Seconds between checks of the configuration files, besides file-system
+    /// events (which some volumes never send).
+    pub config_poll_seconds: u64,
+    /// Seconds to keep serving after SIGTERM with `/readyz` failing, so the
+    /// orchestrator stops sending before the listeners close.
+    pub drain_seconds: u64,
     /// Worker threads for the proxy service (default: one per core).
     pub threads: Option<usize>,
     /// Extra CA bundle (PEM) trusted when verifying upstream TLS certificates.
     pub upstream_ca_file: Option<PathBuf>,
     /// How often host names in `DownstreamHostAndPorts` are re-resolved.
     pub dns_refresh_seconds: u64,
-    /// Seconds to keep serving after SIGTERM before the final shutdown step
-    /// (default 15, to fit Kubernetes' 30 s termination grace; Pingora's own is 300).
+    /// Seconds in-flight requests get after the listeners close (default 10,
+    /// so drain + grace + shutdown fit Kubernetes' 30 s; Pingora's own is 300).
     pub grace_period_seconds: Option<u64>,
     /// Seconds the final shutdown step may take (default 5).
     pub graceful_shutdown_timeout_seconds: Option<u64>,
@@ -43,6 +53,10 @@ impl Default for Settings {
             environment: None,
             listen: Vec::new(),
             admin_listen: None,
+            admin_token: None,
+            access_log: true,
+            config_poll_seconds: 5,
+            drain_seconds: 5,
             threads: None,
             upstream_ca_file: None,
             dns_refresh_seconds: 30,
@@ -86,6 +100,8 @@ mod tests {
         assert_eq!(s.listen, vec!["127.0.0.1:1"]);
         assert_eq!(s.threads, Some(3));
         assert_eq!(s.grace_period_seconds, None);
+        assert_eq!(s.drain_seconds, 5);
+        assert!(s.access_log);
     }
 
     #[test]

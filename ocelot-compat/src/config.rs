@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 /// A configuration that loaded: no errors, possibly warnings.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
+    /// The merged configuration as Ocelot JSON (what the admin API shows).
+    pub value: serde_json::Value,
     pub config: FileConfiguration,
     pub warnings: Vec<Diagnostic>,
     /// The files that were read, in merge order.
@@ -32,9 +34,32 @@ pub fn load(path: &Path, environment: Option<&str>) -> Result<LoadedConfig, Diag
         return Err(Diagnostics(all));
     }
     Ok(LoadedConfig {
+        value: loaded.value,
         config,
         warnings: all,
         files: loaded.files,
+    })
+}
+
+/// Validates a configuration given as JSON (e.g. posted to the admin API);
+/// diagnostics name `origin` as their file.
+pub fn from_json(value: serde_json::Value, origin: &Path) -> Result<LoadedConfig, Diagnostics> {
+    if !value.is_object() {
+        return Err(Diagnostics(vec![Diagnostic::error("", "", "the configuration must be a JSON object").in_file(origin)]));
+    }
+    let (config, mut diags) = model::from_value(&value);
+    diags.extend(validate::validate(&config));
+    let all: Vec<Diagnostic> = diags.into_iter().map(|d| d.in_file(origin)).collect();
+    if all.iter().any(Diagnostic::is_error) {
+        let mut all = all;
+        all.sort_by_key(|d| !d.is_error());
+        return Err(Diagnostics(all));
+    }
+    Ok(LoadedConfig {
+        value,
+        config,
+        warnings: all,
+        files: vec![origin.to_path_buf()],
     })
 }
 

@@ -17,5 +17,5 @@ pub mod table;
 pub mod template;
 pub mod validate;
 
-pub use config::{load, route_table, LoadedConfig};
+pub use config::{from_json, load, route_table, LoadedConfig};
 pub use diag::{Diagnostic, Diagnostics, Severity};

@@ -1,0 +1,126 @@
+//! Prometheus metrics, served by the admin listener at `/metrics`. Routes are
+//! labelled by their upstream template (or `Key`), never by the raw path, so
+//! cardinality is bounded by the configuration.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub breaker_rejected: IntCounterVec,
+    pub breaker_open: IntGaugeVec,
+    pub backend_healthy: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_hash: IntGaugeVec,
+    pub config_routes: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registration fails only for a duplicate name, a programming error caught by the tests.
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    metric
+}
+
+/// The process-wide metrics.
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let registry = Registry::new();
+    let config_routes = IntGauge::new("gateway_config_routes", "Routes in the loaded configuration")
+        .unwrap_or_else(|e| panic!("metric gateway_config_routes: {e}"));
+    registry
+        .register(Box::new(config_routes.clone()))
+        .unwrap_or_else(|e| panic!("metric gateway_config_routes: {e}"));
+    #[cfg(target_os = "linux")]
+    {
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = registry.register(Box::new(process)) {
+            log::warn!("process metrics unavailable: {e}");
+        }
+    }
+    let m = Metrics {
+        requests: counter(&registry, "gateway_requests_total", "Requests by route, method and status class", &["route", "method", "status_class"]),
+        request_duration: histogram(&registry, "gateway_request_duration_seconds", "Whole request latency", &["route"]),
+        upstream_duration: histogram(&registry, "gateway_upstream_duration_seconds", "Upstream latency until the response header", &["route"]),
+        upstream_connect_errors: counter(&registry, "gateway_upstream_connect_errors_total", "Failed upstream connections", &["route"]),
+        rate_limited: counter(&registry, "gateway_rate_limited_total", "Requests refused by rate limiting", &["route"]),
+        breaker_rejected: counter(&registry, "gateway_breaker_rejected_total", "Requests refused by an open circuit breaker", &["route"]),
+        breaker_open: gauge(&registry, "gateway_breaker_open", "1 while a route's circuit breaker is open", &["route"]),
+        backend_healthy: gauge(&registry, "gateway_backend_healthy", "1 while a backend passes its health checks", &["route", "backend"]),
+        config_reloads: counter(&registry, "gateway_config_reloads_total", "Configuration reloads by result", &["result"]),
+        config_hash: gauge(&registry, "gateway_config_hash", "1 for the hash of the configuration being served", &["hash"]),
+        config_routes,
+        build_info: gauge(&registry, "gateway_build_info", "Build information", &["version"]),
+        registry,
+    };
+    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m
+});
+
+impl Metrics {
+    /// Records the configuration now being served.
+    pub fn config_loaded(&self, hash: &str, routes: usize) {
+        self.config_hash.reset();
+        self.config_hash.with_label_values(&[hash]).set(1);
+        self.config_routes.set(routes as i64);
+    }
+}
+
+/// The text exposition format of every metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        log::error!("cannot encode metrics: {e}");
+    }
+    out
+}
+
+/// `2xx`, `4xx`… for a status code; `none` when no response was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        METRICS.requests.with_label_values(&["/a/{id}", "GET", "2xx"]).inc();
+        METRICS.config_loaded("abc", 3);
+        let text = String::from_utf8(render()).expect("utf8");
+        assert!(text.contains("gateway_requests_total{method=\"GET\",route=\"/a/{id}\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("gateway_config_hash{hash=\"abc\"} 1"), "{text}");
+        assert!(text.contains("gateway_build_info"), "{text}");
+    }
+}
