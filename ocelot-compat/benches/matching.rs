@@ -2,7 +2,7 @@
 //! aggregates) and on a generated 10,000-route table, with a mix of hits and
 //! misses. Each iteration resolves one request, cycling through the request list.
 //!
-//! The corpus is read from `$OCELOT_CORPUS` or `../../shared/ocelot-corpus`
+//! The corpus is read from `$OCELOT_CORPUS` or `tests/fixtures/ocelot-corpus`
 //! relative to this crate; without it the abp group is skipped.
 
 use std::hint::black_box;
@@ -20,7 +20,6 @@ struct Req {
     query: Option<&'static str>,
 }
 
-
 fn info(r: &Req) -> RequestInfo<'_> {
     RequestInfo {
         method: r.method,
@@ -33,7 +32,7 @@ fn info(r: &Req) -> RequestInfo<'_> {
 
 fn corpus_file() -> PathBuf {
     let base = std::env::var_os("OCELOT_CORPUS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/ocelot-corpus"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ocelot-corpus"),
         PathBuf::from,
     );
     base.join("abp-next-admin/merged/ocelot.json")
@@ -82,10 +81,18 @@ fn bench_abp(c: &mut Criterion) {
     assert_eq!(table.len(), 65);
 
     let hits = [
-        req("GET", "/api/identity/users/3fa85f64/roles", Some("skip=0&max=10")),
+        req(
+            "GET",
+            "/api/identity/users/3fa85f64/roles",
+            Some("skip=0&max=10"),
+        ),
         req("GET", "/api/abp/application-configuration", None),
         req("POST", "/connect/token", None),
-        req("GET", "/api/setting-management/settings/by-current-tenant/app", None),
+        req(
+            "GET",
+            "/api/setting-management/settings/by-current-tenant/app",
+            None,
+        ),
         req("PUT", "/api/tenant-management/tenants/42", None),
         req("GET", "/.well-known/openid-configuration", None),
         req("GET", "/admin/v1/swagger.json", None),
@@ -149,8 +156,16 @@ fn bench_generated(c: &mut Criterion) {
     for _ in 0..64 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let i = (seed >> 33) % 5_000;
-        hits.push(req("GET", &format!("/api/svc{i}/orders/{}", seed % 977), None));
-        hits.push(req("GET", &format!("/api/v1/items{i}/{}", seed % 31), Some("expand=true")));
+        hits.push(req(
+            "GET",
+            &format!("/api/svc{i}/orders/{}", seed % 977),
+            None,
+        ));
+        hits.push(req(
+            "GET",
+            &format!("/api/v1/items{i}/{}", seed % 31),
+            Some("expand=true"),
+        ));
     }
     let misses = [
         req("GET", "/api/svc99999/orders/1", None),

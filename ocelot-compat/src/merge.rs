@@ -524,7 +524,7 @@ mod tests {
     use serde_json::json;
 
     fn corpus() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/ocelot-corpus/abp-next-admin")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ocelot-corpus/abp-next-admin")
     }
 
     /// A fresh empty folder under the system temp dir, removed on drop.

@@ -278,7 +278,14 @@ mod tests {
 
     #[test]
     fn clean_paths_are_borrowed() {
-        for p in ["/", "/api/users/42", "/a/b/", "//x", "/a:b@c/!$&'()*+,;=", "/~_-."] {
+        for p in [
+            "/",
+            "/api/users/42",
+            "/a/b/",
+            "//x",
+            "/a:b@c/!$&'()*+,;=",
+            "/~_-.",
+        ] {
             assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
@@ -381,7 +388,9 @@ mod tests {
 
     #[test]
     fn never_panics_on_random_input() {
-        let alphabet: Vec<char> = "/%.2fFeE0aZ~ {}?#\u{e9}\u{1F600}\0\r\n%41%2F%2e..".chars().collect();
+        let alphabet: Vec<char> = "/%.2fFeE0aZ~ {}?#\u{e9}\u{1F600}\0\r\n%41%2F%2e.."
+            .chars()
+            .collect();
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         for _ in 0..20_000 {
             seed ^= seed << 13;
@@ -391,12 +400,16 @@ mod tests {
             let mut s = String::from("/");
             let mut x = seed;
             for _ in 0..len {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 s.push(alphabet[(x >> 33) as usize % alphabet.len()]);
             }
             if let Ok(p) = normalize_path(&s) {
                 assert!(p.starts_with('/'));
-                assert!(p.bytes().all(|b| b == b'/' || b == b'%' || is_segment_char(b)));
+                assert!(p
+                    .bytes()
+                    .all(|b| b == b'/' || b == b'%' || is_segment_char(b)));
                 let again = normalize_path(&p).unwrap();
                 assert_eq!(again, p);
             }

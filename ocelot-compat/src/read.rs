@@ -369,7 +369,7 @@ mod tests {
     }
 
     fn corpus() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/ocelot-corpus")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ocelot-corpus")
     }
 
     #[test]

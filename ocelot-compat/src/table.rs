@@ -137,6 +137,18 @@ impl Placeholders {
         self.0.push((name, value));
     }
 
+    /// Sets the value of an entry named `name` at index `from` or later; false if
+    /// there is none. Lets extraction keep one entry per regex group name.
+    pub(crate) fn set_from(&mut self, from: usize, name: &str, value: &str) -> bool {
+        match self.0.iter_mut().skip(from).find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                value.clone_into(v);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -175,6 +187,9 @@ struct Entry {
 struct Node {
     /// Sorted by (lowercased) key for binary search.
     children: Vec<(Box<[u8]>, u32)>,
+    /// Open-addressing index into `children` for wide nodes (thousands of services
+    /// under one prefix), so a lookup costs one hash instead of a dozen compares.
+    buckets: Vec<u32>,
     /// Ranks of the entries whose literal prefix ends here, ascending.
     all: Vec<u32>,
     /// The subset of `all` that has an `UpstreamHost`.
@@ -205,7 +220,7 @@ impl RouteTable {
             )
             .collect();
         // Stable: equal priorities keep configuration order, routes first.
-        entries.sort_by(|a, b| b.priority.cmp(&a.priority));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.priority));
 
         let mut nodes = vec![Node::default()];
         let mut edges: HashMap<(u32, Box<[u8]>), u32> = HashMap::new();
@@ -229,6 +244,17 @@ impl RouteTable {
         }
         for n in &mut nodes {
             n.children.sort_by(|a, b| a.0.cmp(&b.0));
+            if n.children.len() > HASHED_FANOUT {
+                let size = (n.children.len() * 2).next_power_of_two();
+                n.buckets = vec![u32::MAX; size];
+                for (i, (key, _)) in n.children.iter().enumerate() {
+                    let mut slot = fnv_lower(key) as usize & (size - 1);
+                    while n.buckets[slot] != u32::MAX {
+                        slot = (slot + 1) & (size - 1);
+                    }
+                    n.buckets[slot] = i as u32;
+                }
+            }
         }
         RouteTable { entries, nodes }
     }
@@ -327,12 +353,38 @@ impl RouteTable {
     }
 
     fn child(&self, node: u32, seg: &[u8]) -> Option<u32> {
-        let children = &self.nodes.get(node as usize)?.children;
-        children
-            .binary_search_by(|(key, _)| cmp_key_to_segment(key, seg))
-            .ok()
-            .map(|i| children[i].1)
+        let node = self.nodes.get(node as usize)?;
+        let children = &node.children;
+        if node.buckets.is_empty() {
+            return children
+                .binary_search_by(|(key, _)| cmp_key_to_segment(key, seg))
+                .ok()
+                .map(|i| children[i].1);
+        }
+        let mask = node.buckets.len() - 1;
+        let mut slot = fnv_lower(seg) as usize & mask;
+        loop {
+            let i = *node.buckets.get(slot)?;
+            let (key, child) = children.get(i as usize)?;
+            if cmp_key_to_segment(key, seg) == Ordering::Equal {
+                return Some(*child);
+            }
+            slot = (slot + 1) & mask;
+        }
     }
+}
+
+/// Nodes with more children than this get a hash index.
+const HASHED_FANOUT: usize = 16;
+
+/// FNV-1a over ASCII-lowercased bytes: equal for a key and any casing of it.
+fn fnv_lower(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= u64::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Orders a lowercased trie key against a request segment, lowercasing the segment
@@ -362,11 +414,7 @@ impl Entry {
         };
         Entry {
             target,
-            methods: spec
-                .methods
-                .iter()
-                .map(|m| m.trim().to_string())
-                .collect(),
+            methods: spec.methods.iter().map(|m| m.trim().to_string()).collect(),
             host: spec.host.filter(|h| !h.is_empty()),
             upstream,
             headers,
@@ -421,7 +469,10 @@ mod tests {
     }
 
     fn with_headers(mut s: UpstreamSpec, h: &[(&str, &str)]) -> UpstreamSpec {
-        s.header_templates = h.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        s.header_templates = h
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         s
     }
 
@@ -497,7 +548,10 @@ mod tests {
     #[test]
     fn priority_and_config_order() {
         // Should_use_priority
-        let t = table(vec![with_priority(spec("/goods/{url}"), 0), spec("/goods/delete")]);
+        let t = table(vec![
+            with_priority(spec("/goods/{url}"), 0),
+            spec("/goods/delete"),
+        ]);
         assert_eq!(get("/goods/delete").target(&t), R1);
         assert_eq!(get("/goods/other").target(&t), R0);
         // Equal priority: configuration order.
@@ -538,13 +592,19 @@ mod tests {
 
     #[test]
     fn methods() {
-        let t = table(vec![with_methods(spec("/"), &["Get"]), with_methods(spec("/"), &["Post", " put "])]);
+        let t = table(vec![
+            with_methods(spec("/"), &["Get"]),
+            with_methods(spec("/"), &["Post", " put "]),
+        ]);
         assert_eq!(get("/").target(&t), R0);
         assert_eq!(get("/").method("post").target(&t), R1);
         assert_eq!(get("/").method("PUT").target(&t), R1);
         // Method mismatch is a 404, never a 405.
         assert_eq!(get("/").method("DELETE").target(&t), None);
-        let t = table(vec![with_methods(spec("/"), &[]), with_methods(spec("/"), &["GET"])]);
+        let t = table(vec![
+            with_methods(spec("/"), &[]),
+            with_methods(spec("/"), &["GET"]),
+        ]);
         assert_eq!(get("/").method("PATCH").target(&t), R0);
     }
 
@@ -555,16 +615,25 @@ mod tests {
         assert_eq!(get("/").host(Some("localhost")).target(&t), R0);
         assert_eq!(get("/").host(Some("LOCALHOST")).target(&t), None);
         assert_eq!(get("/").host(None).target(&t), None);
-        let t = table(vec![with_host(spec("/"), "localhost"), with_host(spec("/"), "DONTMATCH")]);
+        let t = table(vec![
+            with_host(spec("/"), "localhost"),
+            with_host(spec("/"), "DONTMATCH"),
+        ]);
         assert_eq!(get("/").target(&t), R0);
-        let t = table(vec![with_host(spec("/"), "DONTMATCH"), with_host(spec("/"), "localhost")]);
+        let t = table(vec![
+            with_host(spec("/"), "DONTMATCH"),
+            with_host(spec("/"), "localhost"),
+        ]);
         assert_eq!(get("/").target(&t), R1);
         // A host-specific match beats an earlier host-less one.
         let t = table(vec![spec("/"), with_host(spec("/"), "localhost")]);
         assert_eq!(get("/").target(&t), R1);
         assert_eq!(get("/").host(Some("other")).target(&t), R0);
         // ... even one of lower priority.
-        let t = table(vec![with_priority(spec("/a"), 50), with_priority(with_host(spec("/{x}"), "localhost"), 0)]);
+        let t = table(vec![
+            with_priority(spec("/a"), 50),
+            with_priority(with_host(spec("/{x}"), "localhost"), 0),
+        ]);
         assert_eq!(get("/a").target(&t), R1);
         // UpstreamHost with a port never matches: the request host loses its port.
         let t = table(vec![with_host(spec("/"), "127.0.0.20:5000")]);
@@ -594,9 +663,15 @@ mod tests {
         let t = RouteTable::new(vec![spec("/x")], vec![spec("/x")]);
         assert_eq!(get("/x").target(&t), R0);
         // Aggregates honour header templates too.
-        let agg = with_host(with_headers(spec("/"), &[("country_code", "PL")]), "localhost");
+        let agg = with_host(
+            with_headers(spec("/"), &[("country_code", "PL")]),
+            "localhost",
+        );
         let t = RouteTable::new(vec![spec("/a"), spec("/b")], vec![agg]);
-        assert_eq!(get("/").header("country_code", "PL").target(&t), Some(Target::Aggregate(0)));
+        assert_eq!(
+            get("/").header("country_code", "PL").target(&t),
+            Some(Target::Aggregate(0))
+        );
         assert_eq!(get("/").target(&t), None);
     }
 
@@ -604,29 +679,88 @@ mod tests {
     fn header_routing() {
         let t = table(vec![with_headers(spec("/"), &[("country_code", "PL")])]);
         assert_eq!(get("/").header("country_code", "PL").target(&t), R0);
-        assert_eq!(get("/").header("other", "x").header("Country_Code", "pl").target(&t), R0);
+        assert_eq!(
+            get("/")
+                .header("other", "x")
+                .header("Country_Code", "pl")
+                .target(&t),
+            R0
+        );
         assert_eq!(get("/").header("country_code", "UK").target(&t), None);
         assert_eq!(get("/").target(&t), None);
         // Two values arrive as "PL,othervalue".
-        assert_eq!(get("/").header("country_code", "PL").header("country_code", "othervalue").target(&t), None);
-        let t = table(vec![with_headers(spec("/"), &[("country_code", "PL"), ("region", "MAZ")])]);
-        assert_eq!(get("/").header("country_code", "PL").header("other", "o").header("region", "MAZ").target(&t), R0);
-        assert_eq!(get("/").header("country_code", "PL").header("region", "anothervalue").target(&t), None);
+        assert_eq!(
+            get("/")
+                .header("country_code", "PL")
+                .header("country_code", "othervalue")
+                .target(&t),
+            None
+        );
+        let t = table(vec![with_headers(
+            spec("/"),
+            &[("country_code", "PL"), ("region", "MAZ")],
+        )]);
+        assert_eq!(
+            get("/")
+                .header("country_code", "PL")
+                .header("other", "o")
+                .header("region", "MAZ")
+                .target(&t),
+            R0
+        );
+        assert_eq!(
+            get("/")
+                .header("country_code", "PL")
+                .header("region", "anothervalue")
+                .target(&t),
+            None
+        );
         assert_eq!(get("/").header("country_code", "PL").target(&t), None);
-        let t = table(vec![with_headers(spec("/"), &[("country_code", "PL,{header:whatever}")])]);
-        let m = get("/").header("country_code", "PL").header("country_code", "UK").find(&t).unwrap();
+        let t = table(vec![with_headers(
+            spec("/"),
+            &[("country_code", "PL,{header:whatever}")],
+        )]);
+        let m = get("/")
+            .header("country_code", "PL")
+            .header("country_code", "UK")
+            .find(&t)
+            .unwrap();
         assert_eq!(placeholders(&m), [("{whatever}", "UK")]);
         // Should_distinguish_route_for_different_roles
-        let t = table(vec![with_headers(spec("/products"), &[("Origin", "admin.xxx.com")]), spec("/products")]);
-        assert_eq!(get("/products").header("Origin", "admin.xxx.com").target(&t), R0);
-        assert_eq!(get("/products").header("Origin", "user.xxx.com").target(&t), R1);
+        let t = table(vec![
+            with_headers(spec("/products"), &[("Origin", "admin.xxx.com")]),
+            spec("/products"),
+        ]);
+        assert_eq!(
+            get("/products")
+                .header("Origin", "admin.xxx.com")
+                .target(&t),
+            R0
+        );
+        assert_eq!(
+            get("/products").header("Origin", "user.xxx.com").target(&t),
+            R1
+        );
         // Header and URL placeholders together, header ones last.
         let t = table(vec![with_headers(
             spec("/{aa}"),
-            &[("country_code", "start_{header:country_code}_version_{header:version}_end")],
+            &[(
+                "country_code",
+                "start_{header:country_code}_version_{header:version}_end",
+            )],
         )]);
-        let m = get("/bb").header("country_code", "start_pl_version_v1_end").find(&t).unwrap();
-        assert_eq!(placeholders(&m), [("{aa}", "bb"), ("{country_code}", "pl"), ("{version}", "v1")]);
+        let m = get("/bb")
+            .header("country_code", "start_pl_version_v1_end")
+            .find(&t)
+            .unwrap();
+        assert_eq!(
+            placeholders(&m),
+            [
+                ("{aa}", "bb"),
+                ("{country_code}", "pl"),
+                ("{version}", "v1")
+            ]
+        );
         // Case sensitivity follows RouteIsCaseSensitive.
         let mut s = with_headers(spec("/"), &[("h", "Value")]);
         s.case_sensitive = true;
@@ -638,19 +772,37 @@ mod tests {
     #[test]
     fn query_routes() {
         // PR 2351: a catch-all query route and a plain one both match; first wins.
-        let t = table(vec![spec("/finance/v1/payment-methods?{id}"), spec("/finance/v1/payment-methods")]);
-        let m = get("/finance/v1/payment-methods?customer_id=12345").find(&t).unwrap();
+        let t = table(vec![
+            spec("/finance/v1/payment-methods?{id}"),
+            spec("/finance/v1/payment-methods"),
+        ]);
+        let m = get("/finance/v1/payment-methods?customer_id=12345")
+            .find(&t)
+            .unwrap();
         assert_eq!(m.target, Target::Route(0));
         assert_eq!(placeholders(&m), [("{id}", "")]);
         assert_eq!(get("/finance/v1/payment-methods").target(&t), R0);
-        let t = table(vec![spec("/api/subscriptions/{subscriptionId}/updates?unitId={unitId}")]);
-        let m = get("/api/subscriptions/s1/updates?unitId=u1&productId=1").find(&t).unwrap();
-        assert_eq!(placeholders(&m), [("{subscriptionId}", "s1"), ("{unitId}", "u1")]);
+        let t = table(vec![spec(
+            "/api/subscriptions/{subscriptionId}/updates?unitId={unitId}",
+        )]);
+        let m = get("/api/subscriptions/s1/updates?unitId=u1&productId=1")
+            .find(&t)
+            .unwrap();
+        assert_eq!(
+            placeholders(&m),
+            [("{subscriptionId}", "s1"), ("{unitId}", "u1")]
+        );
         assert_eq!(get("/api/subscriptions/s1/updates").target(&t), None);
         assert_eq!(get("/api/subscriptions/s1/updates?test=1").target(&t), None);
-        let t = table(vec![spec("/{tenantId}/products?{everything}"), spec("/{tenantId}/products/{everything}")]);
+        let t = table(vec![
+            spec("/{tenantId}/products?{everything}"),
+            spec("/{tenantId}/products/{everything}"),
+        ]);
         assert_eq!(get("/1/products/1").target(&t), R1);
-        let t = table(vec![spec("/api/v1/abc?{everything}"), spec("/api/v1/abc2/{everything}")]);
+        let t = table(vec![
+            spec("/api/v1/abc?{everything}"),
+            spec("/api/v1/abc2/{everything}"),
+        ]);
         let m = get("/api/v1/abc2/apple?isRequired=1").find(&t).unwrap();
         assert_eq!(m.target, Target::Route(1));
         assert_eq!(placeholders(&m), [("{everything}", "apple")]);
@@ -666,12 +818,25 @@ mod tests {
         assert_eq!(get("/api/v1/aaaaaaaaa/cards").target(&t), None);
         let t = table(vec![spec("/{variantId}/products/{productId}")]);
         let m = get("/23/products/1").find(&t).unwrap();
-        assert_eq!(placeholders(&m), [("{variantId}", "23"), ("{productId}", "1")]);
-        let t = table(vec![spec("/api/invoices_{url0}/{url1}-{url2}_abcd/{url3}?urlId={url4}")]);
-        let m = get("/api/InvoIces_abc/def-ghi_abcd/xyz?urlId=bla").find(&t).unwrap();
         assert_eq!(
             placeholders(&m),
-            [("{url0}", "abc"), ("{url1}", "def"), ("{url2}", "ghi"), ("{url3}", "xyz"), ("{url4}", "bla")]
+            [("{variantId}", "23"), ("{productId}", "1")]
+        );
+        let t = table(vec![spec(
+            "/api/invoices_{url0}/{url1}-{url2}_abcd/{url3}?urlId={url4}",
+        )]);
+        let m = get("/api/InvoIces_abc/def-ghi_abcd/xyz?urlId=bla")
+            .find(&t)
+            .unwrap();
+        assert_eq!(
+            placeholders(&m),
+            [
+                ("{url0}", "abc"),
+                ("{url1}", "def"),
+                ("{url2}", "ghi"),
+                ("{url3}", "xyz"),
+                ("{url4}", "bla")
+            ]
         );
         // A case-sensitive route is found through the lowercased index, then checked.
         let mut s = spec("/API/Items/{id}");
@@ -693,10 +858,13 @@ mod tests {
                 (i, if up.is_catch_all() { 0 } else { s.priority }, s)
             })
             .collect();
-        candidates.sort_by(|a, b| b.1.cmp(&a.1));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
         let mut matches = Vec::new();
         for (i, _, s) in candidates {
-            let method_ok = s.methods.is_empty() || s.methods.iter().any(|m| m.trim().eq_ignore_ascii_case(req.method.trim()));
+            let method_ok = s.methods.is_empty()
+                || s.methods
+                    .iter()
+                    .any(|m| m.trim().eq_ignore_ascii_case(req.method.trim()));
             let host_ok = s.host.as_deref().is_none_or(|h| h.is_empty() || h == host);
             if !method_ok || !host_ok {
                 continue;
@@ -705,7 +873,10 @@ mod tests {
                 continue;
             }
             let headers_ok = s.header_templates.iter().all(|(n, v)| {
-                req.headers.as_slice().joined(n).is_some_and(|x| HeaderTemplate::new(n, v, s.case_sensitive).is_match(&x))
+                req.headers
+                    .as_slice()
+                    .joined(n)
+                    .is_some_and(|x| HeaderTemplate::new(n, v, s.case_sensitive).is_match(&x))
             });
             if headers_ok {
                 matches.push((i, s.host.as_deref().is_some_and(|h| !h.is_empty())));
@@ -713,7 +884,11 @@ mod tests {
         }
         let pick = matches.iter().find(|m| m.1).or(matches.first())?.0;
         let routes = specs.len() - aggs;
-        Some(if pick < routes { Target::Route(pick) } else { Target::Aggregate(pick - routes) })
+        Some(if pick < routes {
+            Target::Route(pick)
+        } else {
+            Target::Aggregate(pick - routes)
+        })
     }
 
     struct Rng(u64);
@@ -732,13 +907,39 @@ mod tests {
     #[test]
     fn index_agrees_with_linear_reference() {
         const TEMPLATES: &[&str] = &[
-            "/", "/{everything}", "/api/{x}", "/api/users", "/api/users/{id}", "/API/Users/", "/api/v{v}/users",
-            "/api/users/{id}/posts/{pid}", "/{t}/users", "/api/users?q={q}", "/api?{all}", "/api/users.json",
-            "/.well-known/{x}", "/a/b/c/d", "/a/b/{c}/d", "/api/users/{id}-{slug}", "/Api/{x}/",
+            "/",
+            "/{everything}",
+            "/api/{x}",
+            "/api/users",
+            "/api/users/{id}",
+            "/API/Users/",
+            "/api/v{v}/users",
+            "/api/users/{id}/posts/{pid}",
+            "/{t}/users",
+            "/api/users?q={q}",
+            "/api?{all}",
+            "/api/users.json",
+            "/.well-known/{x}",
+            "/a/b/c/d",
+            "/a/b/{c}/d",
+            "/api/users/{id}-{slug}",
+            "/Api/{x}/",
         ];
         const PATHS: &[&str] = &[
-            "/", "/api", "/api/", "/api/users", "/API/USERS/", "/api/users/7", "/api/v2/users", "/x/users",
-            "/api/users/7/posts/9", "/api/usersXjson", "/.well-known/a", "/a/b/c/d", "/a/b/q/d", "/api/users/1-two",
+            "/",
+            "/api",
+            "/api/",
+            "/api/users",
+            "/API/USERS/",
+            "/api/users/7",
+            "/api/v2/users",
+            "/x/users",
+            "/api/users/7/posts/9",
+            "/api/usersXjson",
+            "/.well-known/a",
+            "/a/b/c/d",
+            "/a/b/q/d",
+            "/api/users/1-two",
             "/other",
         ];
         const QUERIES: &[Option<&str>] = &[None, Some(""), Some("q=1"), Some("z=2")];
@@ -750,15 +951,16 @@ mod tests {
             for _ in 0..n as usize + aggs {
                 let mut s = spec(rng.pick(TEMPLATES));
                 s.priority = (rng.next() % 3) as i32;
-                s.case_sensitive = rng.next() % 4 == 0;
-                if rng.next() % 4 == 0 {
+                s.case_sensitive = rng.next().is_multiple_of(4);
+                if rng.next().is_multiple_of(4) {
                     s.host = Some(rng.pick(&["localhost", "other", ""]).to_string());
                 }
-                if rng.next() % 4 == 0 {
+                if rng.next().is_multiple_of(4) {
                     s.methods = vec![rng.pick(&["GET", "post"]).to_string()];
                 }
-                if rng.next() % 6 == 0 {
-                    s.header_templates = vec![("h".into(), rng.pick(&["a", "{header:v}"]).to_string())];
+                if rng.next().is_multiple_of(6) {
+                    s.header_templates =
+                        vec![("h".into(), rng.pick(&["a", "{header:v}"]).to_string())];
                 }
                 specs.push(s);
             }
@@ -769,10 +971,15 @@ mod tests {
                 req.query = QUERIES[(rng.next() % QUERIES.len() as u64) as usize];
                 req.method = rng.pick(&["GET", "POST", "get"]);
                 req.host = [Some("localhost:80"), Some("other"), None][(rng.next() % 3) as usize];
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     req.headers.push(("H", rng.pick(&["a", "b"])));
                 }
-                assert_eq!(req.target(&t), reference(&specs, aggs, &req), "{specs:?} {}", req.path);
+                assert_eq!(
+                    req.target(&t),
+                    reference(&specs, aggs, &req),
+                    "{specs:?} {}",
+                    req.path
+                );
             }
         }
     }

@@ -233,15 +233,24 @@ mod vm {
     #[derive(Clone, Copy, Debug)]
     pub(super) enum Inst {
         /// Literal bytes from the pool (ASCII case folded when the program is `ci`).
-        Lit { off: u32, len: u32 },
+        Lit {
+            off: u32,
+            len: u32,
+        },
         /// One character of any kind.
         Any,
         /// Greedy run of `class` characters, at least one if `min1`.
-        Span { class: Class, min1: bool },
+        Span {
+            class: Class,
+            min1: bool,
+        },
         /// `.*` right before the end anchor: greedy to the end always succeeds.
         SkipAll,
         /// Try `first`, on failure `second`.
-        Split { first: u32, second: u32 },
+        Split {
+            first: u32,
+            second: u32,
+        },
         Jmp(u32),
         AssertEnd,
         Save(u32),
@@ -360,10 +369,20 @@ mod vm {
 
     #[derive(Clone, Copy)]
     enum Frame {
-        Resume { pc: u32, pos: usize },
+        Resume {
+            pc: u32,
+            pos: usize,
+        },
         /// The span at `pc` last ended at `cur`; try the previous character boundary.
-        Retry { pc: u32, min: usize, cur: usize },
-        Restore { slot: u32, old: usize },
+        Retry {
+            pc: u32,
+            min: usize,
+            cur: usize,
+        },
+        Restore {
+            slot: u32,
+            old: usize,
+        },
     }
 
     /// A stack that lives on the machine stack until it outgrows `N` frames.
@@ -452,12 +471,24 @@ mod vm {
             self.run(subject, &mut [])
         }
 
-        /// Capture positions (one per slot, `usize::MAX` when unset) of the
-        /// first match in .NET's backtracking priority order.
-        pub(super) fn captures(&self, subject: &[u8]) -> Option<Vec<usize>> {
-            let mut caps = vec![usize::MAX; self.slots];
-            if self.run(subject, &mut caps) {
-                Some(caps)
+        /// Runs with capture slots and hands the positions (one per slot,
+        /// `usize::MAX` when unset) of the first match in .NET's backtracking
+        /// priority order to `f`; `None` when there is no match.
+        pub(super) fn with_captures<R>(
+            &self,
+            subject: &[u8],
+            f: impl FnOnce(&[usize]) -> R,
+        ) -> Option<R> {
+            let mut inline = [usize::MAX; 32];
+            let mut heap = Vec::new();
+            let caps: &mut [usize] = if self.slots <= inline.len() {
+                &mut inline[..self.slots]
+            } else {
+                heap.resize(self.slots, usize::MAX);
+                &mut heap
+            };
+            if self.run(subject, caps) {
+                Some(f(caps))
             } else {
                 None
             }
@@ -499,10 +530,7 @@ mod vm {
                     }
                     Frame::Resume { pc, pos } => (pc, pos),
                 };
-                loop {
-                    let Some(&inst) = self.insts.get(pc as usize) else {
-                        break;
-                    };
+                while let Some(&inst) = self.insts.get(pc as usize) {
                     let m = self.memo[pc as usize];
                     if m != NO_MEMO {
                         let bit = m as usize * (n + 1) + pos;
@@ -605,8 +633,7 @@ fn with_subject<R>(path: &str, query: Option<&str>, f: impl FnOnce(&[u8]) -> R) 
 /// Turns capture positions into (name, value) pairs the way .NET exposes named
 /// groups: ordered by first appearance, one entry per name, last capture wins.
 fn push_groups(names: &[String], subject: &[u8], caps: &[usize], out: &mut Placeholders) {
-    let mut seen: Vec<(usize, &str)> = Vec::with_capacity(names.len());
-    let mut values: Vec<String> = Vec::with_capacity(names.len());
+    let base = out.len();
     for (k, name) in names.iter().enumerate() {
         let (s, e) = (caps.get(2 * k).copied(), caps.get(2 * k + 1).copied());
         let value = match (s, e) {
@@ -615,15 +642,9 @@ fn push_groups(names: &[String], subject: &[u8], caps: &[usize], out: &mut Place
             }
             _ => String::new(),
         };
-        if let Some(&(i, _)) = seen.iter().find(|(_, n)| *n == name.as_str()) {
-            values[i] = value;
-        } else {
-            seen.push((values.len(), name.as_str()));
-            values.push(value);
+        if !out.set_from(base, name, &value) {
+            out.push(name.clone(), value);
         }
-    }
-    for ((_, name), value) in seen.into_iter().zip(values) {
-        out.push(name.to_string(), value);
     }
 }
 
@@ -795,10 +816,7 @@ fn upstream_tokens(template: &str) -> (Vec<UTok>, bool, bool) {
     // in the rewritten template or when it sits after the query joint, else
     // `[^/]+`. Ocelot searches the rewritten *string*, so slashes inside the
     // joint, inside already-emitted `[^/]+` and inside placeholder names count.
-    loop {
-        let Some(at) = tokens.iter().position(|t| matches!(t, UTok::Ph(_))) else {
-            break;
-        };
+    while let Some(at) = tokens.iter().position(|t| matches!(t, UTok::Ph(_))) {
         let UTok::Ph(name) = tokens[at].clone() else {
             break;
         };
@@ -808,8 +826,10 @@ fn upstream_tokens(template: &str) -> (Vec<UTok>, bool, bool) {
                 UTok::Ph(n) => n.contains('/'),
                 _ => false,
             });
-        let query_before =
-            contains_query && tokens[..at].iter().any(|t| matches!(t, UTok::Qs | UTok::Ch('?')));
+        let query_before = contains_query
+            && tokens[..at]
+                .iter()
+                .any(|t| matches!(t, UTok::Qs | UTok::Ch('?')));
         let repl = if !slash_after || query_before {
             UTok::Rest
         } else {
@@ -906,9 +926,27 @@ fn lower_upstream(b: &mut Builder, toks: &[UTok], at_end: bool) {
                 let j3 = b.push(Inst::Match);
                 let a4 = b.push(Inst::AssertEnd);
                 let next = b.pc();
-                b.patch(s1, Inst::Split { first: a1, second: s2 });
-                b.patch(s2, Inst::Split { first: a2, second: s3 });
-                b.patch(s3, Inst::Split { first: a3, second: a4 });
+                b.patch(
+                    s1,
+                    Inst::Split {
+                        first: a1,
+                        second: s2,
+                    },
+                );
+                b.patch(
+                    s2,
+                    Inst::Split {
+                        first: a2,
+                        second: s3,
+                    },
+                );
+                b.patch(
+                    s3,
+                    Inst::Split {
+                        first: a3,
+                        second: a4,
+                    },
+                );
                 for j in [j1, j2, j3] {
                     b.patch(j, Inst::Jmp(next));
                 }
@@ -920,7 +958,13 @@ fn lower_upstream(b: &mut Builder, toks: &[UTok], at_end: bool) {
                 let a = b.pc();
                 b.lit(b"/");
                 let next = b.pc();
-                b.patch(s, Inst::Split { first: a, second: next });
+                b.patch(
+                    s,
+                    Inst::Split {
+                        first: a,
+                        second: next,
+                    },
+                );
                 i += 1;
             }
             UTok::Opt(inner) => {
@@ -930,7 +974,13 @@ fn lower_upstream(b: &mut Builder, toks: &[UTok], at_end: bool) {
                 let start = b.pc();
                 lower_upstream(b, inner, at_end && i + 1 == toks.len());
                 let next = b.pc();
-                b.patch(s, Inst::Split { first: j, second: start });
+                b.patch(
+                    s,
+                    Inst::Split {
+                        first: j,
+                        second: start,
+                    },
+                );
                 b.patch(j, Inst::Jmp(next));
                 i += 1;
             }
@@ -962,7 +1012,7 @@ impl Extractor {
         let mut names = Vec::with_capacity(ranges.len());
         let mut pos = 0;
         for (k, &(s, e)) in ranges.iter().enumerate() {
-            b.lit(template[pos..s].as_bytes());
+            b.lit(&template.as_bytes()[pos..s]);
             let class = if k + 1 == ranges.len() {
                 Class::NotAmp
             } else {
@@ -972,7 +1022,7 @@ impl Extractor {
             names.push(template[s..e].to_string());
             pos = e;
         }
-        b.lit(template[pos..].as_bytes());
+        b.lit(&template.as_bytes()[pos..]);
         Extractor {
             catch_all_query: catch_all_query(template),
             program: b.finish(true),
@@ -989,13 +1039,11 @@ impl Extractor {
         }
         let query = if self.contains_query { query } else { None };
         let done = with_subject(path, query, |subject| {
-            if let Some(caps) = self.program.captures(subject) {
-                if !self.names.is_empty() {
-                    push_groups(&self.names, subject, &caps, out);
-                    return true;
-                }
-            }
-            false
+            !self.names.is_empty()
+                && self
+                    .program
+                    .with_captures(subject, |caps| push_groups(&self.names, subject, caps, out))
+                    .is_some()
         });
         if done || !self.catch_all_path {
             return;
@@ -1009,9 +1057,9 @@ impl Extractor {
             retry.push_str(q);
         }
         retry.push('/');
-        if let Some(caps) = self.program.captures(retry.as_bytes()) {
-            push_groups(&self.names, retry.as_bytes(), &caps, out);
-        }
+        self.program.with_captures(retry.as_bytes(), |caps| {
+            push_groups(&self.names, retry.as_bytes(), caps, out)
+        });
     }
 }
 
@@ -1125,9 +1173,9 @@ impl HeaderTemplate {
         if self.names.is_empty() {
             return;
         }
-        if let Some(caps) = self.program.captures(value.as_bytes()) {
-            push_groups(&self.names, value.as_bytes(), &caps, out);
-        }
+        self.program.with_captures(value.as_bytes(), |caps| {
+            push_groups(&self.names, value.as_bytes(), caps, out)
+        });
     }
 }
 
@@ -1547,7 +1595,6 @@ fn remove_used_parameters(upstream: &str, placeholders: &Placeholders) -> String
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1680,31 +1727,48 @@ mod tests {
     fn unescaped_dot_is_a_wildcard() {
         assert!(m("/admin/v1/swagger.json", "/admin/v1/swagger.json"));
         assert!(m("/admin/v1/swagger.json", "/admin/v1/swaggerXjson"));
-        assert!(m("/api.{x}/y", "/api//z/y") == false);
+        assert!(!m("/api.{x}/y", "/api//z/y"));
         assert!(m("/a.b", "/a/b"));
         // The last segment starting with '.' becomes optional, as in Ocelot.
         assert!(m("/files/.hidden", "/files"));
         assert!(m("/files/.hidden", "/files/xhidden"));
-        assert!(m("/.well-known/openid-configuration", "/.well-known/openid-configuration"));
+        assert!(m(
+            "/.well-known/openid-configuration",
+            "/.well-known/openid-configuration"
+        ));
     }
 
     #[test]
     fn embedded_placeholders() {
         let t = "/api/invoices_{url0}/{url1}-{url2}_abcd/{url3}?urlId={url4}";
-        assert!(mq(t, "/api/invoices_abc/def-ghi_abcd/xyz", Some("urlId=bla")));
-        assert!(mq(t, "/api/InvoIces_abc/def-ghi_abcd/xyz", Some("urlId=bla")));
-        assert!(!UpstreamTemplate::new(t, true).is_match(
+        assert!(mq(
+            t,
+            "/api/invoices_abc/def-ghi_abcd/xyz",
+            Some("urlId=bla")
+        ));
+        assert!(mq(
+            t,
             "/api/InvoIces_abc/def-ghi_abcd/xyz",
             Some("urlId=bla")
         ));
-        assert!(!mq(t, "/api/invoices_abc/defghi_abcd/xyz", Some("urlId=bla")));
+        assert!(!UpstreamTemplate::new(t, true)
+            .is_match("/api/InvoIces_abc/def-ghi_abcd/xyz", Some("urlId=bla")));
+        assert!(!mq(
+            t,
+            "/api/invoices_abc/defghi_abcd/xyz",
+            Some("urlId=bla")
+        ));
     }
 
     #[test]
     fn query_templates() {
         let t = "/api/subscriptions/{subscriptionId}/updates?unitId={unitId}";
         assert!(mq(t, "/api/subscriptions/1/updates", Some("unitId=2")));
-        assert!(mq(t, "/api/subscriptions/1/updates", Some("unitId=2&productId=1")));
+        assert!(mq(
+            t,
+            "/api/subscriptions/1/updates",
+            Some("unitId=2&productId=1")
+        ));
         assert!(mq(t, "/api/subscriptions/1/updates/", Some("unitId=2")));
         assert!(!mq(t, "/api/subscriptions/1/updates", None));
         assert!(!mq(t, "/api/subscriptions/1/updates", Some("test=1")));
@@ -1722,10 +1786,26 @@ mod tests {
         }
         assert!(!mq(c, "/contracts/x", None));
         // Bugs 2064 / 2132: a query placeholder never swallows path segments.
-        assert!(!mq("/{tenantId}/products?{everything}", "/1/products/1", None));
-        assert!(mq("/{tenantId}/products/{everything}", "/1/products/1", None));
-        assert!(!mq("/api/v1/abc?{everything}", "/api/v1/abc2/apple", Some("isRequired=1")));
-        assert!(mq("/api/v1/abc2/{everything}", "/api/v1/abc2/apple", Some("isRequired=1")));
+        assert!(!mq(
+            "/{tenantId}/products?{everything}",
+            "/1/products/1",
+            None
+        ));
+        assert!(mq(
+            "/{tenantId}/products/{everything}",
+            "/1/products/1",
+            None
+        ));
+        assert!(!mq(
+            "/api/v1/abc?{everything}",
+            "/api/v1/abc2/apple",
+            Some("isRequired=1")
+        ));
+        assert!(mq(
+            "/api/v1/abc2/{everything}",
+            "/api/v1/abc2/apple",
+            Some("isRequired=1")
+        ));
         // A path placeholder before the query part is single-segment.
         assert!(!mq("/a/{b}?x={x}", "/a/1/2", Some("x=1")));
         assert!(mq("/a/{b}?x={x}", "/a/1", Some("x=1")));
@@ -1737,7 +1817,10 @@ mod tests {
     fn literal_prefixes() {
         let p = |t: &str| UpstreamTemplate::new(t, false).literal_prefix().to_vec();
         assert_eq!(p("/api/Users/{id}"), ["api", "users"]);
-        assert_eq!(p("/api/abp/api-definition"), ["api", "abp", "api-definition"]);
+        assert_eq!(
+            p("/api/abp/api-definition"),
+            ["api", "abp", "api-definition"]
+        );
         assert_eq!(p("/products/"), ["products"]);
         assert_eq!(p("/api/v1?x={y}"), ["api", "v1"]);
         assert_eq!(p("/admin/v1/swagger.json"), ["admin", "v1"]);
@@ -1754,14 +1837,24 @@ mod tests {
     fn extraction_basics() {
         assert_eq!(extract("", "", None), pairs(&[]));
         assert_eq!(extract("/{url}", "", None), pairs(&[("{url}", "")]));
-        assert_eq!(extract("/{url}", "/test", None), pairs(&[("{url}", "test")]));
+        assert_eq!(
+            extract("/{url}", "/test", None),
+            pairs(&[("{url}", "test")])
+        );
         assert_eq!(extract("/{url}", "/", None), pairs(&[("{url}", "")]));
         assert_eq!(
-            extract("/{everything}", "/test/toot", Some("$filter=Name%20eq%20'Sam'")),
+            extract(
+                "/{everything}",
+                "/test/toot",
+                Some("$filter=Name%20eq%20'Sam'")
+            ),
             pairs(&[("{everything}", "test/toot")])
         );
         assert_eq!(extract("/", "/", None), pairs(&[]));
-        assert_eq!(extract("/{url}/products", "/1/products", None), pairs(&[("{url}", "1")]));
+        assert_eq!(
+            extract("/{url}/products", "/1/products", None),
+            pairs(&[("{url}", "1")])
+        );
         assert_eq!(extract("/products/", "/products", None), pairs(&[]));
         assert_eq!(extract("api/", "api/", None), pairs(&[]));
     }
@@ -1769,7 +1862,11 @@ mod tests {
     #[test]
     fn extraction_of_query_placeholders() {
         assert_eq!(
-            extract("/products?productId={productId}", "/products", Some("productId=1")),
+            extract(
+                "/products?productId={productId}",
+                "/products",
+                Some("productId=1")
+            ),
             pairs(&[("{productId}", "1")])
         );
         assert_eq!(
@@ -1786,7 +1883,11 @@ mod tests {
                 "/products/3",
                 Some("productId=1&categoryId=2")
             ),
-            pairs(&[("{account}", "3"), ("{productId}", "1"), ("{categoryId}", "2")])
+            pairs(&[
+                ("{account}", "3"),
+                ("{productId}", "1"),
+                ("{categoryId}", "2")
+            ])
         );
         assert_eq!(
             extract(
@@ -1794,34 +1895,99 @@ mod tests {
                 "/products/3/",
                 Some("productId=1&categoryId=2")
             ),
-            pairs(&[("{account}", "3"), ("{productId}", "1"), ("{categoryId}", "2")])
+            pairs(&[
+                ("{account}", "3"),
+                ("{productId}", "1"),
+                ("{categoryId}", "2")
+            ])
         );
         assert_eq!(
-            extract("/api/invoices/{url}?{query}", "/api/invoices/test", Some("query=1")),
+            extract(
+                "/api/invoices/{url}?{query}",
+                "/api/invoices/test",
+                Some("query=1")
+            ),
             pairs(&[("{url}", "test"), ("{query}", "query=1")])
         );
         assert_eq!(
-            extract("/api/invoices/{url}?{query}", "/api/invoices/", Some("query=1")),
+            extract(
+                "/api/invoices/{url}?{query}",
+                "/api/invoices/",
+                Some("query=1")
+            ),
             pairs(&[("{url}", ""), ("{query}", "query=1")])
         );
     }
 
     #[test]
     fn extraction_catch_all_forms() {
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
-            ("/api/{finalUrlPath}", "/api/product/products/categories/", &[("{finalUrlPath}", "product/products/categories/")]),
-            ("/myApp1Name/api/{urlPath}", "/myApp1Name/api/products/1", &[("{urlPath}", "products/1")]),
-            ("/upstream/test/{testId}", "/upstream/test/", &[("{testId}", "")]),
-            ("/api/invoices/{url}", "/api/invoices/123", &[("{url}", "123")]),
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case<'_>] = &[
+            (
+                "/api/{finalUrlPath}",
+                "/api/product/products/categories/",
+                &[("{finalUrlPath}", "product/products/categories/")],
+            ),
+            (
+                "/myApp1Name/api/{urlPath}",
+                "/myApp1Name/api/products/1",
+                &[("{urlPath}", "products/1")],
+            ),
+            (
+                "/upstream/test/{testId}",
+                "/upstream/test/",
+                &[("{testId}", "")],
+            ),
+            (
+                "/api/invoices/{url}",
+                "/api/invoices/123",
+                &[("{url}", "123")],
+            ),
             ("/api/invoices/{url}", "/api/invoices/", &[("{url}", "")]),
             ("/api/invoices/{url}", "/api/invoices", &[("{url}", "")]),
-            ("/api/{version}/invoices/", "/api/v1/invoices/", &[("{version}", "v1")]),
-            ("/api/{version}/invoices/{url}", "/api/v1/invoices/123", &[("{version}", "v1"), ("{url}", "123")]),
-            ("/api/{version}/invoices/{url}", "/api/v1/invoices/", &[("{version}", "v1"), ("{url}", "")]),
-            ("/dati-registri/{version}/{everything}", "/dati-registri/v1.0/operatore/R80QQ5J9600/valida", &[("{version}", "v1.0"), ("{everything}", "operatore/R80QQ5J9600/valida")]),
-            ("/api/invoices/{invoiceId}/{url}", "/api/invoices/1", &[("{invoiceId}", "1"), ("{url}", "")]),
-            ("/data/{version}/{category}/{subcategory}/{rest}", "/data/2.1/sales/reports/weekly/summary", &[("{version}", "2.1"), ("{category}", "sales"), ("{subcategory}", "reports"), ("{rest}", "weekly/summary")]),
-            ("/api/product/products/{productId}/categories/{categoryId}/variant/", "/api/product/products/1/categories/2/variant/", &[("{productId}", "1"), ("{categoryId}", "2")]),
+            (
+                "/api/{version}/invoices/",
+                "/api/v1/invoices/",
+                &[("{version}", "v1")],
+            ),
+            (
+                "/api/{version}/invoices/{url}",
+                "/api/v1/invoices/123",
+                &[("{version}", "v1"), ("{url}", "123")],
+            ),
+            (
+                "/api/{version}/invoices/{url}",
+                "/api/v1/invoices/",
+                &[("{version}", "v1"), ("{url}", "")],
+            ),
+            (
+                "/dati-registri/{version}/{everything}",
+                "/dati-registri/v1.0/operatore/R80QQ5J9600/valida",
+                &[
+                    ("{version}", "v1.0"),
+                    ("{everything}", "operatore/R80QQ5J9600/valida"),
+                ],
+            ),
+            (
+                "/api/invoices/{invoiceId}/{url}",
+                "/api/invoices/1",
+                &[("{invoiceId}", "1"), ("{url}", "")],
+            ),
+            (
+                "/data/{version}/{category}/{subcategory}/{rest}",
+                "/data/2.1/sales/reports/weekly/summary",
+                &[
+                    ("{version}", "2.1"),
+                    ("{category}", "sales"),
+                    ("{subcategory}", "reports"),
+                    ("{rest}", "weekly/summary"),
+                ],
+            ),
+            (
+                "/api/product/products/{productId}/categories/{categoryId}/variant/",
+                "/api/product/products/1/categories/2/variant/",
+                &[("{productId}", "1"), ("{categoryId}", "2")],
+            ),
         ];
         for (t, p, want) in cases {
             assert_eq!(extract(t, p, None), pairs(want), "{t} {p}");
@@ -1895,11 +2061,17 @@ mod tests {
     #[test]
     fn extraction_quirks_are_kept() {
         // The last placeholder stops at '&' even in the path.
-        assert_eq!(extract("/{everything}", "/a&b", None), pairs(&[("{everything}", "a")]));
+        assert_eq!(
+            extract("/{everything}", "/a&b", None),
+            pairs(&[("{everything}", "a")])
+        );
         // Extraction escapes '.', so a wildcard match yields no values.
         assert_eq!(extract("/v1.0/{x}", "/v1X0/5", None), pairs(&[]));
         // Duplicated names: one entry, last capture wins.
-        assert_eq!(extract("/{a}/{a}/x", "/1/2/x", None), pairs(&[("{a}", "2")]));
+        assert_eq!(
+            extract("/{a}/{a}/x", "/1/2/x", None),
+            pairs(&[("{a}", "2")])
+        );
     }
 
     // --- Header templates ------------------------------------------------------
@@ -1925,36 +2097,66 @@ mod tests {
         assert_eq!(header("PL", "UK"), None);
         assert_eq!(header("PL", "PL,othervalue"), None);
         assert!(!HeaderTemplate::new("x", "anyHeaderValue", true).is_match("ANYHEADERVALUE"));
-        assert_eq!(header("{header:countrycode}", "PL"), Some(pairs(&[("{countrycode}", "PL")])));
+        assert_eq!(
+            header("{header:countrycode}", "PL"),
+            Some(pairs(&[("{countrycode}", "PL")]))
+        );
         assert_eq!(header("{header:countrycode}", ""), None);
-        assert_eq!(header("{header:countrycode}-V1", "PL-V1"), Some(pairs(&[("{countrycode}", "PL")])));
-        assert_eq!(header("V1-{header:countrycode}", "V1-PL"), Some(pairs(&[("{countrycode}", "PL")])));
-        assert_eq!(header("cc:{header:countrycode}-V1", "cc:PL-V1"), Some(pairs(&[("{countrycode}", "PL")])));
+        assert_eq!(
+            header("{header:countrycode}-V1", "PL-V1"),
+            Some(pairs(&[("{countrycode}", "PL")]))
+        );
+        assert_eq!(
+            header("V1-{header:countrycode}", "V1-PL"),
+            Some(pairs(&[("{countrycode}", "PL")]))
+        );
+        assert_eq!(
+            header("cc:{header:countrycode}-V1", "cc:PL-V1"),
+            Some(pairs(&[("{countrycode}", "PL")]))
+        );
         assert_eq!(
             header("{header:countrycode}-{header:version}", "PL-v1"),
             Some(pairs(&[("{countrycode}", "PL"), ("{version}", "v1")]))
         );
         assert_eq!(header("{header:countrycode}-{header:version}", "PL"), None);
         assert_eq!(
-            header("start_{header:country_code}_version_{header:version}_end", "start_pl_version_v1_end"),
+            header(
+                "start_{header:country_code}_version_{header:version}_end",
+                "start_pl_version_v1_end"
+            ),
             Some(pairs(&[("{country_code}", "pl"), ("{version}", "v1")]))
         );
-        assert_eq!(header("product-{header:everything}", "product-Camera"), Some(pairs(&[("{everything}", "Camera")])));
+        assert_eq!(
+            header("product-{header:everything}", "product-Camera"),
+            Some(pairs(&[("{everything}", "Camera")]))
+        );
         // Braces that are not {header:…} are literal; '.' is a wildcard.
         assert_eq!(header("my_{header}", "my_{header}"), Some(vec![]));
         assert_eq!(header("admin.xxx.com", "admin.xxx.com"), Some(vec![]));
         assert_eq!(header("admin.xxx.com", "adminXxxxYcom"), Some(vec![]));
         // Multiple header values arrive joined with ','.
-        assert_eq!(header("PL,{header:whatever}", "PL,UK"), Some(pairs(&[("{whatever}", "UK")])));
-        assert_eq!(header("{HEADER:Code}", "x"), Some(pairs(&[("{Code}", "x")])));
-        assert_eq!(ocelot_header_regex("cc:{header:code}-V1", false), "^(?i)cc:(?<code>.+)-V1$");
+        assert_eq!(
+            header("PL,{header:whatever}", "PL,UK"),
+            Some(pairs(&[("{whatever}", "UK")]))
+        );
+        assert_eq!(
+            header("{HEADER:Code}", "x"),
+            Some(pairs(&[("{Code}", "x")]))
+        );
+        assert_eq!(
+            ocelot_header_regex("cc:{header:code}-V1", false),
+            "^(?i)cc:(?<code>.+)-V1$"
+        );
     }
 
     #[test]
     fn literal_metachar_reports() {
         assert!(path_template_literal_metachars("/api/{id}/x.json?q={q}").is_empty());
         assert_eq!(path_template_literal_metachars("/odata?$filter={f}"), ['$']);
-        assert_eq!(path_template_literal_metachars("/a+(b)/{x}"), ['+', '(', ')']);
+        assert_eq!(
+            path_template_literal_metachars("/a+(b)/{x}"),
+            ['+', '(', ')']
+        );
         assert_eq!(path_template_literal_metachars("/a/?b={b}?c"), ['?']);
         assert!(header_template_literal_metachars("{header:x}.y").is_empty());
         assert_eq!(header_template_literal_metachars("a?b"), ['?']);
@@ -1962,7 +2164,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(placeholder_names("/api/{a}/x{b}-{c}?q={d}"), ["{a}", "{b}", "{c}", "{d}"]);
+        assert_eq!(
+            placeholder_names("/api/{a}/x{b}-{c}?q={d}"),
+            ["{a}", "{b}", "{c}", "{d}"]
+        );
         assert_eq!(placeholder_names("/{id}/{Id}"), ["{id}", "{Id}"]);
         assert_eq!(placeholder_names("/{a/{b}"), ["{a/{b}"]);
         assert!(placeholder_names("/{a").is_empty());
@@ -1991,83 +2196,249 @@ mod tests {
     #[test]
     fn substitution_and_trailing_slash() {
         let p = ph(&[("{productId}", "1")]);
-        assert_eq!(render("/api/products/{productId}", &p, "/products/1", None), want("/api/products/1", None));
-        assert_eq!(render("/api/{unknown}/{productId}", &p, "/x", None), want("/api/%7Bunknown%7D/1", None));
+        assert_eq!(
+            render("/api/products/{productId}", &p, "/products/1", None),
+            want("/api/products/1", None)
+        );
+        assert_eq!(
+            render("/api/{unknown}/{productId}", &p, "/x", None),
+            want("/api/%7Bunknown%7D/1", None)
+        );
         let p = ph(&[("{url}", "abcd"), ("{version}", "v1")]);
-        assert_eq!(render("/api/{version}/test/{url}/", &p, "/test/v1/abcd", None), want("/api/v1/test/abcd", None));
-        assert_eq!(render("/api/{version}/test/{url}/", &p, "/test/v1/abcd/", None), want("/api/v1/test/abcd/", None));
+        assert_eq!(
+            render("/api/{version}/test/{url}/", &p, "/test/v1/abcd", None),
+            want("/api/v1/test/abcd", None)
+        );
+        assert_eq!(
+            render("/api/{version}/test/{url}/", &p, "/test/v1/abcd/", None),
+            want("/api/v1/test/abcd/", None)
+        );
         let p = ph(&[("{everything}", "")]);
-        assert_eq!(render("/downstream/test/{everything}", &p, "/upstream/test", None), want("/downstream/test", None));
-        assert_eq!(render("/downstream/test/{everything}", &p, "/upstream/test/", None), want("/downstream/test/", None));
+        assert_eq!(
+            render("/downstream/test/{everything}", &p, "/upstream/test", None),
+            want("/downstream/test", None)
+        );
+        assert_eq!(
+            render("/downstream/test/{everything}", &p, "/upstream/test/", None),
+            want("/downstream/test/", None)
+        );
         assert_eq!(render("/", &ph(&[]), "/x", None), want("/", None));
-        assert_eq!(render("/api/invoices", &ph(&[]), "/invoices/", None), want("/api/invoices", None));
+        assert_eq!(
+            render("/api/invoices", &ph(&[]), "/invoices/", None),
+            want("/api/invoices", None)
+        );
         // Claims can change a value; ChangeDownstreamPathTemplate semantics.
         let mut p = ph(&[("{a}", "1"), ("{b}", "2")]);
         p.insert("{a}".into(), "9".into());
         assert_eq!(render("/{a}/{b}", &p, "/x", None), want("/9/2", None));
         // Two placeholders differing only by case are distinct (PR 2351).
         let p = ph(&[("{id}", "1"), ("{Id}", "2")]);
-        assert_eq!(render("/v1/items/{Id}/{id}", &p, "/finance/v1/items/1/2", None), want("/v1/items/2/1", None));
+        assert_eq!(
+            render("/v1/items/{Id}/{id}", &p, "/finance/v1/items/1/2", None),
+            want("/v1/items/2/1", None)
+        );
     }
 
     #[test]
     fn query_forwarding_without_template_query() {
         // No placeholders: the raw query passes untouched.
-        assert_eq!(render("/newThing", &ph(&[]), "/newThing", Some("a=1&b=%20c+d&e")), want("/newThing", Some("a=1&b=%20c+d&e")));
+        assert_eq!(
+            render("/newThing", &ph(&[]), "/newThing", Some("a=1&b=%20c+d&e")),
+            want("/newThing", Some("a=1&b=%20c+d&e"))
+        );
         // With placeholders: re-encoded, placeholder-named parameters dropped.
         let p = ph(&[("{everything}", "odata/customers")]);
         assert_eq!(
-            render("/{everything}", &p, "/odata/customers", Some("$filter=Name%20eq%20'Sam'")),
+            render(
+                "/{everything}",
+                &p,
+                "/odata/customers",
+                Some("$filter=Name%20eq%20'Sam'")
+            ),
             want("/odata/customers", Some("$filter=Name%20eq%20%27Sam%27"))
         );
         let p = ph(&[("{subscriptionId}", "1"), ("{unitId}", "2")]);
-        assert_eq!(render("/api/units/{subscriptionId}/{unitId}/updates", &p, "/x", Some("unitId=2")), want("/api/units/1/2/updates", None));
-        assert_eq!(render("/api/units/{subscriptionId}/{unitId}/updates", &p, "/x", Some("unitId=2&productId=2")).1, Some("productId=2".into()));
-        assert_eq!(render("/api/units/{subscriptionId}/{unitId}/updates", &p, "/x", Some("productId=2&unitId=2")).1, Some("productId=2".into()));
-        let p = ph(&[("{subscriptionId}", "1"), ("{unitId}", "2"), ("{unitIdIty}", "3")]);
-        assert_eq!(render("/api/units/{subscriptionId}/{unitId}/updates/{unitIdIty}", &p, "/x", Some("unitId=2?unitIdIty=3")).1, None);
+        assert_eq!(
+            render(
+                "/api/units/{subscriptionId}/{unitId}/updates",
+                &p,
+                "/x",
+                Some("unitId=2")
+            ),
+            want("/api/units/1/2/updates", None)
+        );
+        assert_eq!(
+            render(
+                "/api/units/{subscriptionId}/{unitId}/updates",
+                &p,
+                "/x",
+                Some("unitId=2&productId=2")
+            )
+            .1,
+            Some("productId=2".into())
+        );
+        assert_eq!(
+            render(
+                "/api/units/{subscriptionId}/{unitId}/updates",
+                &p,
+                "/x",
+                Some("productId=2&unitId=2")
+            )
+            .1,
+            Some("productId=2".into())
+        );
+        let p = ph(&[
+            ("{subscriptionId}", "1"),
+            ("{unitId}", "2"),
+            ("{unitIdIty}", "3"),
+        ]);
+        assert_eq!(
+            render(
+                "/api/units/{subscriptionId}/{unitId}/updates/{unitIdIty}",
+                &p,
+                "/x",
+                Some("unitId=2?unitIdIty=3")
+            )
+            .1,
+            None
+        );
         // Bug 1288 / PR 2351: only exact (case-insensitive) names are removed.
         let p = ph(&[("{id}", "3")]);
-        assert_eq!(render("/cpx/t1/{id}", &p, "/safe/3", Some("id1=2312")).1, Some("id1=2312".into()));
+        assert_eq!(
+            render("/cpx/t1/{id}", &p, "/safe/3", Some("id1=2312")).1,
+            Some("id1=2312".into())
+        );
         let p = ph(&[("{id}", "123")]);
-        assert_eq!(render("/v1/data/{id}", &p, "/x/", Some("xid=1&idx=2&id=3&extra=x")).1, Some("xid=1&idx=2&extra=x".into()));
+        assert_eq!(
+            render("/v1/data/{id}", &p, "/x/", Some("xid=1&idx=2&id=3&extra=x")).1,
+            Some("xid=1&idx=2&extra=x".into())
+        );
         let p = ph(&[("{id}", "1"), ("{oid}", "2")]);
-        assert_eq!(render("/v1/orders/{id}/{oid}", &p, "/x", Some("id=1&oid=2&orderid=3&customer_id=4")).1, Some("orderid=3&customer_id=4".into()));
+        assert_eq!(
+            render(
+                "/v1/orders/{id}/{oid}",
+                &p,
+                "/x",
+                Some("id=1&oid=2&orderid=3&customer_id=4")
+            )
+            .1,
+            Some("orderid=3&customer_id=4".into())
+        );
         let p = ph(&[("{id}", "1"), ("{Id}", "2")]);
-        assert_eq!(render("/v1/items/{Id}/{id}", &p, "/x", Some("id=3&Id=4&ID=5&extra=x")).1, Some("extra=x".into()));
+        assert_eq!(
+            render(
+                "/v1/items/{Id}/{id}",
+                &p,
+                "/x",
+                Some("id=3&Id=4&ID=5&extra=x")
+            )
+            .1,
+            Some("extra=x".into())
+        );
         let p = ph(&[("{everything}", "")]);
         assert_eq!(
-            render("/downstream/test/{everything}", &p, "/upstream/test", Some("p1=v1&p2=v2&something-else=")),
+            render(
+                "/downstream/test/{everything}",
+                &p,
+                "/upstream/test",
+                Some("p1=v1&p2=v2&something-else=")
+            ),
             want("/downstream/test", Some("p1=v1&p2=v2&something-else="))
         );
         // Re-encoding groups repeated names and gives valueless parameters a '='.
         let p = ph(&[("{x}", "1")]);
-        assert_eq!(render("/a/{x}", &p, "/a/1", Some("b=1&c&b=2&=z")).1, Some("b=1&b=2&c=&=z".into()));
+        assert_eq!(
+            render("/a/{x}", &p, "/a/1", Some("b=1&c&b=2&=z")).1,
+            Some("b=1&b=2&c=&=z".into())
+        );
         assert_eq!(render("/a/{x}", &p, "/a/1", Some("x=1")).1, None);
     }
 
     #[test]
     fn query_merging_with_template_query() {
         let p = ph(&[("{userId}", "webley")]);
-        assert_eq!(render("/persons?personId={userId}", &p, "/users", Some("userId=webley")), want("/persons", Some("personId=webley")));
+        assert_eq!(
+            render(
+                "/persons?personId={userId}",
+                &p,
+                "/users",
+                Some("userId=webley")
+            ),
+            want("/persons", Some("personId=webley"))
+        );
         let p = ph(&[("{uid}", "webley")]);
-        assert_eq!(render("/persons?personId={uid}", &p, "/users", Some("userId=webley")), want("/persons", Some("personId=webley&userId=webley")));
+        assert_eq!(
+            render(
+                "/persons?personId={uid}",
+                &p,
+                "/users",
+                Some("userId=webley")
+            ),
+            want("/persons", Some("personId=webley&userId=webley"))
+        );
         let p = ph(&[("{userid}", "webley")]);
-        assert_eq!(render("/persons?personId={userid}", &p, "/users", Some("userId=webley")).1, Some("personId=webley&userId=webley".into()));
+        assert_eq!(
+            render(
+                "/persons?personId={userid}",
+                &p,
+                "/users",
+                Some("userId=webley")
+            )
+            .1,
+            Some("personId=webley&userId=webley".into())
+        );
         // Without an upstream query the template's query is used verbatim.
         let p = ph(&[("{subscriptionId}", "s"), ("{unitId}", "u")]);
-        assert_eq!(render("/api/subscriptions/{subscriptionId}/updates?unitId={unitId}", &p, "/api/units/s/u/updates", None), want("/api/subscriptions/s/updates", Some("unitId=u")));
+        assert_eq!(
+            render(
+                "/api/subscriptions/{subscriptionId}/updates?unitId={unitId}",
+                &p,
+                "/api/units/s/u/updates",
+                None
+            ),
+            want("/api/subscriptions/s/updates", Some("unitId=u"))
+        );
         // Bug 952.
         let p = ph(&[("{subscriptionId}", "s"), ("{unit}", "U")]);
-        assert_eq!(render("/api/subscriptions/{subscriptionId}/updates?unitId={unit}", &p, "/x", Some("unit=U&x=xxx")).1, Some("unitId=U&x=xxx".into()));
+        assert_eq!(
+            render(
+                "/api/subscriptions/{subscriptionId}/updates?unitId={unit}",
+                &p,
+                "/x",
+                Some("unit=U&x=xxx")
+            )
+            .1,
+            Some("unitId=U&x=xxx".into())
+        );
         // Bug 473.
         let p = ph(&[("{action}", "1"), ("{servak}", "2")]);
-        assert_eq!(render("/Authorized/{action}?server={servak}", &p, "/uc/Authorized/2/1/refresh", Some("refreshToken=123456789")), want("/Authorized/1", Some("server=2&refreshToken=123456789")));
-        // Bug 2002.
-        let p = ph(&[("{roleid}", "123456"), ("{username}", "bbenameur"), ("{groupName}", "Paris"), ("{everything}", "something=9874565")]);
         assert_eq!(
-            render("/account/{username}/groups/{groupName}/roles?roleId={roleid}&{everything}", &p, "/WeatherForecast/123456/groups", Some("username=bbenameur&groupName=Paris&something=9874565")),
-            want("/account/bbenameur/groups/Paris/roles", Some("roleId=123456&something=9874565"))
+            render(
+                "/Authorized/{action}?server={servak}",
+                &p,
+                "/uc/Authorized/2/1/refresh",
+                Some("refreshToken=123456789")
+            ),
+            want("/Authorized/1", Some("server=2&refreshToken=123456789"))
+        );
+        // Bug 2002.
+        let p = ph(&[
+            ("{roleid}", "123456"),
+            ("{username}", "bbenameur"),
+            ("{groupName}", "Paris"),
+            ("{everything}", "something=9874565"),
+        ]);
+        assert_eq!(
+            render(
+                "/account/{username}/groups/{groupName}/roles?roleId={roleid}&{everything}",
+                &p,
+                "/WeatherForecast/123456/groups",
+                Some("username=bbenameur&groupName=Paris&something=9874565")
+            ),
+            want(
+                "/account/bbenameur/groups/Paris/roles",
+                Some("roleId=123456&something=9874565")
+            )
         );
     }
 
@@ -2075,32 +2446,65 @@ mod tests {
     fn catch_all_query_rendering() {
         let p = ph(&[("{everything}", "")]);
         let t = "/apipath/contracts?{everything}";
-        assert_eq!(render(t, &p, "/contracts", None), want("/apipath/contracts", None));
-        assert_eq!(render(t, &p, "/contracts", Some("")), want("/apipath/contracts", None));
-        assert_eq!(render(t, &p, "/contracts", Some("p1=v1&p2=v2")), want("/apipath/contracts", Some("p1=v1&p2=v2")));
-        assert_eq!(render(t, &p, "/contracts", Some("filter=(-something+123+else)")).1, Some("filter=(-something%20123%20else)".into()));
+        assert_eq!(
+            render(t, &p, "/contracts", None),
+            want("/apipath/contracts", None)
+        );
+        assert_eq!(
+            render(t, &p, "/contracts", Some("")),
+            want("/apipath/contracts", None)
+        );
+        assert_eq!(
+            render(t, &p, "/contracts", Some("p1=v1&p2=v2")),
+            want("/apipath/contracts", Some("p1=v1&p2=v2"))
+        );
+        assert_eq!(
+            render(t, &p, "/contracts", Some("filter=(-something+123+else)")).1,
+            Some("filter=(-something%20123%20else)".into())
+        );
         assert_eq!(
             render(t, &p, "/contracts", Some("$filter=ProjectNumber%20eq%2045%20and%20DateOfSale%20ge%202020-03-01T00:00:00z")).1,
             Some("$filter=ProjectNumber%20eq%2045%20and%20DateOfSale%20ge%202020-03-01T00%3A00%3A00z".into())
         );
         let t = "/apipath/contracts/?{everything}";
-        assert_eq!(render(t, &p, "/contracts/", Some("")), want("/apipath/contracts/", None));
-        assert_eq!(render(t, &p, "/contracts/", Some("p3=v3&p4=v4")), want("/apipath/contracts/", Some("p3=v3&p4=v4")));
+        assert_eq!(
+            render(t, &p, "/contracts/", Some("")),
+            want("/apipath/contracts/", None)
+        );
+        assert_eq!(
+            render(t, &p, "/contracts/", Some("p3=v3&p4=v4")),
+            want("/apipath/contracts/", Some("p3=v3&p4=v4"))
+        );
         // PR 2351: a catch-all query placeholder named {id} keeps customer_id.
         let p = ph(&[("{id}", "")]);
-        assert_eq!(render("/v1/payment-methods?{id}", &p, "/finance/v1/payment-methods", Some("customer_id=12345")).1, Some("customer_id=12345".into()));
+        assert_eq!(
+            render(
+                "/v1/payment-methods?{id}",
+                &p,
+                "/finance/v1/payment-methods",
+                Some("customer_id=12345")
+            )
+            .1,
+            Some("customer_id=12345".into())
+        );
     }
 
     #[test]
     fn rendered_paths_are_wire_safe() {
         let p = ph(&[("{path}", "debug()")]);
-        assert_eq!(render("/routed/api/{path}", &p, "/api/debug()", None).0, "/routed/api/debug()");
+        assert_eq!(
+            render("/routed/api/{path}", &p, "/api/debug()", None).0,
+            "/routed/api/debug()"
+        );
         let p = ph(&[("{h}", "a b\\c")]);
         assert_eq!(render("/x/{h}", &p, "/y", None).0, "/x/a%20b/c");
         let p = ph(&[("{q}", "../admin")]);
         assert_eq!(render("/files/{q}", &p, "/y", None).0, "/admin");
         let p = ph(&[("{q}", "a b#c")]);
-        assert_eq!(render("/x?v={q}", &p, "/y", None).1, Some("v=a%20b%23c".into()));
+        assert_eq!(
+            render("/x?v={q}", &p, "/y", None).1,
+            Some("v=a%20b%23c".into())
+        );
         assert!(DownstreamTemplate::parse("/a/{b}").has_placeholder("{b}"));
         assert!(!DownstreamTemplate::parse("/a/{b}").has_placeholder("{c}"));
     }
@@ -2133,20 +2537,43 @@ mod tests {
 
     fn random_template(rng: &mut Rng) -> String {
         const SEGMENTS: &[&str] = &[
-            "api", "API", "v1", "users", "{P}", "{P}", "{P}", "x{P}", "{P}-{P}", "{P}_abcd", ".",
-            "a.b", "", ".well-known", "v{P}", "files",
+            "api",
+            "API",
+            "v1",
+            "users",
+            "{P}",
+            "{P}",
+            "{P}",
+            "x{P}",
+            "{P}-{P}",
+            "{P}_abcd",
+            ".",
+            "a.b",
+            "",
+            ".well-known",
+            "v{P}",
+            "files",
         ];
-        const QUERIES: &[&str] = &["", "", "", "?q={P}", "?{P}", "?a={P}&b={P}", "?a=1", "?{P}&{P}"];
+        const QUERIES: &[&str] = &[
+            "",
+            "",
+            "",
+            "?q={P}",
+            "?{P}",
+            "?a={P}&b={P}",
+            "?a=1",
+            "?{P}&{P}",
+        ];
         let mut t = String::new();
         let n = rng.next() % 4;
         for _ in 0..=n {
             t.push('/');
-            t.push_str(*rng.pick(SEGMENTS));
+            t.push_str(rng.pick::<&str>(SEGMENTS));
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             t.push('/');
         }
-        t.push_str(*rng.pick(QUERIES));
+        t.push_str(rng.pick::<&str>(QUERIES));
         let mut k = 0;
         while let Some(i) = t.find("{P}") {
             t.replace_range(i..i + 3, &format!("{{p{k}}}"));
@@ -2157,17 +2584,41 @@ mod tests {
 
     fn random_request(rng: &mut Rng) -> (String, Option<String>) {
         const SEGMENTS: &[&str] = &[
-            "api", "Api", "v1", "V1", "users", "1", "1-2", "7_abcd", "x9", "", "a.b", "aXb", "a", "b",
-            ".well-known", "files", "-", "a&b", "é",
+            "api",
+            "Api",
+            "v1",
+            "V1",
+            "users",
+            "1",
+            "1-2",
+            "7_abcd",
+            "x9",
+            "",
+            "a.b",
+            "aXb",
+            "a",
+            "b",
+            ".well-known",
+            "files",
+            "-",
+            "a&b",
+            "é",
         ];
         const QUERIES: &[Option<&str>] = &[
-            None, None, Some(""), Some("q=1"), Some("a=1&b=2"), Some("b=2&a=1"), Some("q="), Some("x&y"),
+            None,
+            None,
+            Some(""),
+            Some("q=1"),
+            Some("a=1&b=2"),
+            Some("b=2&a=1"),
+            Some("q="),
+            Some("x&y"),
         ];
         let mut p = String::new();
         let n = rng.next() % 5;
         for _ in 0..=n {
             p.push('/');
-            p.push_str(*rng.pick(SEGMENTS));
+            p.push_str(rng.pick::<&str>(SEGMENTS));
         }
         (p, rng.pick(QUERIES).map(str::to_string))
     }
@@ -2181,7 +2632,7 @@ mod tests {
             if b < a {
                 break;
             }
-            s.replace_range(a..=b, *rng.pick(VALUES));
+            s.replace_range(a..=b, rng.pick::<&str>(VALUES));
         }
         match rng.next() % 6 {
             0 => s = s.to_uppercase(),
@@ -2199,12 +2650,16 @@ mod tests {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (s, None),
         };
-        let p = if p.starts_with('/') { p } else { format!("/{p}") };
+        let p = if p.starts_with('/') {
+            p
+        } else {
+            format!("/{p}")
+        };
         (p, q)
     }
 
     fn request(rng: &mut Rng, template: &str) -> (String, Option<String>) {
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             derived_request(rng, template)
         } else {
             random_request(rng)
@@ -2295,7 +2750,9 @@ mod tests {
         if !catch_all_path.is_match(template) || template.contains('?') {
             return Vec::new();
         }
-        re.captures(&format!("{tested}/")).map(collect).unwrap_or_default()
+        re.captures(&format!("{tested}/"))
+            .map(collect)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -2308,22 +2765,39 @@ mod tests {
                 let (path, query) = request(&mut rng, &t);
                 let mut got = Placeholders::new();
                 ours.extract(&path, query.as_deref(), &mut got);
-                let got: Vec<(String, String)> =
-                    got.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-                assert_eq!(got, reference_extract(&t, &path, query.as_deref()), "{t} {path} {query:?}");
+                let got: Vec<(String, String)> = got
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    reference_extract(&t, &path, query.as_deref()),
+                    "{t} {path} {query:?}"
+                );
             }
         }
     }
 
     #[test]
     fn header_matching_agrees_with_ocelot_regex() {
-        const PARTS: &[&str] = &["PL", "pl", "-", ".", "v1", "{header:a}", "{header:b}", "x", ",", "_"];
+        const PARTS: &[&str] = &[
+            "PL",
+            "pl",
+            "-",
+            ".",
+            "v1",
+            "{header:a}",
+            "{header:b}",
+            "x",
+            ",",
+            "_",
+        ];
         const VALUES: &[&str] = &["PL", "pl", "-", "v1", "x", ",", "_", "UK", ".", "é"];
         let mut rng = Rng(0x1234_5678_9ABC_DEF1);
         for _ in 0..400 {
             let mut t = String::new();
             for _ in 0..=(rng.next() % 4) {
-                t.push_str(*rng.pick(PARTS));
+                t.push_str(rng.pick::<&str>(PARTS));
             }
             if t.matches("{header:a}").count() > 1 || t.matches("{header:b}").count() > 1 {
                 continue;
@@ -2334,7 +2808,7 @@ mod tests {
                 for _ in 0..30 {
                     let mut v = String::new();
                     for _ in 0..(rng.next() % 5) {
-                        v.push_str(*rng.pick(VALUES));
+                        v.push_str(rng.pick::<&str>(VALUES));
                     }
                     assert_eq!(ours.is_match(&v), re.is_match(&v), "{t} {v}");
                     if let Some(c) = re.captures(&v) {
@@ -2365,7 +2839,10 @@ mod tests {
 
     #[test]
     fn never_panics_on_random_input() {
-        const CHARS: &[char] = &['/', '{', '}', '?', '&', '=', '.', 'a', 'B', '%', '|', 'é', '\\', '(', '*', '$', '+', ' '];
+        const CHARS: &[char] = &[
+            '/', '{', '}', '?', '&', '=', '.', 'a', 'B', '%', '|', 'é', '\\', '(', '*', '$', '+',
+            ' ',
+        ];
         let mut rng = Rng(0xABCD_EF01_2345_6789);
         let random = |rng: &mut Rng, n: u64| -> String {
             (0..rng.next() % n).map(|_| *rng.pick(CHARS)).collect()
@@ -2374,7 +2851,7 @@ mod tests {
             let t = random(&mut rng, 16);
             let path = random(&mut rng, 16);
             let q = random(&mut rng, 10);
-            let up = UpstreamTemplate::new(&t, rng.next() % 2 == 0);
+            let up = UpstreamTemplate::new(&t, rng.next().is_multiple_of(2));
             let _ = up.is_match(&path, Some(&q));
             let _ = up.is_match(&path, None);
             let mut out = Placeholders::new();
