@@ -5,7 +5,7 @@
 
 use crate::diag::Diagnostic;
 use crate::model::{FileAggregateRoute, FileConfiguration, FileRateLimitOptions, FileRoute};
-use crate::template::placeholder_names;
+use crate::template::{path_template_literal_metachars, placeholder_names};
 
 /// Balancers Ocelot ships; its lookup is exact and case-sensitive.
 pub const KNOWN_BALANCERS: [&str; 4] = ["NoLoadBalancer", "RoundRobin", "LeastConnection", "CookieStickySessions"];
@@ -73,6 +73,17 @@ fn validate_route(route: &FileRoute, location: &str, d: &mut Vec<Diagnostic>) {
             if names[..i].contains(name) {
                 d.push(Diagnostic::error(location, "UpstreamPathTemplate", format!("placeholder {name} appears more than once")));
             }
+        }
+    }
+    if let Some(template) = &route.upstream_path_template {
+        let metachars = path_template_literal_metachars(template);
+        if !metachars.is_empty() {
+            let list: String = metachars.iter().collect();
+            d.push(Diagnostic::warning(
+                location,
+                "UpstreamPathTemplate",
+                format!("'{template}' contains regex characters ({list}) that Ocelot interprets as a pattern; they are matched literally here"),
+            ));
         }
     }
     let uses_discovery = route.service_name.as_deref().is_some_and(|s| !s.trim().is_empty());
