@@ -292,6 +292,13 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // Pingora's error log line ends with this: name the route, not just the path.
+        let req = session.req_header();
+        let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
+        format!("{} {}, route: {route}", req.method, req.uri)
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("");
