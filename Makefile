@@ -4,7 +4,7 @@
 #   make run     demo: echo upstreams on :5001/:5002 behind the gateway on :8080
 #   make build   build the workspace binaries (dev profile)
 #   make lint    rustfmt check + clippy with warnings as errors
-#   make bench   (not yet)
+#   make bench   release build, then the gateway against nginx, HAProxy and bare Pingora
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -25,11 +25,13 @@ help:
 
 # System packages a fresh Debian with only Rust lacks: cmake (zlib-ng in
 # Pingora), a C/C++ toolchain and a full perl (vendored OpenSSL's Configure
-# needs IPC::Cmd and FindBin, which perl-base alone does not have). Each is
-# probed first, so this is a no-op on a machine that has them.
+# needs IPC::Cmd and FindBin, which perl-base alone does not have), and
+# redis-server (the shared rate-limiting tests start their own instances).
+# Each is probed first, so this is a no-op on a machine that has them.
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	echo 'int main(void){return 0;}' | cc -x c - -o /dev/null >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	echo 'int main(){return 0;}' | c++ -x c++ - -o /dev/null >/dev/null 2>&1 || missing="$$missing g++"; \
 	perl -MIPC::Cmd -MFindBin -MFile::Spec -e1 >/dev/null 2>&1 || missing="$$missing perl"; \
@@ -47,7 +49,14 @@ build: deps
 # itself, hence the explicit build first.
 test: deps
 	$(CARGO) build -p gateway
+	bash k8s/validate.sh
 	$(CARGO) test --workspace
+
+# Kubernetes manifests, alert rules, Grafana dashboard and Dockerfile, rendered
+# and validated by k8s/validate.sh (it installs its tools on first use).
+.PHONY: k8s-validate
+k8s-validate:
+	bash k8s/validate.sh
 
 run: deps
 	$(CARGO) build -p gateway -p e2e --bins
@@ -73,5 +82,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Release build + nginx/HAProxy/bare-Pingora comparison; see bench/README.md
+# (BENCH_QUICK=1 for a ~1 minute smoke run). Never part of `make test`.
 bench:
-	@echo "bench: not yet: benchmarks are still to be written."
+	bash bench/run.sh

@@ -12,10 +12,10 @@ use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_limits::inflight::{Guard, Inflight};
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Which balancer a route asked for (`LoadBalancerOptions.Type`).
@@ -179,7 +179,9 @@ impl StickySessions {
 pub struct Pool {
     pub kind: BalancerKind,
     lb: LoadBalancer<RoundRobin>,
-    inflight: Inflight,
+    /// In-flight counts for `LeastConnection`, made on first use: an
+    /// `Inflight` is 256 KiB (4 × 8192 counters), too much for every route.
+    inflight: OnceLock<Inflight>,
 }
 
 impl Pool {
@@ -188,7 +190,18 @@ impl Pool {
         Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
-            inflight: Inflight::new(),
+            inflight: OnceLock::new(),
+        }
+    }
+
+    /// A pool whose backends report to a shared health registry, so active
+    /// health checks apply and health outlives configuration snapshots.
+    pub fn with_health_registry(kind: BalancerKind, targets: Vec<Target>, registry: Arc<HealthRegistry>) -> Pool {
+        let backends = Backends::new_with_health_registry(Box::new(HostDiscovery::new(targets)), registry);
+        Pool {
+            kind,
+            lb: LoadBalancer::from_backends(backends),
+            inflight: OnceLock::new(),
         }
     }
 
@@ -206,18 +219,35 @@ impl Pool {
     /// Picks a backend by the route's balancer, or `None` when no backend is
     /// available. `cookies` is the request's `Cookie` header values.
     pub fn select<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>, sticky: &StickySessions) -> Option<Selected> {
+        self.select_where(cookies, sticky, |_| true)
+    }
+
+    /// Whether some backend is healthy and accepted by `accept`, without
+    /// selecting it (no round-robin step, no stickiness recorded).
+    pub fn has_ready(&self, accept: impl Fn(&SocketAddr) -> bool) -> bool {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .any(|b| backends.ready(b) && b.addr.as_inet().is_some_and(&accept))
+    }
+
+    /// [`Pool::select`] among the healthy backends `accept` also agrees to
+    /// (passive health, a backend a retry must avoid).
+    pub fn select_where<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>, sticky: &StickySessions, accept: impl Fn(&SocketAddr) -> bool) -> Option<Selected> {
+        let ok = |b: &Backend, healthy: bool| healthy && b.addr.as_inet().is_some_and(&accept);
         let backend = match &self.kind {
-            BalancerKind::NoLoadBalancer => self.first_ready(),
-            BalancerKind::RoundRobin => self.lb.select(b"", 256),
-            BalancerKind::LeastConnection => self.least_busy(),
+            BalancerKind::NoLoadBalancer => self.first_ready(&ok),
+            BalancerKind::RoundRobin => self.lb.select_with(b"", 256, ok),
+            BalancerKind::LeastConnection => self.least_busy(&ok),
             BalancerKind::CookieStickySessions { cookie, expiry } => {
                 let value = cookie_value(cookies, cookie.as_bytes()).unwrap_or_default();
                 // Ocelot keys stickiness by cookie value; clients without the
                 // cookie all share the empty value.
                 let key = format!("{cookie}:{value}");
                 let now = Instant::now();
-                let remembered = sticky.lookup(&key, now).and_then(|addr| self.ready_backend(addr));
-                let chosen = remembered.or_else(|| self.lb.select(b"", 256))?;
+                let remembered = sticky.lookup(&key, now).and_then(|addr| self.ready_backend(addr, &ok));
+                let chosen = remembered.or_else(|| self.lb.select_with(b"", 256, ok))?;
                 if let Some(addr) = chosen.addr.as_inet() {
                     // Sliding expiry: every request renews the session.
                     sticky.remember(key, *addr, now + *expiry);
@@ -233,7 +263,7 @@ impl Pool {
         let addr = *backend.addr.as_inet()?;
         let meta = backend.ext.get::<BackendMeta>()?.clone();
         let guard = match self.kind {
-            BalancerKind::LeastConnection => Some(self.inflight.incr(addr, 1).0),
+            BalancerKind::LeastConnection => Some(self.inflight().incr(addr, 1).0),
             _ => None,
         };
         Some(Selected {
@@ -243,39 +273,43 @@ impl Pool {
         })
     }
 
+    fn inflight(&self) -> &Inflight {
+        self.inflight.get_or_init(Inflight::new)
+    }
+
     fn index_of(backend: &Backend) -> usize {
         backend.ext.get::<BackendMeta>().map_or(usize::MAX, |m| m.index)
     }
 
-    fn first_ready(&self) -> Option<Backend> {
+    fn first_ready(&self, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         let backends = self.lb.backends();
         backends
             .get_backend()
             .iter()
-            .filter(|b| backends.ready(b))
+            .filter(|b| ok(b, backends.ready(b)))
             .min_by_key(|b| Pool::index_of(b))
             .cloned()
     }
 
-    fn least_busy(&self) -> Option<Backend> {
+    fn least_busy(&self, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         let backends = self.lb.backends();
         backends
             .get_backend()
             .iter()
-            .filter(|b| backends.ready(b))
+            .filter(|b| ok(b, backends.ready(b)))
             .min_by_key(|b| {
-                let load = b.addr.as_inet().map_or(0, |addr| self.inflight.incr(*addr, 0).1);
+                let load = b.addr.as_inet().map_or(0, |addr| self.inflight().incr(*addr, 0).1);
                 (load, Pool::index_of(b))
             })
             .cloned()
     }
 
-    fn ready_backend(&self, addr: SocketAddr) -> Option<Backend> {
+    fn ready_backend(&self, addr: SocketAddr, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         let backends = self.lb.backends();
         backends
             .get_backend()
             .iter()
-            .find(|b| b.addr.as_inet() == Some(&addr) && backends.ready(b))
+            .find(|b| b.addr.as_inet() == Some(&addr) && ok(b, backends.ready(b)))
             .cloned()
     }
 }

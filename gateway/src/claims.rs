@@ -54,7 +54,10 @@ impl Claims {
     /// The values of every claim of `claim_type` (exact, case-sensitive, as
     /// Ocelot compares claim types).
     pub fn values<'a>(&'a self, claim_type: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(t, _)| t == claim_type).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(t, _)| t == claim_type)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether there is no claim at all.
@@ -124,8 +127,13 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::MissingClaim(what) => write!(f, "cannot find claim {what}"),
-            Refusal::InvalidHeaderValue(name) => write!(f, "claim value for header {name} is not a valid header value"),
-            Refusal::UnknownPlaceholder(name) => write!(f, "downstream path template has no placeholder {{{name}}}"),
+            Refusal::InvalidHeaderValue(name) => write!(
+                f,
+                "claim value for header {name} is not a valid header value"
+            ),
+            Refusal::UnknownPlaceholder(name) => {
+                write!(f, "downstream path template has no placeholder {{{name}}}")
+            }
         }
     }
 }
@@ -161,7 +169,10 @@ impl ClaimToThing {
         let mut delimiters = Vec::new();
         if parts.len() > 2 && contains_bracketed(parts[1], "value") {
             let raw = bracketed(parts[1]).ok_or("malformed value[...]")?;
-            index = raw.trim().parse::<i64>().map_err(|_| format!("value[{raw}] is not an integer index"))?;
+            index = raw
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("value[{raw}] is not an integer index"))?;
             delimiters = parts[2].trim().chars().collect();
         }
         Ok(ClaimToThing {
@@ -184,7 +195,9 @@ impl ClaimToThing {
             .ok()
             .and_then(|i| joined.split(&self.delimiters[..]).nth(i))
             .map(str::to_string)
-            .ok_or_else(|| Refusal::MissingClaim(format!("{} (index {})", self.claim_type, self.index)))
+            .ok_or_else(|| {
+                Refusal::MissingClaim(format!("{} (index {})", self.claim_type, self.index))
+            })
     }
 }
 
@@ -240,7 +253,8 @@ impl ClaimsTransforms {
                 .filter_map(|(k, v)| match ClaimToThing::parse(k, v) {
                     Ok(c) => Some(c),
                     Err(why) => {
-                        warnings.push((format!("{field}.{k}"), format!("\"{v}\" is ignored: {why}")));
+                        warnings
+                            .push((format!("{field}.{k}"), format!("\"{v}\" is ignored: {why}")));
                         None
                     }
                 })
@@ -289,7 +303,15 @@ impl ClaimsTransforms {
 
     /// Whether the route has no claims transform at all.
     pub fn is_empty(&self) -> bool {
-        self.to_claims.is_empty() && self.to_headers.is_empty() && self.to_queries.is_empty() && self.to_path.is_empty()
+        self.to_claims.is_empty()
+            && self.to_headers.is_empty()
+            && self.to_queries.is_empty()
+            && self.to_path.is_empty()
+    }
+
+    /// Whether the route adds or replaces claims.
+    pub fn adds_claims(&self) -> bool {
+        !self.to_claims.is_empty()
     }
 
     /// Whether the route changes downstream path placeholders.
@@ -318,7 +340,11 @@ impl ClaimsTransforms {
         let mut out = Vec::with_capacity(self.to_headers.len());
         for (name, c) in &self.to_headers {
             let value = c.value(claims)?;
-            out.push((name.clone(), safe_header_value(&value).ok_or_else(|| Refusal::InvalidHeaderValue(name.to_string()))?));
+            out.push((
+                name.clone(),
+                safe_header_value(&value)
+                    .ok_or_else(|| Refusal::InvalidHeaderValue(name.to_string()))?,
+            ));
         }
         Ok(out)
     }
@@ -327,7 +353,11 @@ impl ClaimsTransforms {
     /// an existing parameter of that name gets the claim value, otherwise it
     /// is appended. Unlike Ocelot the value is percent-encoded, so a claim
     /// containing `&` or `#` cannot add parameters of its own.
-    pub fn apply_to_query(&self, claims: &Claims, query: Option<&str>) -> Result<Option<String>, Refusal> {
+    pub fn apply_to_query(
+        &self,
+        claims: &Claims,
+        query: Option<&str>,
+    ) -> Result<Option<String>, Refusal> {
         if self.to_queries.is_empty() {
             return Ok(query.map(str::to_string));
         }
@@ -374,9 +404,9 @@ impl ClaimsTransforms {
         Ok(Some(out))
     }
 
-    /// `ChangeDownstreamPathTemplate`: the placeholder values (names without
-    /// braces) that replace the matched ones when the downstream path is
-    /// rendered.
+    /// `ChangeDownstreamPathTemplate`: the placeholder values (names with
+    /// braces, `{userId}`) that replace the matched ones when the downstream
+    /// path is rendered.
     pub fn path_placeholders(&self, claims: &Claims) -> Result<Vec<(String, String)>, Refusal> {
         let mut out = Vec::with_capacity(self.to_path.len());
         for (c, present) in &self.to_path {
@@ -384,7 +414,7 @@ impl ClaimsTransforms {
             if !present {
                 return Err(Refusal::UnknownPlaceholder(c.key.clone()));
             }
-            out.push((c.key.clone(), value));
+            out.push((format!("{{{}}}", c.key), value));
         }
         Ok(out)
     }
@@ -393,7 +423,10 @@ impl ClaimsTransforms {
 /// A header value only if every byte is visible ASCII, space or tab: what
 /// .NET's HttpClient would send. CR, LF, NUL and non-ASCII never pass.
 pub fn safe_header_value(value: &str) -> Option<HeaderValue> {
-    if value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    if value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         HeaderValue::from_str(value).ok()
     } else {
         None
@@ -422,7 +455,10 @@ fn decode_query_component(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -451,19 +487,33 @@ mod tests {
     use serde_json::json;
 
     fn claims(pairs: &[(&str, &str)]) -> Claims {
-        Claims::new(pairs.iter().map(|(t, v)| (t.to_string(), v.to_string())).collect())
+        Claims::new(
+            pairs
+                .iter()
+                .map(|(t, v)| (t.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     fn dict(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_ocelot_instructions() {
         let c = ClaimToThing::parse("CustomerId", "Claims[CustomerId] > value").unwrap();
-        assert_eq!((c.claim_type.as_str(), c.index, c.delimiters.len()), ("CustomerId", 0, 0));
+        assert_eq!(
+            (c.claim_type.as_str(), c.index, c.delimiters.len()),
+            ("CustomerId", 0, 0)
+        );
         let c = ClaimToThing::parse("UserType", "Claims[sub] > value[0] > |").unwrap();
-        assert_eq!((c.claim_type.as_str(), c.index, c.delimiters.clone()), ("sub", 0, vec!['|']));
+        assert_eq!(
+            (c.claim_type.as_str(), c.index, c.delimiters.clone()),
+            ("sub", 0, vec!['|'])
+        );
         let c = ClaimToThing::parse("x", "Claims[sub] > value[ 2 ] > |,").unwrap();
         assert_eq!((c.index, c.delimiters.clone()), (2, vec!['|', ',']));
         // A second segment that is not value[...] means "whole value".
@@ -497,13 +547,30 @@ mod tests {
 
     #[test]
     fn json_payload_becomes_claims() {
-        let payload = json!({"sub": "u1", "scope": ["a", "b"], "n": 5, "b": true, "o": {"x": 1}, "z": null});
+        let payload =
+            json!({"sub": "u1", "scope": ["a", "b"], "n": 5, "b": true, "o": {"x": 1}, "z": null});
         let cl = Claims::from_json(payload.as_object().unwrap());
         let all: Vec<(&str, &str)> = cl.iter().collect();
-        assert_eq!(all, vec![("sub", "u1"), ("scope", "a"), ("scope", "b"), ("n", "5"), ("b", "true"), ("o", "{\"x\":1}")]);
+        assert_eq!(
+            all,
+            vec![
+                ("sub", "u1"),
+                ("scope", "a"),
+                ("scope", "b"),
+                ("n", "5"),
+                ("b", "true"),
+                ("o", "{\"x\":1}")
+            ]
+        );
     }
 
-    fn compile(add_claims: &[(&str, &str)], headers: &[(&str, &str)], queries: &[(&str, &str)], path: &[(&str, &str)], template: &str) -> ClaimsTransforms {
+    fn compile(
+        add_claims: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        queries: &[(&str, &str)],
+        path: &[(&str, &str)],
+        template: &str,
+    ) -> ClaimsTransforms {
         let (a, b, c, d) = (dict(add_claims), dict(headers), dict(queries), dict(path));
         ClaimsTransforms::compile(ClaimsConfig {
             add_claims: &a,
@@ -517,7 +584,13 @@ mod tests {
 
     #[test]
     fn claims_to_claims_replaces_first() {
-        let t = compile(&[("role", "Claims[sub] > value[0] > |")], &[], &[], &[], "/");
+        let t = compile(
+            &[("role", "Claims[sub] > value[0] > |")],
+            &[],
+            &[],
+            &[],
+            "/",
+        );
         let mut cl = claims(&[("role", "old"), ("sub", "admin|7")]);
         t.apply_to_claims(&mut cl).unwrap();
         assert_eq!(cl.values("role").collect::<Vec<_>>(), vec!["admin"]);
@@ -525,10 +598,22 @@ mod tests {
 
     #[test]
     fn claims_to_headers_refuses_unsafe_values() {
-        let t = compile(&[], &[("X-User", "Claims[sub] > value"), ("bad name", "Claims[sub] > value")], &[], &[], "/");
+        let t = compile(
+            &[],
+            &[
+                ("X-User", "Claims[sub] > value"),
+                ("bad name", "Claims[sub] > value"),
+            ],
+            &[],
+            &[],
+            "/",
+        );
         let h = t.headers(&claims(&[("sub", "u1")])).unwrap();
         assert_eq!(h.len(), 1);
-        assert_eq!((h[0].0.as_str(), h[0].1.to_str().unwrap()), ("x-user", "u1"));
+        assert_eq!(
+            (h[0].0.as_str(), h[0].1.to_str().unwrap()),
+            ("x-user", "u1")
+        );
         for evil in ["a\r\nX-Admin: 1", "a\nb", "nul\0", "名字"] {
             let e = t.headers(&claims(&[("sub", evil)])).unwrap_err();
             assert_eq!(e.status(), 400, "{evil:?}");
@@ -538,24 +623,69 @@ mod tests {
 
     #[test]
     fn claims_to_query_replaces_and_appends_encoded() {
-        let t = compile(&[], &[], &[("CustomerId", "Claims[CustomerId] > value"), ("LocationId", "Claims[LocationId] > value")], &[], "/");
+        let t = compile(
+            &[],
+            &[],
+            &[
+                ("CustomerId", "Claims[CustomerId] > value"),
+                ("LocationId", "Claims[LocationId] > value"),
+            ],
+            &[],
+            "/",
+        );
         let cl = claims(&[("CustomerId", "123"), ("LocationId", "a&b=c")]);
-        assert_eq!(t.apply_to_query(&cl, None).unwrap().as_deref(), Some("CustomerId=123&LocationId=a%26b%3Dc"));
         assert_eq!(
-            t.apply_to_query(&cl, Some("x=1&CustomerId=9&y&CustomerId=8")).unwrap().as_deref(),
+            t.apply_to_query(&cl, None).unwrap().as_deref(),
+            Some("CustomerId=123&LocationId=a%26b%3Dc")
+        );
+        assert_eq!(
+            t.apply_to_query(&cl, Some("x=1&CustomerId=9&y&CustomerId=8"))
+                .unwrap()
+                .as_deref(),
             Some("x=1&CustomerId=123&y&LocationId=a%26b%3Dc")
         );
-        assert_eq!(t.apply_to_query(&claims(&[("CustomerId", "1")]), Some("x=1")).unwrap_err().status(), 403);
+        assert_eq!(
+            t.apply_to_query(&claims(&[("CustomerId", "1")]), Some("x=1"))
+                .unwrap_err()
+                .status(),
+            403
+        );
     }
 
     #[test]
     fn claims_to_path() {
-        let t = compile(&[], &[], &[], &[("userId", "Claims[sub] > value[1] > |")], "/users/{userId}");
-        assert_eq!(t.path_placeholders(&claims(&[("sub", "registered|1234")])).unwrap(), vec![("userId".to_string(), "1234".to_string())]);
-        let t = compile(&[], &[], &[], &[("nope", "Claims[sub] > value")], "/users/{userId}");
-        assert_eq!(t.path_placeholders(&claims(&[("sub", "x")])).unwrap_err().status(), 404);
+        let t = compile(
+            &[],
+            &[],
+            &[],
+            &[("userId", "Claims[sub] > value[1] > |")],
+            "/users/{userId}",
+        );
+        assert_eq!(
+            t.path_placeholders(&claims(&[("sub", "registered|1234")]))
+                .unwrap(),
+            vec![("{userId}".to_string(), "1234".to_string())]
+        );
+        let t = compile(
+            &[],
+            &[],
+            &[],
+            &[("nope", "Claims[sub] > value")],
+            "/users/{userId}",
+        );
+        assert_eq!(
+            t.path_placeholders(&claims(&[("sub", "x")]))
+                .unwrap_err()
+                .status(),
+            404
+        );
         // The claim is looked up first: a missing claim is 403 even then.
-        assert_eq!(t.path_placeholders(&Claims::default()).unwrap_err().status(), 403);
+        assert_eq!(
+            t.path_placeholders(&Claims::default())
+                .unwrap_err()
+                .status(),
+            403
+        );
     }
 
     #[test]

@@ -61,7 +61,8 @@ fn is_any(list: &[String]) -> bool {
 }
 
 fn joined_value(items: &[String]) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(&items.join(",")).map_err(|_| format!("\"{}\" is not a valid header value", items.join(",")))
+    HeaderValue::from_str(&items.join(","))
+        .map_err(|_| format!("\"{}\" is not a valid header value", items.join(",")))
 }
 
 impl Cors {
@@ -75,13 +76,22 @@ impl Cors {
             return Err("cors: allow_credentials cannot be used with origin \"*\" (the CORS protocol forbids it); list the origins".to_string());
         }
         let mut origins = Vec::new();
-        for o in s.allowed_origins.iter().map(|o| o.trim()).filter(|o| *o != "*") {
+        for o in s
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| *o != "*")
+        {
             let o = o.trim_end_matches('/').to_ascii_lowercase();
             let Some((scheme, rest)) = o.split_once("://") else {
-                return Err(format!("cors.allowed_origins: \"{o}\" is not an origin (scheme://host[:port])"));
+                return Err(format!(
+                    "cors.allowed_origins: \"{o}\" is not an origin (scheme://host[:port])"
+                ));
             };
             if rest.is_empty() || rest.contains('/') {
-                return Err(format!("cors.allowed_origins: \"{o}\" is not an origin (scheme://host[:port])"));
+                return Err(format!(
+                    "cors.allowed_origins: \"{o}\" is not an origin (scheme://host[:port])"
+                ));
             }
             match rest.strip_prefix("*.") {
                 Some(domain) if !domain.is_empty() && !domain.contains('*') => origins.push(OriginRule::Subdomains {
@@ -95,15 +105,31 @@ impl Cors {
                 None => origins.push(OriginRule::Exact(o.clone())),
             }
         }
-        let methods = (!is_any(&s.allowed_methods)).then(|| s.allowed_methods.iter().map(|m| m.trim().to_ascii_uppercase()).collect::<Vec<_>>());
-        let headers = (!is_any(&s.allowed_headers)).then(|| s.allowed_headers.iter().map(|h| h.trim().to_ascii_lowercase()).collect::<Vec<_>>());
+        let methods = (!is_any(&s.allowed_methods)).then(|| {
+            s.allowed_methods
+                .iter()
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect::<Vec<_>>()
+        });
+        let headers = (!is_any(&s.allowed_headers)).then(|| {
+            s.allowed_headers
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        });
         for h in headers.iter().flatten().chain(s.exposed_headers.iter()) {
-            HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| format!("cors: \"{h}\" is not a header name"))?;
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| format!("cors: \"{h}\" is not a header name"))?;
         }
         for m in methods.iter().flatten() {
-            http::Method::from_bytes(m.as_bytes()).map_err(|_| format!("cors.allowed_methods: \"{m}\" is not a method"))?;
+            http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| format!("cors.allowed_methods: \"{m}\" is not a method"))?;
         }
-        let exposed: Vec<String> = s.exposed_headers.iter().map(|h| h.trim().to_string()).collect();
+        let exposed: Vec<String> = s
+            .exposed_headers
+            .iter()
+            .map(|h| h.trim().to_string())
+            .collect();
         Ok(Cors {
             any_origin,
             origins,
@@ -111,7 +137,9 @@ impl Cors {
             methods,
             headers_value: headers.as_deref().map(joined_value).transpose()?,
             headers,
-            exposed: (!exposed.is_empty()).then(|| joined_value(&exposed)).transpose()?,
+            exposed: (!exposed.is_empty())
+                .then(|| joined_value(&exposed))
+                .transpose()?,
             credentials: s.allow_credentials,
             max_age: s.max_age_seconds.map(HeaderValue::from),
         })
@@ -141,13 +169,19 @@ impl Cors {
     /// `Access-Control-Allow-Origin` (+ `Vary`, credentials) for an allowed origin.
     fn origin_headers(&self, origin: &HeaderValue, out: &mut Vec<(HeaderName, HeaderValue)>) {
         if self.any_origin && !self.credentials {
-            out.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")));
+            out.push((
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ));
         } else {
             out.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
             out.push((header::VARY, HeaderValue::from_static("Origin")));
         }
         if self.credentials {
-            out.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true")));
+            out.push((
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
         }
     }
 
@@ -160,8 +194,12 @@ impl Cors {
     /// preflight is refused (origin, method or a header not allowed).
     pub fn preflight(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(6);
-        let Some(origin) = self.allowed_origin(headers) else { return out };
-        let Some(method) = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) else { return out };
+        let Some(origin) = self.allowed_origin(headers) else {
+            return out;
+        };
+        let Some(method) = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) else {
+            return out;
+        };
         let requested_headers: Vec<&str> = headers
             .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
             .iter()
@@ -178,18 +216,24 @@ impl Cors {
         }
         if let Some(allowed) = &self.headers {
             let ok = requested_headers.iter().all(|h| {
-                SAFELISTED_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(h)) || allowed.iter().any(|a| a.eq_ignore_ascii_case(h))
+                SAFELISTED_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(h))
+                    || allowed.iter().any(|a| a.eq_ignore_ascii_case(h))
             });
             if !ok {
                 return out;
             }
         }
         self.origin_headers(origin, &mut out);
-        out.push((header::ACCESS_CONTROL_ALLOW_METHODS, self.methods_value.clone().unwrap_or_else(|| method.clone())));
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.methods_value.clone().unwrap_or_else(|| method.clone()),
+        ));
         let allow_headers = match &self.headers_value {
             Some(v) => Some(v.clone()),
             // Any header: echo what was asked, as ASP.NET does.
-            None if !requested_headers.is_empty() => HeaderValue::from_str(&requested_headers.join(",")).ok(),
+            None if !requested_headers.is_empty() => {
+                HeaderValue::from_str(&requested_headers.join(",")).ok()
+            }
             None => None,
         };
         if let Some(v) = allow_headers {
@@ -222,13 +266,18 @@ mod tests {
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     fn find<'a>(out: &'a [(HeaderName, HeaderValue)], name: &str) -> Option<&'a str> {
-        out.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.to_str().ok())
+        out.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
     }
 
     fn policy(yaml: &str) -> Cors {
@@ -245,10 +294,16 @@ mod tests {
         ]);
         assert!(Cors::is_preflight(&http::Method::OPTIONS, &h));
         let out = c.preflight(&h);
-        assert_eq!(find(&out, "access-control-allow-origin"), Some("https://app.example.com"));
+        assert_eq!(
+            find(&out, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
         assert_eq!(find(&out, "access-control-allow-credentials"), Some("true"));
         assert_eq!(find(&out, "access-control-allow-methods"), Some("PUT"));
-        assert_eq!(find(&out, "access-control-allow-headers"), Some("authorization,x-custom"));
+        assert_eq!(
+            find(&out, "access-control-allow-headers"),
+            Some("authorization,x-custom")
+        );
         assert_eq!(find(&out, "access-control-max-age"), Some("600"));
         assert_eq!(find(&out, "vary"), Some("Origin"));
     }
@@ -257,14 +312,21 @@ mod tests {
     fn preflight_refusals_have_no_headers() {
         let c = policy("allowed_origins: ['https://app.example.com']\nallowed_methods: [GET, post]\nallowed_headers: [Authorization]\n");
         let ask = |origin: &str, method: &str, headers: &str| {
-            c.preflight(&req(&[("origin", origin), ("access-control-request-method", method), ("access-control-request-headers", headers)]))
+            c.preflight(&req(&[
+                ("origin", origin),
+                ("access-control-request-method", method),
+                ("access-control-request-headers", headers),
+            ]))
         };
         assert!(ask("https://evil.example.com", "GET", "").is_empty());
         assert!(ask("https://app.example.com", "DELETE", "").is_empty());
         assert!(ask("https://app.example.com", "POST", "x-other").is_empty());
         let ok = ask("https://app.example.com", "POST", "authorization, accept");
         assert_eq!(find(&ok, "access-control-allow-methods"), Some("GET,POST"));
-        assert_eq!(find(&ok, "access-control-allow-headers"), Some("authorization"));
+        assert_eq!(
+            find(&ok, "access-control-allow-headers"),
+            Some("authorization")
+        );
     }
 
     #[test]
@@ -304,7 +366,16 @@ mod tests {
 
     #[test]
     fn not_a_preflight() {
-        assert!(!Cors::is_preflight(&http::Method::OPTIONS, &req(&[("origin", "https://a.com")])));
-        assert!(!Cors::is_preflight(&http::Method::GET, &req(&[("origin", "https://a.com"), ("access-control-request-method", "GET")])));
+        assert!(!Cors::is_preflight(
+            &http::Method::OPTIONS,
+            &req(&[("origin", "https://a.com")])
+        ));
+        assert!(!Cors::is_preflight(
+            &http::Method::GET,
+            &req(&[
+                ("origin", "https://a.com"),
+                ("access-control-request-method", "GET")
+            ])
+        ));
     }
 }

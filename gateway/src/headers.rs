@@ -83,7 +83,7 @@ impl Template {
     }
 
     fn needs(&self, p: Placeholder) -> bool {
-        self.0.iter().any(|part| *part == Part::Value(p))
+        self.0.contains(&Part::Value(p))
     }
 }
 
@@ -185,16 +185,24 @@ impl Transforms {
     /// Compiles one merged dictionary (route entries plus the global ones the
     /// route does not override). `base_url` is `{BaseUrl}`. Entries Ocelot
     /// would drop are dropped, each with a warning `(key, message)`.
-    pub fn compile(direction: Direction, dict: &[(String, String)], base_url: &str) -> (Transforms, Vec<(String, String)>) {
+    pub fn compile(
+        direction: Direction,
+        dict: &[(String, String)],
+        base_url: &str,
+    ) -> (Transforms, Vec<(String, String)>) {
         let mut out = Transforms::default();
         let mut warnings = Vec::new();
         for (key, value) in dict {
             let Ok(name) = HeaderName::from_bytes(key.trim().as_bytes()) else {
-                warnings.push((key.clone(), "is not a valid header name; ignored".to_string()));
+                warnings.push((
+                    key.clone(),
+                    "is not a valid header name; ignored".to_string(),
+                ));
                 continue;
             };
             let compiled = if value.contains(',') {
-                compile_find_replace(direction, name, value, base_url).map(|fr| out.replace.push(fr))
+                compile_find_replace(direction, name, value, base_url)
+                    .map(|fr| out.replace.push(fr))
             } else {
                 compile_add(direction, name, value, base_url).map(|a| out.add.push(a))
             };
@@ -212,8 +220,13 @@ impl Transforms {
 
     /// Whether `{TraceId}` is used, so the request id must be known.
     pub fn needs_trace_id(&self) -> bool {
-        self.add.iter().any(|a| matches!(a.value, AddValue::Value(Placeholder::TraceId)))
-            || self.replace.iter().any(|r| r.replace.needs(Placeholder::TraceId))
+        self.add
+            .iter()
+            .any(|a| matches!(a.value, AddValue::Value(Placeholder::TraceId)))
+            || self
+                .replace
+                .iter()
+                .any(|r| r.replace.needs(Placeholder::TraceId))
     }
 
     /// Applies the transforms to the request headers (upstream): find/replace
@@ -226,7 +239,10 @@ impl Transforms {
             };
             let Find::Text(find) = &fr.find else { continue };
             let Some(replace) = fr.replace.render(values) else {
-                log::warn!("header transform {}: placeholder has no value for this request", fr.name);
+                log::warn!(
+                    "header transform {}: placeholder has no value for this request",
+                    fr.name
+                );
                 continue;
             };
             set_valid(headers, &fr.name, &current.replace(find.as_str(), &replace));
@@ -249,13 +265,18 @@ impl Transforms {
                 continue;
             };
             let Some(mut replace) = fr.replace.render(values) else {
-                log::warn!("header transform {}: placeholder has no value for this request", fr.name);
+                log::warn!(
+                    "header transform {}: placeholder has no value for this request",
+                    fr.name
+                );
                 continue;
             };
             let replaced = match &fr.find {
                 Find::Text(find) => current.replace(find.as_str(), &replace),
                 Find::DownstreamBaseUrl => {
-                    let Some(base) = values.downstream_base_url.as_deref() else { continue };
+                    let Some(base) = values.downstream_base_url.as_deref() else {
+                        continue;
+                    };
                     if !replace.ends_with('/') {
                         replace.push('/');
                     }
@@ -278,7 +299,9 @@ impl Transforms {
 fn set_valid(headers: &mut impl Headers, name: &HeaderName, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(v) => headers.set(name, v),
-        Err(_) => log::warn!("header transform {name}: result is not a valid header value; header left unchanged"),
+        Err(_) => log::warn!(
+            "header transform {name}: result is not a valid header value; header left unchanged"
+        ),
     }
 }
 
@@ -288,7 +311,10 @@ fn add_value(add: &AddHeader, values: &PlaceholderValues<'_>) -> Option<HeaderVa
         AddValue::Value(p) => match p.resolve(values).map(HeaderValue::from_str) {
             Some(Ok(v)) => Some(v),
             _ => {
-                log::warn!("unable to add header {}: its placeholder has no value for this request", add.name);
+                log::warn!(
+                    "unable to add header {}: its placeholder has no value for this request",
+                    add.name
+                );
                 None
             }
         },
@@ -303,18 +329,28 @@ fn placeholder(direction: Direction, name: &str) -> Result<Option<Placeholder>, 
         "{RemoteIpAddress}" => Ok(Some(Placeholder::RemoteIpAddress)),
         "{TraceId}" => Ok(Some(Placeholder::TraceId)),
         "{UpstreamHost}" => Ok(Some(Placeholder::UpstreamHost)),
-        "{DownstreamBaseUrl}" if direction == Direction::Downstream => Ok(Some(Placeholder::DownstreamBaseUrl)),
+        "{DownstreamBaseUrl}" if direction == Direction::Downstream => {
+            Ok(Some(Placeholder::DownstreamBaseUrl))
+        }
         "{DownstreamBaseUrl}" => Err("{DownstreamBaseUrl} is only known for responses".to_string()),
         other => Err(format!("unknown placeholder {other}")),
     }
 }
 
-fn compile_add(direction: Direction, name: HeaderName, value: &str, base_url: &str) -> Result<AddHeader, String> {
+fn compile_add(
+    direction: Direction,
+    name: HeaderName,
+    value: &str,
+    base_url: &str,
+) -> Result<AddHeader, String> {
     // Ocelot takes the whole value as a placeholder when it starts with '{'
     // and ends with '}'; anything else is literal text.
     let value = if value.starts_with('{') && value.ends_with('}') {
         match placeholder(direction, value)? {
-            None => AddValue::Fixed(HeaderValue::from_str(base_url).map_err(|_| "BaseUrl is not a valid header value")?),
+            None => AddValue::Fixed(
+                HeaderValue::from_str(base_url)
+                    .map_err(|_| "BaseUrl is not a valid header value")?,
+            ),
             Some(p) => AddValue::Value(p),
         }
     } else {
@@ -323,7 +359,12 @@ fn compile_add(direction: Direction, name: HeaderName, value: &str, base_url: &s
     Ok(AddHeader { name, value })
 }
 
-fn compile_find_replace(direction: Direction, name: HeaderName, value: &str, base_url: &str) -> Result<FindReplace, String> {
+fn compile_find_replace(
+    direction: Direction,
+    name: HeaderName,
+    value: &str,
+    base_url: &str,
+) -> Result<FindReplace, String> {
     let mut parts = value.split(',');
     let find = parts.next().unwrap_or_default();
     let replace = parts.next().unwrap_or_default().trim_start();
@@ -340,7 +381,10 @@ fn compile_find_replace(direction: Direction, name: HeaderName, value: &str, bas
     match replace.find('{') {
         None => template.push(Part::Text(replace.to_string())),
         Some(open) => {
-            let close = replace[open..].find('}').map(|c| open + c).ok_or("unclosed '{' in the replacement")?;
+            let close = replace[open..]
+                .find('}')
+                .map(|c| open + c)
+                .ok_or("unclosed '{' in the replacement")?;
             let token = &replace[open..=close];
             let value = match placeholder(direction, token)? {
                 None => Part::Text(base_url.to_string()),
@@ -374,15 +418,28 @@ pub struct HeaderTransforms {
 
 impl HeaderTransforms {
     /// Compiles both merged dictionaries; warnings are `(field, message)`.
-    pub fn compile(upstream: &[(String, String)], downstream: &[(String, String)], base_url: &str) -> (HeaderTransforms, Vec<(String, String)>) {
+    pub fn compile(
+        upstream: &[(String, String)],
+        downstream: &[(String, String)],
+        base_url: &str,
+    ) -> (HeaderTransforms, Vec<(String, String)>) {
         let (up, w1) = Transforms::compile(Direction::Upstream, upstream, base_url);
         let (down, w2) = Transforms::compile(Direction::Downstream, downstream, base_url);
         let warnings = w1
             .into_iter()
             .map(|(k, m)| (format!("UpstreamHeaderTransform.{k}"), m))
-            .chain(w2.into_iter().map(|(k, m)| (format!("DownstreamHeaderTransform.{k}"), m)))
+            .chain(
+                w2.into_iter()
+                    .map(|(k, m)| (format!("DownstreamHeaderTransform.{k}"), m)),
+            )
             .collect();
-        (HeaderTransforms { upstream: up, downstream: down }, warnings)
+        (
+            HeaderTransforms {
+                upstream: up,
+                downstream: down,
+            },
+            warnings,
+        )
     }
 }
 
@@ -391,13 +448,19 @@ mod tests {
     use super::*;
 
     fn dict(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -415,16 +478,27 @@ mod tests {
     fn upstream_find_replace_and_add() {
         let (t, w) = Transforms::compile(
             Direction::Upstream,
-            &dict(&[("Laz", "D, GP"), ("X-Forwarded-For", "{RemoteIpAddress}"), ("X-Route", "Raman"), ("X-Trace", "{TraceId}")]),
+            &dict(&[
+                ("Laz", "D, GP"),
+                ("X-Forwarded-For", "{RemoteIpAddress}"),
+                ("X-Route", "Raman"),
+                ("X-Trace", "{TraceId}"),
+            ]),
             DEFAULT_BASE_URL,
         );
         assert!(w.is_empty(), "{w:?}");
         assert!(t.needs_trace_id());
         let mut h = map(&[("laz", "D and D"), ("laz", "second"), ("x-route", "client")]);
         t.apply_to_request(&mut h, &values());
-        assert_eq!(h.get_all("laz").iter().collect::<Vec<_>>(), vec!["GP and GP"]);
+        assert_eq!(
+            h.get_all("laz").iter().collect::<Vec<_>>(),
+            vec!["GP and GP"]
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
-        assert_eq!(h.get_all("x-route").iter().collect::<Vec<_>>(), vec!["Raman"]);
+        assert_eq!(
+            h.get_all("x-route").iter().collect::<Vec<_>>(),
+            vec!["Raman"]
+        );
         assert_eq!(h.get("x-trace").unwrap(), "trace-1");
         // An unresolvable placeholder leaves the header out.
         let mut h = HeaderMap::new();
@@ -437,13 +511,23 @@ mod tests {
     fn downstream_location_rewrite_with_base_urls() {
         let (t, w) = Transforms::compile(
             Direction::Downstream,
-            &dict(&[("Location", "{DownstreamBaseUrl}, {BaseUrl}"), ("X-By", "{BaseUrl}"), ("Who", "Raman, Mark")]),
+            &dict(&[
+                ("Location", "{DownstreamBaseUrl}, {BaseUrl}"),
+                ("X-By", "{BaseUrl}"),
+                ("Who", "Raman, Mark"),
+            ]),
             "http://gw.example.com",
         );
         assert!(w.is_empty(), "{w:?}");
-        let mut h = map(&[("location", "http://localhost:5001/pay/Receive"), ("who", "Raman Mark Raman")]);
+        let mut h = map(&[
+            ("location", "http://localhost:5001/pay/Receive"),
+            ("who", "Raman Mark Raman"),
+        ]);
         t.apply_to_response(&mut h, &values());
-        assert_eq!(h.get("location").unwrap(), "http://gw.example.com/pay/Receive");
+        assert_eq!(
+            h.get("location").unwrap(),
+            "http://gw.example.com/pay/Receive"
+        );
         assert_eq!(h.get("who").unwrap(), "Mark Mark Mark");
         assert_eq!(h.get("x-by").unwrap(), "http://gw.example.com");
         // A header the service sent wins over an added one.
@@ -456,7 +540,10 @@ mod tests {
     fn literal_downstream_find_and_placeholder_inside_replace() {
         let (t, _) = Transforms::compile(
             Direction::Downstream,
-            &dict(&[("Location", "http://www.bbc.co.uk/, http://{UpstreamHost}/x/, ignored")]),
+            &dict(&[(
+                "Location",
+                "http://www.bbc.co.uk/, http://{UpstreamHost}/x/, ignored",
+            )]),
             DEFAULT_BASE_URL,
         );
         let mut h = map(&[("location", "http://www.bbc.co.uk/a")]);
@@ -468,7 +555,13 @@ mod tests {
     fn bad_entries_are_reported_and_skipped() {
         let (t, w) = Transforms::compile(
             Direction::Upstream,
-            &dict(&[("X-A", "{Nope}"), ("X-B", "{DownstreamBaseUrl}"), ("X-C", ", x"), ("bad name", "v"), ("X-D", "a, {unclosed")]),
+            &dict(&[
+                ("X-A", "{Nope}"),
+                ("X-B", "{DownstreamBaseUrl}"),
+                ("X-C", ", x"),
+                ("bad name", "v"),
+                ("X-D", "a, {unclosed"),
+            ]),
             DEFAULT_BASE_URL,
         );
         assert!(t.is_empty());
@@ -484,7 +577,11 @@ mod tests {
 
     #[test]
     fn merged_compile_names_fields() {
-        let (t, w) = HeaderTransforms::compile(&dict(&[("X", "{Nope}")]), &dict(&[("Y", "1")]), DEFAULT_BASE_URL);
+        let (t, w) = HeaderTransforms::compile(
+            &dict(&[("X", "{Nope}")]),
+            &dict(&[("Y", "1")]),
+            DEFAULT_BASE_URL,
+        );
         assert_eq!(w[0].0, "UpstreamHeaderTransform.X");
         assert!(t.upstream.is_empty() && !t.downstream.is_empty());
     }

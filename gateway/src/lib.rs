@@ -2,11 +2,23 @@
 //! `ProxyHttp` out. See `proxy` for the request pipeline.
 
 pub mod admin;
+pub mod auth;
+pub mod authorization;
 pub mod balancing;
+pub mod claims;
+pub mod cors;
 pub mod errors;
+pub mod headers;
+pub mod policies;
 pub mod proxy;
+pub mod request_id;
 pub mod routing;
 pub mod settings;
 pub mod lifecycle;
 pub mod metrics;
 pub mod reload;
+pub mod health;
+pub mod qos;
+pub mod ratelimit;
+pub mod security;
+pub mod traffic;

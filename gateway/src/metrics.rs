@@ -4,8 +4,11 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -96,6 +99,50 @@ pub fn render() -> Vec<u8> {
         log::error!("cannot encode metrics: {e}");
     }
     out
+}
+
+/// One route's handles into the labelled request metrics, kept in the
+/// compiled route so that a request skips `with_label_values` (label hashing,
+/// a lock and a map lookup per metric). Each handle is made on first use, so
+/// `/metrics` shows the same series as before; handles point at the same
+/// children as `with_label_values`, so counts carry over across reloads.
+#[derive(Default)]
+pub struct RouteMetrics {
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    /// `gateway_requests_total` by common method × status class.
+    requests: OnceLock<Box<[[OnceLock<IntCounter>; 6]; 7]>>,
+}
+
+const COMMON_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+impl RouteMetrics {
+    /// Records one finished request of the route named `route`.
+    pub fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration, upstream: Option<Duration>) {
+        let class = status_class(status);
+        let class_index = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        match COMMON_METHODS.iter().position(|m| *m == method) {
+            Some(m) => self.requests.get_or_init(Default::default)[m][class_index]
+                .get_or_init(|| METRICS.requests.with_label_values(&[route, method, class]))
+                .inc(),
+            None => METRICS.requests.with_label_values(&[route, method, class]).inc(),
+        }
+        self.request_duration
+            .get_or_init(|| METRICS.request_duration.with_label_values(&[route]))
+            .observe(elapsed.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream_duration
+                .get_or_init(|| METRICS.upstream_duration.with_label_values(&[route]))
+                .observe(upstream.as_secs_f64());
+        }
+    }
 }
 
 /// `2xx`, `4xx`… for a status code; `none` when no response was sent.

@@ -5,16 +5,20 @@
 //! balancing → downstream URL creation → request. `proxy` orchestrates; the
 //! feature logic lives in its own modules.
 
+use crate::auth::Authenticator;
 use crate::balancing::{BalancerKind, Selected, StickySessions};
+use crate::cors::Cors;
 use crate::errors::{respond_with, status_for};
 use crate::lifecycle::Readiness;
-use crate::metrics::{status_class, METRICS};
+use crate::metrics::METRICS;
+use crate::policies::RequestState;
 use crate::routing::{CompiledRoute, Snapshot};
+use crate::traffic::{self, RequestTraffic};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ocelot_compat::path::normalize_path;
-use ocelot_compat::table::{HeaderSource, RequestInfo, Target};
+use ocelot_compat::table::{HeaderSource, Placeholders, RequestInfo, Target};
 use ocelot_compat::template::DownstreamTarget;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -30,6 +34,10 @@ pub struct Gateway {
     pub readiness: Arc<Readiness>,
     /// Write one JSON access-log line per request on stdout.
     pub access_log: bool,
+    /// JWT providers named by the routes' `AuthenticationProviderKey(s)`.
+    pub auth: Arc<Authenticator>,
+    /// The gateway's CORS policy, if any.
+    pub cors: Option<Arc<Cors>>,
 }
 
 /// Per-request state.
@@ -43,6 +51,16 @@ pub struct Ctx {
     upstream_elapsed: Option<Duration>,
     /// The request id forwarded downstream, for the access log.
     pub request_id: Option<String>,
+    /// What the identity steps learnt (principal, request id, placeholders
+    /// for the response transforms).
+    identity: RequestState,
+    /// The route match (placeholders, normalized path), kept only when claims
+    /// steps need it after routing.
+    matched: Option<(Placeholders, String)>,
+    /// CORS headers for the response (empty without an allowed `Origin`).
+    cors: Vec<(HeaderName, HeaderValue)>,
+    /// Rate-limit headers, circuit-breaker permit, passive-health retry state.
+    traffic: RequestTraffic,
 }
 
 impl Ctx {
@@ -75,7 +93,8 @@ const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "
 
 /// Answers the request with `status` and an empty body, as Ocelot does for its
 /// own errors, keeping the connection when the request carried no body.
-async fn respond_empty(session: &mut Session, status: u16) -> Result<bool> {
+/// `extra` are the CORS headers (`ctx.cors`), so a browser can read a 401.
+async fn respond_empty_with(session: &mut Session, status: u16, extra: &[(HeaderName, HeaderValue)]) -> Result<bool> {
     let has_body = session.req_header().headers.contains_key(header::TRANSFER_ENCODING)
         || session
             .req_header()
@@ -86,15 +105,30 @@ async fn respond_empty(session: &mut Session, status: u16) -> Result<bool> {
         // The unread body would be taken for the next request.
         session.set_keepalive(None);
     }
-    let mut resp = ResponseHeader::build(status, Some(1))?;
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    let mut resp = ResponseHeader::build(status, Some(1 + extra.len()))?;
+    // A 204 has no body and so no Content-Length (RFC 9110 §8.6).
+    if status != 204 {
+        resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    }
+    for (name, value) in extra {
+        resp.append_header(name.clone(), value.clone())?;
+    }
     session.write_response_header(Box::new(resp), true).await?;
     Ok(true)
 }
 
+/// Kestrel's default `MaxRequestHeadersTotalSize`.
+const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+
 /// Finds the route and builds the downstream path: Ocelot's
 /// DownstreamRouteFinder and DownstreamUrlCreator. `Err` is the status to answer.
 fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), u16> {
+    // Kestrel, which Ocelot runs on, refuses request headers over 32 KiB in
+    // total with 431; Pingora alone would accept up to 1 MiB.
+    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if header_bytes > MAX_REQUEST_HEADER_BYTES {
+        return Err(431);
+    }
     // Ocelot 25 refuses header values that are not ASCII with 400.
     if req.headers.values().any(|v| !v.as_bytes().is_ascii()) {
         return Err(400);
@@ -122,18 +156,55 @@ fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), 
         Target::Aggregate(_) => return Err(501),
     };
     let route = ctx.snapshot.routes.get(index).ok_or(500u16)?;
-    // Authentication is not built yet: fail closed rather than let a
-    // protected route through. Ocelot skips authentication for OPTIONS.
-    if !route.auth_schemes.is_empty() && req.method != http::Method::OPTIONS {
-        return Err(401);
-    }
     if let BalancerKind::Unknown(name) = &route.pool.kind {
         log::error!("route {}: no load balancer named '{name}'", route.name);
         return Err(500);
     }
     ctx.downstream = Some(route.downstream.render(&found.placeholders, &path, req.uri.query()));
+    if route.policies.needs_match() {
+        ctx.matched = Some((found.placeholders, path.into_owned()));
+    }
     ctx.route = Some(index);
     Ok(())
+}
+
+impl Gateway {
+    /// Ocelot's steps from header transforms to the downstream URL (spec
+    /// §7.9): upstream header transforms and request id, authentication,
+    /// claims to claims, authorization, claims to headers, query and path.
+    /// `Err` is the status to answer, with an empty body.
+    async fn identity(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<(), u16> {
+        let snapshot = ctx.snapshot.clone();
+        let Some(route) = ctx.route.and_then(|i| snapshot.routes.get(i)) else {
+            return Ok(());
+        };
+        let policies = &route.policies;
+        // `{RemoteIpAddress}`: the client as IP security sees it (a trusted
+        // proxy's X-Forwarded-For included).
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .filter(|_| policies.uses_client_ip())
+            .map(|a| crate::traffic::Traffic::current().client_ip(a.ip(), &session.req_header().headers));
+        let mut state = policies.prepare(session.req_header_mut(), client_ip);
+        ctx.request_id.clone_from(&state.trace_id);
+        policies.authenticate(&self.auth, session.req_header(), &mut state).await?;
+        let matched = ctx.matched.take();
+        let placeholders = matched.as_ref().map(|(p, _)| p);
+        policies.authorize(&session.req_header().method, &mut state, |name| placeholders.and_then(|p| p.get(name)))?;
+        policies.claims_to_headers(session.req_header_mut(), &state)?;
+        if let Some((mut placeholders, path)) = matched.filter(|_| policies.changes_query() || policies.changes_path()) {
+            // Ocelot adds claim parameters to the request's query and changes
+            // placeholders before its URL creator runs: render again with both.
+            let query = policies.claims_to_query(&state, session.req_header().uri.query())?;
+            for (name, value) in policies.claims_to_path(&state)? {
+                placeholders.insert(name, value);
+            }
+            ctx.downstream = Some(route.downstream.render(&placeholders, &path, query.as_deref()));
+        }
+        ctx.identity = state;
+        Ok(())
+    }
 }
 
 fn default_port(tls: bool) -> u16 {
@@ -158,20 +229,44 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream_elapsed: None,
             request_id: None,
+            identity: RequestState::default(),
+            matched: None,
+            cors: Vec::new(),
+            traffic: RequestTraffic::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match route_request(session.req_header(), ctx) {
-            Ok(()) => Ok(false),
-            Err(status) => respond_empty(session, status).await,
+        if let Some(cors) = &self.cors {
+            let req = session.req_header();
+            // Answered before routing and authentication, as ASP.NET's CORS
+            // middleware in front of Ocelot does (Ocelot issue #633).
+            if Cors::is_preflight(&req.method, &req.headers) {
+                let headers = cors.preflight(&req.headers);
+                return respond_empty_with(session, 204, &headers).await;
+            }
+            ctx.cors = cors.response_headers(&req.headers);
         }
+        if let Err(status) = route_request(session.req_header(), ctx) {
+            return respond_empty_with(session, status, &ctx.cors).await;
+        }
+        // Ocelot: IP security and rate limiting come before authentication.
+        let snapshot = ctx.snapshot.clone();
+        if let Some(route) = ctx.route.and_then(|i| snapshot.routes.get(i)) {
+            if traffic::request_filter(session, route, &mut ctx.traffic, &ctx.cors).await? {
+                return Ok(true);
+            }
+        }
+        if let Err(status) = self.identity(session, ctx).await {
+            return respond_empty_with(session, status, &ctx.cors).await;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx.route()?;
         let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-        let Some(selected) = route.pool.select(cookies, &self.sticky) else {
+        let Some(selected) = traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky)? else {
             // With service discovery an empty list is Ocelot's ServicesAreEmpty
             // (404); static hosts that cannot be reached are a connection error.
             let status = if route.uses_discovery { 404 } else { 502 };
@@ -185,11 +280,13 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = HttpPeer::new(selected.addr, route.tls, sni);
         let opts = &mut peer.options;
-        // Ocelot's route timeout bounds the whole downstream call; per phase here.
-        opts.connection_timeout = Some(route.timeout);
-        opts.total_connection_timeout = Some(route.timeout);
-        opts.read_timeout = Some(route.timeout);
-        opts.write_timeout = Some(route.timeout);
+        // Ocelot's route timeout (or the shorter QoS one) bounds the whole
+        // downstream call; per phase here.
+        let timeout = route.traffic.downstream_timeout(route.timeout);
+        opts.connection_timeout = Some(timeout);
+        opts.total_connection_timeout = Some(timeout);
+        opts.read_timeout = Some(timeout);
+        opts.write_timeout = Some(timeout);
         opts.idle_timeout = Some(Duration::from_secs(60));
         opts.verify_cert = route.verify_cert;
         opts.verify_hostname = route.verify_cert;
@@ -249,7 +346,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        match ctx.route.and_then(|i| snapshot.routes.get(i)) {
+            Some(route) => traffic::proxy_upstream_filter(session, route, &mut ctx.traffic, &ctx.cors).await,
+            None => Ok(true),
+        }
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // QoS timeouts answer with their own 503; the breaker counts failures.
+        let snapshot = ctx.snapshot.clone();
+        let route = ctx.route.and_then(|i| snapshot.routes.get(i));
+        if let Some(done) = traffic::fail_to_proxy(session, e, route, &mut ctx.traffic, &ctx.cors).await {
+            return done;
+        }
         let code = status_for(e);
         log::debug!("route {}: {e}", ctx.route().map(|r| r.name.as_str()).unwrap_or("-"));
         if let Some(code) = code {
@@ -257,6 +368,9 @@ impl ProxyHttp for Gateway {
             match ResponseHeader::build(code, Some(1)) {
                 Ok(mut resp) => {
                     let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
+                    for (name, value) in &ctx.cors {
+                        let _ = resp.append_header(name.clone(), value.clone());
+                    }
                     if let Err(write_error) = session.write_error_response(resp, bytes::Bytes::new()).await {
                         log::debug!("cannot send error response: {write_error}");
                     }
@@ -270,12 +384,31 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, _upstream: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        traffic::upstream_response(&mut ctx.traffic, upstream.status.as_u16());
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, _ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        traffic::response_headers(&ctx.traffic, response)?;
+        if let Ok(route) = ctx.route() {
+            let base_url = ctx
+                .selected
+                .as_ref()
+                .map(|s| crate::headers::downstream_base_url(route.tls, &s.meta.host, s.addr.port()));
+            route.policies.apply_to_response(response, &ctx.identity, base_url);
+        }
+        for (name, value) in &ctx.cors {
+            // The gateway owns CORS: its headers replace the service's (two
+            // Access-Control-Allow-Origin values make browsers refuse), but
+            // Vary only grows.
+            if name == header::VARY {
+                response.append_header(name.clone(), value.clone())?;
+            } else {
+                response.insert_header(name.clone(), value.clone())?;
+            }
+        }
         if self.readiness.is_draining() {
             // Shutting down or upgrading: tell keep-alive clients to reconnect
             // (to another replica or the new process) instead of having the
@@ -289,7 +422,10 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
         let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
         METRICS.upstream_connect_errors.with_label_values(&[route]).inc();
-        e
+        // Passive health: skip this backend for a while; retry elsewhere once.
+        let snapshot = ctx.snapshot.clone();
+        let addr = ctx.selected.as_ref().map(|s| s.addr);
+        traffic::fail_to_connect(ctx.route.and_then(|i| snapshot.routes.get(i)), &mut ctx.traffic, addr, e)
     }
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
@@ -305,10 +441,8 @@ impl ProxyHttp for Gateway {
         let method = session.req_header().method.as_str();
         let elapsed = ctx.started.elapsed();
         if !route.is_empty() {
-            METRICS.requests.with_label_values(&[route, method, status_class(status)]).inc();
-            METRICS.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
-            if let Some(upstream) = ctx.upstream_elapsed {
-                METRICS.upstream_duration.with_label_values(&[route]).observe(upstream.as_secs_f64());
+            if let Ok(compiled) = ctx.route() {
+                compiled.metrics.record(route, method, status, elapsed, ctx.upstream_elapsed);
             }
         }
         if self.access_log {

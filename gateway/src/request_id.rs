@@ -4,6 +4,7 @@
 //! names it and the request does not carry it already. The id is not added
 //! to the response, as in Ocelot.
 
+use crate::headers::Headers;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -38,7 +39,8 @@ impl RequestIdPolicy {
         match key.map(str::trim).filter(|k| !k.is_empty()) {
             None => Ok(RequestIdPolicy::default()),
             Some(k) => {
-                let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("\"{k}\" is not a valid header name"))?;
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("\"{k}\" is not a valid header name"))?;
                 Ok(RequestIdPolicy {
                     forward: Some(name.clone()),
                     read: name,
@@ -67,13 +69,13 @@ impl RequestIdPolicy {
 
     /// Adds the id header to the request sent downstream when a key is
     /// configured, the id is not empty, and the request has no such header.
-    pub fn apply(&self, headers: &mut HeaderMap, id: &str) {
+    pub fn apply(&self, headers: &mut impl Headers, id: &str) {
         let Some(name) = &self.forward else { return };
-        if id.is_empty() || headers.contains_key(name) {
+        if id.is_empty() || headers.first(name).is_some() {
             return;
         }
         if let Ok(value) = HeaderValue::from_str(id) {
-            headers.insert(name.clone(), value);
+            headers.set(name, value);
         }
     }
 }
@@ -142,7 +144,10 @@ mod tests {
         let mut out = HeaderMap::new();
         p.apply(&mut out, "x1");
         assert!(out.is_empty());
-        assert!(RequestIdPolicy::compile(Some("  ")).unwrap().forward.is_none());
+        assert!(RequestIdPolicy::compile(Some("  "))
+            .unwrap()
+            .forward
+            .is_none());
         assert!(RequestIdPolicy::compile(Some("bad key")).is_err());
     }
 }

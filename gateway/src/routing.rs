@@ -4,6 +4,7 @@
 //! builds a new one.
 
 use crate::balancing::{BalancerKind, Pool, Target};
+use crate::traffic::{Traffic, TrafficPolicy};
 use ocelot_compat::effective;
 use ocelot_compat::model::{FileConfiguration, FileRoute};
 use ocelot_compat::table::RouteTable;
@@ -31,6 +32,12 @@ pub struct CompiledRoute {
     /// What the pool was built from: an unchanged key after a reload means the
     /// pool (round-robin position, in-flight counts, health) carries over.
     pub pool_key: String,
+    /// IP security, rate limiting and QoS (state lives in `Traffic`).
+    pub traffic: TrafficPolicy,
+    /// Authentication, authorization, claims and header transforms, request id.
+    pub policies: crate::policies::RoutePolicies,
+    /// Handles into the request metrics, labelled with `name`.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl CompiledRoute {
@@ -50,7 +57,7 @@ impl CompiledRoute {
         let pool = previous
             .get(pool_key.as_str())
             .cloned()
-            .unwrap_or_else(|| Arc::new(Pool::new(kind, targets)));
+            .unwrap_or_else(|| Arc::new(Pool::with_health_registry(kind, targets, Traffic::current().health.registry())));
         let scheme = route.downstream_scheme.as_deref().unwrap_or("http").to_ascii_lowercase();
         CompiledRoute {
             name: route.upstream_path_template.clone().unwrap_or_default(),
@@ -67,6 +74,9 @@ impl CompiledRoute {
             uses_discovery: route.service_name.as_deref().is_some_and(|s| !s.trim().is_empty()),
             pool,
             pool_key,
+            traffic: Traffic::current().compile(route, config),
+            policies: crate::policies::RoutePolicies::compile(route, global),
+            metrics: Default::default(),
         }
     }
 }
@@ -93,15 +103,11 @@ impl Snapshot {
         let routes: Vec<CompiledRoute> = config.routes.iter().map(|r| CompiledRoute::compile(r, &config, &reusable)).collect();
         for (i, route) in routes.iter().enumerate() {
             let location = config.routes[i].describe(i);
-            if !route.auth_schemes.is_empty() {
-                warnings.push(Diagnostic::warning(
-                    location.clone(),
-                    "AuthenticationOptions",
-                    format!(
-                        "authentication ({}) is not available yet; requests to this route are refused with 401",
-                        route.auth_schemes.join(", ")
-                    ),
-                ));
+            for (field, message) in &route.traffic.warnings {
+                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
+            }
+            for (field, message) in route.policies.warnings() {
+                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
             }
             if route.uses_discovery {
                 warnings.push(Diagnostic::warning(

@@ -44,6 +44,16 @@ pub struct Settings {
     pub upgrade_sock: Option<String>,
     /// Pid file written by Pingora.
     pub pid_file: Option<String>,
+    /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
+    pub rate_limiting: crate::ratelimit::RateLimitSettings,
+    /// Active health checks per downstream service, and passive health.
+    pub health_checks: crate::health::HealthCheckSettings,
+    /// Proxies whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: crate::security::TrustedProxiesSettings,
+    /// JWT bearer providers named by `AuthenticationProviderKey(s)`.
+    pub auth_providers: crate::auth::AuthSettings,
+    /// CORS policy answered by the gateway (off when absent).
+    pub cors: Option<crate::cors::CorsSettings>,
 }
 
 impl Default for Settings {
@@ -65,6 +75,11 @@ impl Default for Settings {
             upstream_keepalive_pool_size: None,
             upgrade_sock: None,
             pid_file: None,
+            rate_limiting: Default::default(),
+            health_checks: Default::default(),
+            trusted_proxies: Default::default(),
+            auth_providers: Default::default(),
+            cors: None,
         }
     }
 }
@@ -85,6 +100,7 @@ impl Settings {
                     *p = dir.join(&*p);
                 }
             }
+            settings.auth_providers.resolve_paths(dir);
         }
         Ok(settings)
     }

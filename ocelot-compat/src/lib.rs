@@ -9,6 +9,7 @@
 pub mod config;
 pub mod diag;
 pub mod effective;
+pub mod effective_identity;
 pub mod merge;
 pub mod model;
 pub mod path;

@@ -1,10 +1,12 @@
 //! Starting the real `gateway` binary on its own ports and temp dir.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -46,13 +48,54 @@ pub fn gateway_bin() -> PathBuf {
         })
 }
 
-/// A loopback port that was free a moment ago. Another process can take it
-/// before the gateway binds it, which is why [`GatewayBuilder::start`] retries.
+/// A loopback port that was free a moment ago, and that this process has not
+/// handed out before. The kernel may give a just-released port to the next
+/// `bind(0)`, so without the registry two parallel tests could pick the same
+/// one. Another process can still take it before the gateway binds it, which
+/// [`GatewayBuilder::start`] detects and retries.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux
+/// /proc): proof that the gateway, and not some other process, owns it.
+pub fn owns_listener(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // f[1] = local "ADDR:PORT" in hex, f[3] = state (0A = LISTEN), f[9] = inode.
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
 }
 
 /// A loopback address where nothing listens (connections are refused).
@@ -78,9 +121,17 @@ pub struct GatewayBuilder {
     extra_args: Vec<OsString>,
     env: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
+    listen: Option<SocketAddr>,
 }
 
 impl GatewayBuilder {
+    /// Listen on this proxy address instead of a free port (no retry on a
+    /// port clash then; see [`launch`](Self::launch)).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
     /// Extra settings YAML (`threads: 2`, `upstream_ca_file: ...`). The
     /// listen addresses are still passed as flags unless
     /// [`listen_in_settings`](Self::listen_in_settings) is set.
@@ -122,22 +173,24 @@ impl GatewayBuilder {
     /// Start the gateway and wait until `/readyz` answers 200.
     /// Panics (printing the gateway's stderr) if it does not within
     /// [`READY_TIMEOUT`].
+    ///
+    /// Ready also means the gateway process itself holds the proxy listener:
+    /// a port picked by [`free_port`] can be taken by another process before
+    /// the gateway binds it, and then requests would reach that process. That
+    /// case is retried on fresh ports.
     pub async fn start(self) -> Gateway {
         let mut last_err = String::new();
-        // A port picked by free_port can be taken by a parallel test before the
-        // gateway binds it; that is the only failure worth a retry.
-        for _attempt in 0..3 {
-            let mut gw = self.spawn();
+        for _attempt in 0..5 {
+            let mut gw = self.launch();
             match gw.wait_ready().await {
                 Ok(()) => return gw,
                 Err(e) => {
                     let stderr = gw.stderr();
-                    let in_use = stderr.to_ascii_lowercase().contains("in use");
                     last_err = format!(
                         "{e}\n--- gateway stderr ---\n{stderr}\n--- gateway stdout ---\n{}",
                         gw.stdout()
                     );
-                    if !in_use {
+                    if !stderr.to_ascii_lowercase().contains("in use") || self.listen.is_some() {
                         break;
                     }
                 }
@@ -146,12 +199,15 @@ impl GatewayBuilder {
         panic!("gateway did not become ready: {last_err}");
     }
 
-    fn spawn(&self) -> Gateway {
+    /// Spawn the gateway without waiting for it (see [`Gateway::wait_ready`]).
+    pub fn launch(&self) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("gateway-e2e-")
             .tempdir()
             .expect("temp dir");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let addr: SocketAddr = self
+            .listen
+            .unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let dir_path = dir.path().to_path_buf();
 
@@ -279,6 +335,7 @@ impl Gateway {
             extra_args: Vec::new(),
             env: Vec::new(),
             files: Vec::new(),
+            listen: None,
         }
     }
 
@@ -340,14 +397,27 @@ impl Gateway {
         proc_status_kib(self.pid(), "VmRSS") * 1024
     }
 
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    /// Poll until `/readyz` answers 200 and this process holds the proxy
+    /// listener, for at most [`READY_TIMEOUT`]. Fails early if the process
+    /// exits or reports a port clash.
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.exit_status() {
                 return Err(format!("gateway exited before ready: {status}"));
             }
             if admin_status(self.admin_addr, "/readyz").await == Some(200) {
-                return Ok(());
+                if owns_listener(self.pid(), self.addr.port())
+                    && owns_listener(self.pid(), self.admin_addr.port())
+                {
+                    return Ok(());
+                }
+                if self.stderr().to_ascii_lowercase().contains("in use") {
+                    return Err(format!(
+                        "/readyz is 200 but {} or {} is in use by another process",
+                        self.addr, self.admin_addr
+                    ));
+                }
             }
             if Instant::now() > deadline {
                 return Err(format!("/readyz not 200 within {READY_TIMEOUT:?}"));

@@ -6,9 +6,11 @@
 //! received. Every test owns its ports and temp dir, so tests run in parallel.
 
 pub mod gateway;
+pub mod identity_support;
 pub mod pattern;
 pub mod pki;
 pub mod raw;
+pub mod traffic_support;
 pub mod upstream;
 
 use std::future::Future;

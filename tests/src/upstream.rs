@@ -74,6 +74,10 @@ pub struct Seen {
     /// except that repeated names are grouped at their first position.
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// The body ended in an error (the sender went away mid-body), as opposed
+    /// to a clean end at its declared length or final chunk.
+    #[serde(default)]
+    pub body_error: bool,
     /// Set only when the request carried `x-echo-expect-pattern`.
     #[serde(default)]
     pub body_pattern_ok: Option<bool>,
@@ -358,10 +362,12 @@ async fn handle(
 
     let mut body_len = 0u64;
     let mut pattern_ok = true;
+    let mut body_error = false;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             // The client went away mid-body; record what did arrive.
             pattern_ok = false;
+            body_error = true;
             break;
         };
         if let Some(data) = frame.data_ref() {
@@ -388,6 +394,7 @@ async fn handle(
             })
             .collect(),
         body_len,
+        body_error,
         body_pattern_ok: check_pattern.then_some(pattern_ok),
         version: format!("{:?}", parts.version),
         tls,
@@ -489,4 +496,32 @@ impl http_body::Body for PatternBody {
             SizeHint::with_exact(self.total - self.offset)
         }
     }
+}
+
+/// A misbehaving upstream: reads each request head, then writes `reply`
+/// verbatim (possibly nothing) and closes. For 502 tests. Runs on the
+/// caller's runtime, so it stops with the test.
+pub async fn bad_upstream(reply: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind bad upstream");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(reply).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
 }

@@ -40,13 +40,11 @@ impl Setup {
             "gateway process died: {:?}",
             self.gw.exit_status()
         );
-        let before = self.api.count();
         assert_routed(
             &get(&self.gw.url("/api/health"), &[]).await,
             "api",
             "/api/health",
         );
-        assert_eq!(self.api.count(), before + 1);
     }
 
     fn nothing_forwarded(&self) {
@@ -79,7 +77,9 @@ fn assert_4xx(r: &RawResponse) {
 async fn invalid_percent_encoding_is_400() {
     bounded(async {
         let mut s = setup().await;
-        for target in ["/api/%zz", "/api/a%4", "/api/%G1x", "/api/ok?q=%zz"] {
+        // In the path only: the path is decoded to resolve dot segments and
+        // match templates; a query is passed on (or re-encoded) as Ocelot does.
+        for target in ["/api/%zz", "/api/a%4", "/api/%G1x", "/api/%/x"] {
             let r = s.get(target, &[]).await;
             assert_status(&r, 400);
         }
@@ -284,6 +284,91 @@ async fn truncated_request_then_close_does_not_hurt() {
             tokio::io::AsyncWriteExt::write_all(&mut c, b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-Par")
                 .await
                 .unwrap();
+        }
+        s.assert_still_serves().await;
+        // A streaming proxy may have started forwarding the POST (give it a
+        // moment to reach the upstream), but the upstream must never see it
+        // end cleanly, as if complete.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !s.api.requests().iter().any(|r| r.method == "POST")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for seen in s.api.requests() {
+            assert!(
+                seen.method != "POST" || seen.body_error,
+                "truncated body delivered as complete: {seen:#?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_headers_are_400() {
+    bounded(async {
+        let mut s = setup().await;
+        let req = "GET /api/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n";
+        let r = s.send(req.as_bytes()).await;
+        assert_status(&r, 400);
+        s.nothing_forwarded();
+        s.assert_still_serves().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_before_colon_is_400() {
+    bounded(async {
+        let mut s = setup().await;
+        let r = s.get("/api/x", &["X-Test : v"]).await;
+        assert_status(&r, 400);
+        s.nothing_forwarded();
+        s.assert_still_serves().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obsolete_line_folding_is_not_forwarded() {
+    bounded(async {
+        let mut s = setup().await;
+        let r = s.get("/api/x", &["X-Folded: a", " b"]).await;
+        // RFC 9112 §5.2: reject, or replace the fold with spaces before forwarding.
+        if r.status() != Some(400) {
+            assert_status(&r, 200);
+            let seen = s.api.only_request();
+            let v = seen.header("x-folded").unwrap_or_default();
+            assert!(
+                !v.contains('\r') && !v.contains('\n'),
+                "fold forwarded: {v:?}"
+            );
+        }
+        s.assert_still_serves().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_chunked_cannot_smuggle_a_request() {
+    bounded(async {
+        let mut s = setup().await;
+        // A body framed both ways, hiding a second request: whichever framing
+        // the gateway picks, it must not end up serving /admin/smuggled.
+        let req = format!(
+            "POST /api/x HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+             0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: {h}\r\n\r\n",
+            h = s.gw.authority()
+        );
+        let r = raw::exchange_to_close(s.gw.addr(), req.as_bytes()).await;
+        assert!(!r.timed_out, "connection left open: {}", r.describe());
+        assert_eq!(s.admin.count(), 0, "smuggled request served: {:#?}", s.admin.requests());
+        for seen in s.api.requests() {
+            assert!(
+                !(seen.has_header("content-length") && seen.has_header("transfer-encoding")),
+                "both framings forwarded: {seen:#?}"
+            );
         }
         s.assert_still_serves().await;
     })

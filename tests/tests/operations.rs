@@ -324,7 +324,19 @@ async fn metrics_and_access_log_name_the_route_not_the_path() {
             );
         }
         assert_eq!(get(&gw.url("/nothing"), &[]).await.status, 404);
-        let text = metrics(&gw).await;
+        // Counters and access lines are written in the logging phase, just
+        // after the response went out: poll until the last request is in.
+        let series_2xx =
+            "gateway_requests_total{method=\"GET\",route=\"/users/{id}\",status_class=\"2xx\"}";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = metrics(&gw).await;
+            let done = sample(&text, series_2xx) >= 3.0 && gw.stdout().contains("\"/nothing\"");
+            if done || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(
             sample(
                 &text,

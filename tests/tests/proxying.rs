@@ -36,20 +36,20 @@ async fn downstream_http_method_overrides_the_method() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_header_is_the_downstream_clients() {
+async fn host_header_is_the_downstream_services() {
     bounded(async {
+        // In Ocelot's terms "downstream" is the backend: like .NET's HttpClient,
+        // the gateway sends the backend's host:port, not the client's Host.
         let up = EchoServer::start("up");
         let gw = Gateway::start(config(vec![route("/h", "/h", &[&up])])).await;
+        let backend = up.addr().to_string();
 
         let seen = assert_routed(&get(&gw.url("/h"), &[]).await, "up", "/h");
-        assert_eq!(seen.header_values("host"), vec![gw.authority().as_str()]);
+        assert_eq!(seen.header_values("host"), vec![backend.as_str()]);
 
-        let seen = assert_routed(
-            &get(&gw.url("/h"), &[("host", "shop.example.com:1234")]).await,
-            "up",
-            "/h",
-        );
-        assert_eq!(seen.header_values("host"), vec!["shop.example.com:1234"]);
+        let r = get(&gw.url("/h"), &[("host", "shop.example.com:1234")]).await;
+        let seen = assert_routed(&r, "up", "/h");
+        assert_eq!(seen.header_values("host"), vec![backend.as_str()]);
     })
     .await
 }
@@ -262,6 +262,55 @@ async fn http_1_0_request_is_served() {
             r.describe()
         );
         assert_eq!(up.only_request().path, "/new/school");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_upload_completes() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/upload", "/upload", &[&up])])).await;
+        // As curl does for bodies over 1 KiB: headers first, body after
+        // "100 Continue" (or after a short wait if none comes).
+        let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: 2000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            gw.authority()
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(1), c.read(&mut buf)).await {
+            let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(interim.starts_with("HTTP/1.1 100"), "expected 100 Continue, got {interim:?}");
+        }
+        c.write_all(&[b'x'; 2000]).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(raw::RAW_TIMEOUT, c.read_to_end(&mut rest)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("HTTP/1.1 200"), "{text}");
+        assert_eq!(up.only_request().body_len, 2000);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_request_target_is_routed_by_path() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::start(config(vec![route("/abs/{x}", "/abs/{x}", &[&up])])).await;
+        let req = format!(
+            "GET http://{}/abs/1?q=2 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            gw.authority(),
+            gw.authority()
+        );
+        let r = raw::exchange(gw.addr(), req.as_bytes()).await;
+        assert_eq!(r.status(), Some(200), "{}", r.describe());
+        let seen = up.only_request();
+        // Upstream gets origin-form.
+        assert_eq!(seen.path, "/abs/1");
+        assert_eq!(seen.query.as_deref(), Some("q=2"));
     })
     .await
 }

@@ -531,3 +531,99 @@ async fn raw_get(gw: &Gateway, target: &str) -> (u16, String, Vec<u8>) {
     .await;
     (r.status().unwrap_or(0), r.describe(), r.body().to_vec())
 }
+
+/// Query-string cases from Ocelot's own acceptance tests
+/// (RoutingWithQueryStringTests: bug 2002, bug 1288, PR 2351 / bug 2346):
+/// (upstream template, downstream template, request, expected downstream target).
+const OCELOT_QUERY_CASES: &[(&str, &str, &str, &str)] = &[
+    (
+        "/WeatherForecast/{roleid}/groups?username={username}&groupName={groupName}&{everything}",
+        "/account/{username}/groups/{groupName}/roles?roleId={roleid}&{everything}",
+        "/WeatherForecast/123456/groups?username=bbenameur&groupName=Paris&something=9874565",
+        "/account/bbenameur/groups/Paris/roles?roleId=123456&something=9874565",
+    ),
+    (
+        "/safe/{id}",
+        "/cpx/t1/{id}",
+        "/safe/3?id1=2312",
+        "/cpx/t1/3?id1=2312",
+    ),
+    (
+        "/finance/v1/payment-methods?{id}",
+        "/v1/payment-methods?{id}",
+        "/finance/v1/payment-methods?customer_id=12345",
+        "/v1/payment-methods?customer_id=12345",
+    ),
+    (
+        "/finance/v1/payment-methods/{id}",
+        "/v1/payment-methods/{id}",
+        "/finance/v1/payment-methods/?customer_id=123",
+        "/v1/payment-methods/?customer_id=123",
+    ),
+    (
+        "/finance/v1/payment-methods/{id}/orders/{oid}",
+        "/v1/orders/{id}/{oid}",
+        "/finance/v1/payment-methods/1/orders/2?id=1&oid=2&orderid=3&customer_id=4",
+        "/v1/orders/1/2?orderid=3&customer_id=4",
+    ),
+    (
+        "/finance/v1/users/{customer_id}",
+        "/v1/users/{customer_id}",
+        "/finance/v1/users/123?id=999&customer_id=x",
+        "/v1/users/123?id=999",
+    ),
+    (
+        "/finance/v1/items/{id}/{Id}",
+        "/v1/items/{Id}/{id}",
+        "/finance/v1/items/1/2?id=3&Id=4&ID=5&extra=x",
+        "/v1/items/2/1?extra=x",
+    ),
+    (
+        "/finance/v1/data/{id}",
+        "/v1/data/{id}",
+        "/finance/v1/data/123/?xid=1&idx=2&id=3&extra=x",
+        "/v1/data/123/?xid=1&idx=2&extra=x",
+    ),
+    (
+        "/finance/v1/records/{id1}",
+        "/v1/records/{id1}",
+        "/finance/v1/records/123/?id1=1&id10=10&extra=x",
+        "/v1/records/123/?id10=10&extra=x",
+    ),
+    (
+        "/finance/v1/alpha/{id}",
+        "/v1/alpha/{id}",
+        "/finance/v1/alpha/123/?id_=1&_id=2&id=3&extra=x",
+        "/v1/alpha/123/?id_=1&_id=2&extra=x",
+    ),
+    (
+        "/finance/v2/orders/{id}",
+        "/v2/orders/{id}",
+        "/finance/v2/orders/42?status=active&customer_id=123&extra=x",
+        "/v2/orders/42?status=active&customer_id=123&extra=x",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocelot_acceptance_query_cases() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let mut failures = Vec::new();
+        for (upstream, downstream, request, expected) in OCELOT_QUERY_CASES {
+            let gw = Gateway::start(config(vec![route(upstream, downstream, &[&up])])).await;
+            let r = get(&gw.url(request), &[]).await;
+            let got = if r.status == 200 {
+                r.seen().target()
+            } else {
+                format!("status {}", r.status)
+            };
+            if got != *expected {
+                failures.push(format!(
+                    "{upstream} -> {downstream}\n    GET {request}\n    expected {expected}\n    got      {got}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{} case(s) differ from Ocelot:\n{}", failures.len(), failures.join("\n"));
+    })
+    .await
+}

@@ -156,3 +156,49 @@ async fn not_modified_is_passed_through_without_body() {
     })
     .await
 }
+
+fn route_to(addr: std::net::SocketAddr) -> serde_json::Value {
+    config(vec![json!({
+        "UpstreamPathTemplate": "/bad",
+        "DownstreamPathTemplate": "/bad",
+        "DownstreamScheme": "http",
+        "DownstreamHostAndPorts": [{ "Host": "127.0.0.1", "Port": addr.port() }],
+    })])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_without_answer_is_502() {
+    bounded(async {
+        let bad = e2e::upstream::bad_upstream(b"").await;
+        let gw = Gateway::start(route_to(bad)).await;
+        let r = get(&gw.url("/bad"), &[]).await;
+        assert_eq!(r.status, 502);
+        assert!(r.body.is_empty(), "{:?}", r.text());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_answering_garbage_is_502() {
+    bounded(async {
+        let bad = e2e::upstream::bad_upstream(b"this is not HTTP at all\r\n\r\n").await;
+        let gw = Gateway::start(route_to(bad)).await;
+        let r = get(&gw.url("/bad"), &[]).await;
+        assert_eq!(r.status, 502);
+        assert!(r.body.is_empty(), "{:?}", r.text());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_with_a_bad_status_line_is_502() {
+    bounded(async {
+        let bad =
+            e2e::upstream::bad_upstream(b"HTTP/1.1 2000 Way Too Big\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        let gw = Gateway::start(route_to(bad)).await;
+        let r = get(&gw.url("/bad"), &[]).await;
+        assert_eq!(r.status, 502);
+    })
+    .await
+}

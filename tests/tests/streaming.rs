@@ -63,8 +63,14 @@ async fn one_gib_download_streams_with_flat_rss() {
     bounded_for(LIMIT, async {
         let up = EchoServer::start("big");
         let gw = big_gateway(&up).await;
+        let start = std::time::Instant::now();
         download(&gw, GIB, false).await;
         let peak = gw.peak_rss();
+        eprintln!(
+            "1 GiB download in {:?}, gateway peak RSS {} MiB",
+            start.elapsed(),
+            mib(peak)
+        );
         assert!(
             peak < MAX_PEAK_RSS,
             "gateway peak RSS {} MiB during a 1 GiB download",
@@ -79,8 +85,14 @@ async fn one_gib_upload_streams_with_flat_rss() {
     bounded_for(LIMIT, async {
         let up = EchoServer::start("big");
         let gw = big_gateway(&up).await;
+        let start = std::time::Instant::now();
         upload(&gw, GIB, true).await;
         let peak = gw.peak_rss();
+        eprintln!(
+            "1 GiB upload in {:?}, gateway peak RSS {} MiB",
+            start.elapsed(),
+            mib(peak)
+        );
         assert!(
             peak < MAX_PEAK_RSS,
             "gateway peak RSS {} MiB during a 1 GiB upload",
@@ -98,6 +110,32 @@ async fn chunked_bodies_stream_both_ways() {
         let total = 64 * 1024 * 1024 + 3;
         download(&gw, total, true).await;
         upload(&gw, total, false).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abandoning_a_download_does_not_hurt_the_gateway() {
+    bounded_for(LIMIT, async {
+        let up = EchoServer::start("big");
+        let mut gw = big_gateway(&up).await;
+        for _ in 0..3 {
+            let mut resp = streaming_client()
+                .get(gw.url("/big/download"))
+                .header("x-echo-body-bytes", GIB.to_string())
+                .send()
+                .await
+                .unwrap();
+            let mut got = 0usize;
+            while got < 4 * 1024 * 1024 {
+                got += resp.chunk().await.unwrap().expect("more body").len();
+            }
+            drop(resp); // hang up mid-body
+        }
+        assert!(gw.is_running());
+        download(&gw, 1024 * 1024, false).await;
+        let peak = gw.peak_rss();
+        assert!(peak < MAX_PEAK_RSS, "gateway peak RSS {} MiB", mib(peak));
     })
     .await
 }

@@ -26,6 +26,10 @@ async fn dangerous_accept_any_certificate_reaches_untrusted_upstream() {
         assert!(seen.tls);
         assert_eq!(seen.sni.as_deref(), Some("localhost"));
         assert_eq!(seen.target(), "/s/x?y=1");
+        assert_eq!(
+            seen.header("host"),
+            Some(format!("localhost:{}", up.port()).as_str())
+        );
     })
     .await
 }

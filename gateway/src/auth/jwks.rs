@@ -64,7 +64,14 @@ pub struct RemoteKeys {
 
 impl RemoteKeys {
     /// A source with no keys yet; [`RemoteKeys::run`] fetches them.
-    pub fn new(provider: &str, source: Source, require_https: bool, client: reqwest::Client, policy: TokenPolicy, schedule: Schedule) -> RemoteKeys {
+    pub fn new(
+        provider: &str,
+        source: Source,
+        require_https: bool,
+        client: reqwest::Client,
+        policy: TokenPolicy,
+        schedule: Schedule,
+    ) -> RemoteKeys {
         RemoteKeys {
             provider: provider.to_string(),
             source,
@@ -89,12 +96,17 @@ impl RemoteKeys {
     /// caller then refuses the token with what it has).
     pub async fn refresh_for_unknown_key(&self) -> bool {
         let mut rounds = {
-            let Ok(mut demand) = self.demand.lock() else { return false };
+            let Ok(mut demand) = self.demand.lock() else {
+                return false;
+            };
             // Subscribing under the lock means the end of the round that
             // clears `pending` cannot be missed.
             let rounds = self.rounds.subscribe();
             if !demand.pending {
-                if demand.last.is_some_and(|t| t.elapsed() < self.schedule.min_refresh) {
+                if demand
+                    .last
+                    .is_some_and(|t| t.elapsed() < self.schedule.min_refresh)
+                {
                     return false;
                 }
                 demand.last = Some(Instant::now());
@@ -104,8 +116,15 @@ impl RemoteKeys {
             rounds
         };
         // Two requests' worth: the discovery document and the key set.
-        let bound = self.schedule.timeout * 2 + Duration::from_secs(1);
-        matches!(tokio::time::timeout(bound, rounds.changed()).await, Ok(Ok(())))
+        let bound = self
+            .schedule
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1));
+        matches!(
+            tokio::time::timeout(bound, rounds.changed()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Fetches keys until `shutdown` turns true: now, then every
@@ -116,7 +135,11 @@ impl RemoteKeys {
         loop {
             let wait = match self.fetch().await {
                 Ok(set) => {
-                    log::info!("auth provider {}: loaded {} signing key(s)", self.provider, set.len());
+                    log::info!(
+                        "auth provider {}: loaded {} signing key(s)",
+                        self.provider,
+                        set.len()
+                    );
                     self.current.store(Arc::new(set));
                     failures = 0;
                     self.schedule.refresh
@@ -125,7 +148,11 @@ impl RemoteKeys {
                     failures = failures.saturating_add(1);
                     let kept = self.current.load().len();
                     log::warn!("auth provider {}: cannot load signing keys ({e}); keeping the {kept} key(s) loaded before", self.provider);
-                    let backoff = self.schedule.min_refresh.max(Duration::from_secs(1)) * 2u32.saturating_pow(failures.min(10) - 1);
+                    let backoff = self
+                        .schedule
+                        .min_refresh
+                        .max(Duration::from_secs(1))
+                        .saturating_mul(2u32.saturating_pow(failures.min(10) - 1));
                     backoff.min(self.schedule.refresh)
                 }
             };
@@ -151,12 +178,16 @@ impl RemoteKeys {
             Source::Jwks(url) => (url.clone(), None),
             Source::Discovery(url) => {
                 let doc = self.get_json(url).await?;
-                let issuer = doc.get("issuer").and_then(Value::as_str).map(str::to_string);
+                let issuer = doc
+                    .get("issuer")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 let jwks = doc
                     .get("jwks_uri")
                     .and_then(Value::as_str)
                     .ok_or_else(|| format!("{url}: the discovery document has no jwks_uri"))?;
-                let jwks = check_url(jwks, self.require_https).map_err(|e| format!("{url}: jwks_uri: {e}"))?;
+                let jwks = check_url(jwks, self.require_https)
+                    .map_err(|e| format!("{url}: jwks_uri: {e}"))?;
                 (jwks, issuer)
             }
         };
@@ -169,7 +200,10 @@ impl RemoteKeys {
         for (i, entry) in entries.iter().enumerate() {
             match VerifyKey::from_jwk(entry) {
                 Ok(k) => keys.push(k),
-                Err(why) => log::debug!("auth provider {}: {jwks_url}: key {i} skipped: {why}", self.provider),
+                Err(why) => log::debug!(
+                    "auth provider {}: {jwks_url}: key {i} skipped: {why}",
+                    self.provider
+                ),
             }
         }
         if keys.is_empty() {
@@ -193,7 +227,9 @@ impl RemoteKeys {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes"));
+                return Err(format!(
+                    "{url}: document larger than {MAX_DOCUMENT_BYTES} bytes"
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -242,6 +278,7 @@ mod tests {
             min_refresh: Duration::from_millis(300),
             timeout: Duration::from_millis(500),
         };
+        crate::auth::install_crypto_providers();
         Arc::new(RemoteKeys::new(
             "test",
             Source::Jwks(check_url(url, false).unwrap()),

@@ -71,13 +71,17 @@ impl VerifyKey {
     /// verifying signatures. Symmetric (`oct`) keys are never taken from a
     /// key set: a published secret would let anyone sign.
     pub fn from_jwk(value: &Value) -> Result<VerifyKey, String> {
-        let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| format!("not a supported JWK: {e}"))?;
+        let jwk: Jwk = serde_json::from_value(value.clone())
+            .map_err(|e| format!("not a supported JWK: {e}"))?;
         if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
             return Err("an encryption key (use: enc)".to_string());
         }
         let declared = match &jwk.common.key_algorithm {
             None => None,
-            Some(a) => Some(signing_algorithm(a).ok_or_else(|| format!("algorithm {a:?} is not a signing algorithm"))?),
+            Some(a) => Some(
+                signing_algorithm(a)
+                    .ok_or_else(|| format!("algorithm {a:?} is not a signing algorithm"))?,
+            ),
         };
         let by_curve = match &jwk.algorithm {
             AlgorithmParameters::OctetKey(_) => return Err("a symmetric key".to_string()),
@@ -164,7 +168,11 @@ impl KeySet {
     /// Builds the set. `discovered_issuer` is the OpenID Connect discovery
     /// document's `issuer`, accepted besides the configured ones (as
     /// ASP.NET's JwtBearer does).
-    pub fn new(keys: Vec<VerifyKey>, discovered_issuer: Option<&str>, policy: &TokenPolicy) -> Result<KeySet, String> {
+    pub fn new(
+        keys: Vec<VerifyKey>,
+        discovered_issuer: Option<&str>,
+        policy: &TokenPolicy,
+    ) -> Result<KeySet, String> {
         let mut issuers = policy.issuers.clone();
         if let Some(i) = discovered_issuer.filter(|i| !i.is_empty()) {
             if !issuers.iter().any(|c| c == i) {
@@ -179,8 +187,18 @@ impl KeySet {
             return Err("no audience to validate tokens against".to_string());
         }
         let mut validations = Vec::new();
-        for family in [AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed, AlgorithmFamily::Hmac] {
-            let algorithms: Vec<Algorithm> = policy.algorithms.iter().copied().filter(|a| a.family() == family).collect();
+        for family in [
+            AlgorithmFamily::Rsa,
+            AlgorithmFamily::Ec,
+            AlgorithmFamily::Ed,
+            AlgorithmFamily::Hmac,
+        ] {
+            let algorithms: Vec<Algorithm> = policy
+                .algorithms
+                .iter()
+                .copied()
+                .filter(|a| a.family() == family)
+                .collect();
             if algorithms.is_empty() || !keys.iter().any(|k| k.key.family() == family) {
                 continue;
             }
@@ -245,7 +263,14 @@ impl KeySet {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return Ok(Claims::from_json(&data.claims)),
                 // Another key with the same (or no) kid may have signed it.
-                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_)) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::InvalidSignature
+                            | ErrorKind::InvalidEcdsaKey
+                            | ErrorKind::InvalidEddsaKey
+                            | ErrorKind::InvalidRsaKey(_)
+                    ) => {}
                 Err(e) => return Err(Rejection::Invalid(e.to_string())),
             }
         }
@@ -261,9 +286,13 @@ impl KeySet {
 /// looked at: `alg: none` and unknown algorithms fail to parse, anything
 /// not allowed is refused here.
 pub fn allowed_header(token: &str, policy: &TokenPolicy) -> Result<Header, Rejection> {
-    let header = jsonwebtoken::decode_header(token).map_err(|e| Rejection::Invalid(format!("bad token header: {e}")))?;
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| Rejection::Invalid(format!("bad token header: {e}")))?;
     if !policy.algorithms.contains(&header.alg) {
-        return Err(Rejection::Invalid(format!("algorithm {:?} is not allowed", header.alg)));
+        return Err(Rejection::Invalid(format!(
+            "algorithm {:?} is not allowed",
+            header.alg
+        )));
     }
     Ok(header)
 }
@@ -328,16 +357,28 @@ mod tests {
             json!({"iss": "https://issuer", "exp": now() + 60}),
             json!({"iss": "https://issuer", "aud": "api"}),
         ] {
-            assert!(matches!(check(&s, &token(bad.clone(), Some("k1"))), Err(Rejection::Invalid(_))), "{bad}");
+            assert!(
+                matches!(
+                    check(&s, &token(bad.clone(), Some("k1"))),
+                    Err(Rejection::Invalid(_))
+                ),
+                "{bad}"
+            );
         }
-        let unknown = token(json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}), Some("k2"));
+        let unknown = token(
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}),
+            Some("k2"),
+        );
         assert_eq!(check(&s, &unknown).unwrap_err(), Rejection::NoKey);
     }
 
     #[test]
     fn alg_none_and_tampering_are_rejected() {
         let s = set(None);
-        let good = token(json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}), None);
+        let good = token(
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60}),
+            None,
+        );
         let mut parts: Vec<&str> = good.split('.').collect();
         let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
         parts[0] = none_header;
@@ -359,7 +400,10 @@ mod tests {
         assert!(VerifyKey::from_jwk(&rsa_oaep).is_err());
         let rsa = json!({"kty": "RSA", "alg": "RS256", "kid": "r1", "n": "AQAB", "e": "AQAB"});
         let k = VerifyKey::from_jwk(&rsa).unwrap();
-        assert_eq!((k.kid.as_deref(), k.alg), (Some("r1"), Some(Algorithm::RS256)));
+        assert_eq!(
+            (k.kid.as_deref(), k.alg),
+            (Some("r1"), Some(Algorithm::RS256))
+        );
         let bad_alg = json!({"kty": "RSA", "alg": "ES256", "n": "AQAB", "e": "AQAB"});
         assert!(VerifyKey::from_jwk(&bad_alg).is_err());
         assert!(VerifyKey::from_jwk(&json!({"kty": "weird"})).is_err());

@@ -1,0 +1,743 @@
+#!/usr/bin/env python3
+"""The gateway against nginx, HAProxy and a bare Pingora proxy, on loopback.
+
+Started by `bench/run.sh` (which installs the tools and builds the binaries);
+see bench/README.md. Standard library only.
+
+For every scenario all contenders run side by side, each pinned to the same
+CPU, and wrk loads them in turn, A B C D A B C D ..., so that drift on a shared
+machine hits all of them alike. Per run of one contender it records requests/s
+and latency from wrk, and the contender's own CPU time (utime + stime of all
+its threads, /proc/PID/stat) over the measured window divided by the
+requests wrk completed. The table shows the median over the rounds.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+ABP = os.path.join(ROOT, "tests/fixtures/ocelot-corpus/abp-next-admin/merged/ocelot.json")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def env_num(name, default, kind=float):
+    value = os.environ.get(name)
+    return kind(value) if value not in (None, "") else default
+
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+DURATION = env_num("BENCH_DURATION", 1.0 if QUICK else 10.0)
+WARMUP = env_num("BENCH_WARMUP", 0.5 if QUICK else 2.0)
+ROUNDS = env_num("BENCH_ROUNDS", 1 if QUICK else 3, int)
+CONNECTIONS = env_num("BENCH_CONNECTIONS", 50, int)
+SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", "a,b,c,d,e").split(",") if s]
+CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "gateway,nginx,haproxy,bare").split(",") if c]
+RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+GATEWAY_BIN = os.environ.get("BENCH_GATEWAY_BIN", os.path.join(TARGET, "release/gateway"))
+BARE_BIN = os.environ.get("BENCH_BARE_BIN", os.path.join(TARGET, "release/bare-proxy"))
+# Extra gateway settings (YAML lines) for experiments, e.g. "work_stealing: false".
+GATEWAY_EXTRA = os.environ.get("BENCH_GATEWAY_SETTINGS", "")
+PERF = os.environ.get("BENCH_PERF", "")  # contender name: perf record it in scenario a
+
+UPSTREAM_PORT = 18080
+UPSTREAM_PORT2 = 18081  # the same upstream; scenario (b) balances over both ports
+PORTS = {"gateway": 18091, "nginx": 18092, "haproxy": 18093, "bare": 18094}
+ADMIN_PORT = 18099
+SMALL_BODY = "Hello from the bench upstream\n"  # 30 bytes
+BIG_BODY_SIZE = 100 * 1024
+# Every request carries a client id, so that rate limiting (Ocelot 25 answers
+# 503 without one) counts one client. All contenders get the same headers.
+CLIENT_HEADERS = ["Oc-Client: bench", "ClientId: bench"]
+
+SCENARIO_INFO = {
+    "a": "one route, tiny body",
+    "b": "abp table (60 routes), round robin, rate limiting",
+    "c": "10,000 generated routes",
+    "d": "100 KiB response body",
+    "e": "1,000 connections",
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- CPU layout
+
+
+def cpu_layout():
+    """Which CPUs the contenders, the upstream and wrk run on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) == 1:
+        one = str(cpus[0])
+        return {"contender": one, "upstream": one, "wrk": one, "wrk_threads": 1}
+    if len(cpus) == 2:
+        return {"contender": str(cpus[0]), "upstream": str(cpus[1]), "wrk": str(cpus[1]), "wrk_threads": 1}
+    if len(cpus) == 3:
+        return {"contender": str(cpus[0]), "upstream": str(cpus[1]), "wrk": str(cpus[2]), "wrk_threads": 1}
+    wrk = cpus[2:min(len(cpus), 6)]
+    return {
+        "contender": str(cpus[0]),
+        "upstream": str(cpus[1]),
+        "wrk": ",".join(map(str, wrk)),
+        "wrk_threads": len(wrk),
+    }
+
+
+# ---------------------------------------------------------------- processes
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of every thread of the process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid, key):
+    """A kB value from /proc/PID/status (VmRSS, VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, proc, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+class Proc:
+    """A started server, pinned with taskset; stopped by its own pid."""
+
+    def __init__(self, name, argv, cpus, port, workdir, env=None):
+        self.name = name
+        self.port = port
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", cpus] + argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+        try:
+            wait_port(port, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{name} did not start; its log:\n{open(self.log_path).read()[-3000:]}")
+        # nginx and HAProxy fork no workers here (master_process off,
+        # no daemon): the pid we measure is the one that serves.
+        self.pid = self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------- configurations
+
+
+def nginx_common(workdir, name):
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}.error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+"""
+
+
+def upstream_conf(workdir):
+    big = os.path.join(workdir, "www")
+    os.makedirs(big, exist_ok=True)
+    with open(os.path.join(big, "big"), "wb") as f:
+        f.write((b"0123456789abcdef" * (BIG_BODY_SIZE // 16 + 1))[:BIG_BODY_SIZE])
+    conf = nginx_common(workdir, "upstream") + f"""
+http {{
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+    tcp_nodelay on;
+    sendfile on;
+    open_file_cache max=16;
+    client_body_temp_path {workdir}/upstream-body;
+    proxy_temp_path {workdir}/upstream-proxy;
+    fastcgi_temp_path {workdir}/upstream-fastcgi;
+    uwsgi_temp_path {workdir}/upstream-uwsgi;
+    scgi_temp_path {workdir}/upstream-scgi;
+    server {{
+        listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
+        listen 127.0.0.1:{UPSTREAM_PORT2} backlog=4096;
+        location = /big {{ root {big}; default_type application/octet-stream; }}
+        location / {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
+    }}
+}}
+"""
+    path = os.path.join(workdir, "upstream.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def nginx_proxy_conf(workdir):
+    port = PORTS["nginx"]
+    conf = nginx_common(workdir, "nginx") + f"""
+http {{
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+    tcp_nodelay on;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    fastcgi_temp_path {workdir}/nginx-fastcgi;
+    uwsgi_temp_path {workdir}/nginx-uwsgi;
+    scgi_temp_path {workdir}/nginx-scgi;
+    upstream bench_upstream {{
+        server 127.0.0.1:{UPSTREAM_PORT};
+        keepalive 1024;
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    path = os.path.join(workdir, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def haproxy_conf(workdir):
+    port = PORTS["haproxy"]
+    conf = f"""
+global
+    nbthread 1
+    maxconn 8000
+    pidfile {workdir}/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    maxconn 8000
+
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream
+
+backend upstream
+    server up 127.0.0.1:{UPSTREAM_PORT} maxconn 4000
+"""
+    path = os.path.join(workdir, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def route(up, down, methods=None, extra=None):
+    r = {
+        "UpstreamPathTemplate": up,
+        "DownstreamPathTemplate": down,
+        "DownstreamScheme": "http",
+        "DownstreamHostAndPorts": [{"Host": "127.0.0.1", "Port": UPSTREAM_PORT}],
+    }
+    if methods:
+        r["UpstreamHttpMethod"] = methods
+    r.update(extra or {})
+    return r
+
+
+RATE_LIMIT = {
+    "EnableRateLimiting": True,
+    "ClientWhitelist": [],
+    "Period": "1s",
+    "PeriodTimespan": 1,
+    "Limit": 1_000_000_000,
+}
+
+
+def abp_config():
+    """The abp corpus table, every route pointed at the bench upstream with
+    round robin over the upstream's two ports and a rate limit too high to
+    trigger. Authentication options are stripped (none of the abp routes
+    names a provider; JWT validation is not wired in yet)."""
+    with open(ABP, encoding="utf-8-sig") as f:
+        config = json.load(f)
+    for r in config["Routes"]:
+        r["DownstreamHostAndPorts"] = [{"Host": "127.0.0.1", "Port": UPSTREAM_PORT}, {"Host": "127.0.0.1", "Port": UPSTREAM_PORT2}]
+        r["DownstreamScheme"] = "http"
+        r["LoadBalancerOptions"] = {"Type": "RoundRobin", "Key": None, "Expiry": 0}
+        r["RateLimitOptions"] = dict(RATE_LIMIT)
+        r.pop("AuthenticationOptions", None)
+        r.pop("AuthenticationProviderKey", None)
+    g = config.setdefault("GlobalConfiguration", {})
+    g["BaseUrl"] = "http://127.0.0.1"
+    g.pop("ServiceDiscoveryProvider", None)
+    return config
+
+
+# Requests spread over several abp routes: literal and {everything} routes of
+# different services, all GET.
+ABP_PATHS = [
+    "/api/abp/backend-admin/application-configuration",
+    "/api/identity/users/3a0b1c2d",
+    "/api/setting-management/settings/by-global/app",
+    "/api/abp/localization/application-configuration",
+    "/api/platform/menus/by-current-user",
+    "/api/task-management/background-jobs",
+    "/api/webhooks/subscriptions",
+    "/.well-known/openid-configuration",
+]
+
+
+def generated_config(count=10_000):
+    """count routes of three shapes: literal, one placeholder, catch-all."""
+    routes = []
+    for i in range(count):
+        shape = i % 3
+        if shape == 0:
+            routes.append(route(f"/svc{i}/status", f"/status/{i}", ["GET"]))
+        elif shape == 1:
+            routes.append(route(f"/svc{i}/items/{{id}}", f"/items/{{id}}", ["GET", "POST"]))
+        else:
+            routes.append(route(f"/svc{i}/files/{{everything}}", f"/files/{{everything}}", None))
+    return {"Routes": routes, "GlobalConfiguration": {"BaseUrl": "http://127.0.0.1"}}
+
+
+def generated_paths(count=10_000, n=16):
+    paths = []
+    for k in range(n):
+        i = (k * 7919 + 13) % count
+        shape = i % 3
+        paths.append([f"/svc{i}/status", f"/svc{i}/items/{k}", f"/svc{i}/files/a/b{k}.txt"][shape])
+    return paths
+
+
+def scenario_setup(scenario):
+    """(ocelot config, request paths, wrk connections) for a scenario."""
+    one_route = {"Routes": [route("/{everything}", "/{everything}")], "GlobalConfiguration": {"BaseUrl": "http://127.0.0.1"}}
+    if scenario == "a":
+        return one_route, ["/hello"], CONNECTIONS
+    if scenario == "b":
+        return abp_config(), ABP_PATHS, CONNECTIONS
+    if scenario == "c":
+        return generated_config(), generated_paths(), CONNECTIONS
+    if scenario == "d":
+        return one_route, ["/big"], CONNECTIONS
+    if scenario == "e":
+        return one_route, ["/hello"], env_num("BENCH_MANY_CONNECTIONS", 1000, int)
+    raise ValueError(f"unknown scenario {scenario}")
+
+
+def gateway_settings(workdir, scenario, ocelot_path, name, port, extra):
+    admin = ADMIN_PORT if name == "gateway" else port + 100
+    text = f"""ocelot: {ocelot_path}
+listen: ["127.0.0.1:{port}"]
+admin_listen: 127.0.0.1:{admin}
+access_log: false
+threads: 1
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+drain_seconds: 0
+upgrade_sock: {workdir}/{name}-{scenario}.sock
+pid_file: {workdir}/{name}-{scenario}.pid
+"""
+    if extra:
+        text += extra.replace("\\n", "\n") + "\n"
+    path = os.path.join(workdir, f"{name}-{scenario}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def wrk_script(workdir, scenario, paths):
+    """A wrk Lua script cycling through the paths with the client headers."""
+    headers = "\n".join(f'wrk.headers["{h.split(": ")[0]}"] = "{h.split(": ")[1]}"' for h in CLIENT_HEADERS)
+    lua_paths = ", ".join(f'"{p}"' for p in paths)
+    if len(paths) == 1:  # wrk's static request, no Lua per request
+        text = f'{headers}\nwrk.path = "{paths[0]}"\n'
+    else:
+        text = f"""{headers}
+local paths = {{ {lua_paths} }}
+local reqs = {{}}
+local n = 0
+-- Built in init(), once wrk has set the Host header.
+init = function(args)
+  for i, p in ipairs(paths) do reqs[i] = wrk.format("GET", p) end
+end
+request = function()
+  n = n % #reqs + 1
+  return reqs[n]
+end
+"""
+    path = os.path.join(workdir, f"wrk-{scenario}.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+# ---------------------------------------------------------------- wrk
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+
+
+def run_wrk(layout, port, connections, duration, script):
+    cmd = [
+        "taskset", "-c", layout["wrk"],
+        "wrk", "--latency", "-t", str(layout["wrk_threads"]), "-c", str(max(connections, layout["wrk_threads"])),
+        "-d", f"{max(duration, 1):g}s", "--timeout", "5s", "-s", script,
+        f"http://127.0.0.1:{port}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    text = out.stdout
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed: {out.stderr}{text}")
+    result = {"requests": 0, "non2xx": 0, "socket_errors": 0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    if m:
+        result["requests"] = int(m.group(1))
+        result["elapsed_s"] = float(m.group(2)) * UNITS[m.group(3)] / 1e3
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    result["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
+        result[f"p{pct}_ms"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        result["socket_errors"] = sum(int(x) for x in m.groups())
+    return result
+
+
+def check_route(port, path, expect_len=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(h.split(": ") for h in CLIENT_HEADERS))
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path} on {port}: {resp.status}")
+        if expect_len is not None and len(body) != expect_len:
+            raise RuntimeError(f"GET {path} on {port}: {len(body)} bytes, expected {expect_len}")
+        return dict(resp.headers)
+
+
+# ---------------------------------------------------------------- one scenario
+
+
+def variant(name, key, default):
+    """Experiments: a contender named e.g. `gateway-mi` or `bare-ws` is a
+    variant whose binary, extra settings, Pingora conf or arguments come from
+    BENCH_GATEWAY_MI_BIN, _SETTINGS, _CONF, BENCH_BARE_WS_ARGS..."""
+    return os.environ.get("BENCH_" + name.upper().replace("-", "_") + "_" + key, default)
+
+
+def port_of(name):
+    if name in PORTS:
+        return PORTS[name]
+    return 18100 + CONTENDERS.index(name)
+
+
+def start_contender(name, layout, workdir, scenario, ocelot_path):
+    cpus = layout["contender"]
+    port = port_of(name)
+    if name.startswith("gateway"):
+        extra = variant(name, "SETTINGS", GATEWAY_EXTRA if name == "gateway" else "")
+        settings = gateway_settings(workdir, scenario, ocelot_path, name, port, extra)
+        argv = [variant(name, "BIN", GATEWAY_BIN), "--settings", settings]
+        conf = variant(name, "CONF", "")
+        if conf:
+            argv += ["-c", conf]
+        return Proc(name, argv, cpus, port, workdir, {"RUST_LOG": "warn"})
+    if name.startswith("bare"):
+        args = variant(name, "ARGS", "").split()
+        return Proc(name, [variant(name, "BIN", BARE_BIN), f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", "1"] + args,
+                    cpus, port, workdir)
+    if name == "nginx":
+        return Proc(name, ["nginx", "-c", nginx_proxy_conf(workdir), "-p", workdir], cpus, PORTS[name], workdir)
+    if name == "haproxy":
+        return Proc(name, ["haproxy", "-db", "-f", haproxy_conf(workdir)], cpus, PORTS[name], workdir)
+    raise ValueError(name)
+
+
+def run_scenario(scenario, layout, workdir):
+    config, paths, connections = scenario_setup(scenario)
+    ocelot_path = os.path.join(workdir, f"ocelot-{scenario}.json")
+    with open(ocelot_path, "w") as f:
+        json.dump(config, f)
+    script = wrk_script(workdir, scenario, paths)
+    expect = BIG_BODY_SIZE if scenario == "d" else len(SMALL_BODY)
+    procs = {}
+    notes = []
+    try:
+        for name in CONTENDERS:
+            procs[name] = start_contender(name, layout, workdir, scenario, ocelot_path)
+        time.sleep(0.5)
+        idle = {name: proc_status(p.pid, "VmRSS") for name, p in procs.items()}
+        for name, p in procs.items():
+            for path in paths:
+                headers = check_route(p.port, path, expect)
+            if name.startswith("gateway") and scenario == "b":
+                limited = any(k.lower().startswith(("x-ratelimit", "x-rate-limit")) for k in headers)
+                notes.append("rate limiting: " + ("on (X-RateLimit headers seen)" if limited else "NOT active in this gateway build (no rate-limit headers)"))
+        runs = {name: [] for name in procs}
+        rss_trace = {name: [] for name in procs}
+        for name, p in procs.items():  # warm-up: fills the upstream pools, faults in memory
+            run_wrk(layout, p.port, connections, WARMUP, script)
+        for rnd in range(ROUNDS):
+            order = list(procs) if rnd % 2 == 0 else list(reversed(procs))
+            for name in order:
+                p = procs[name]
+                if PERF and PERF == name and scenario == "a" and rnd == 0:
+                    perf = subprocess.Popen(["perf", "record", "-g", "-p", str(p.pid), "-o", os.path.join(RESULTS, f"perf-{name}.data"), "--", "sleep", f"{DURATION:g}"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                else:
+                    perf = None
+                cpu0 = proc_cpu_seconds(p.pid)
+                w = run_wrk(layout, p.port, connections, DURATION, script)
+                cpu1 = proc_cpu_seconds(p.pid)
+                if perf:
+                    perf.wait()
+                if not p.alive():
+                    raise RuntimeError(f"{name} died during scenario {scenario}; log {p.log_path}")
+                w["cpu_s"] = cpu1 - cpu0
+                w["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / w["requests"] if w["requests"] else None
+                w["rss_kib"] = proc_status(p.pid, "VmRSS")
+                runs[name].append(w)
+                rss_trace[name].append(w["rss_kib"])
+                log(f"  [{scenario}] round {rnd + 1}/{ROUNDS} {name:8s} {w['rps']:>9.0f} req/s  "
+                    f"p50 {w['p50_ms']} ms  p99 {w['p99_ms']} ms  {w['cpu_us_per_req'] or 0:.1f} µs CPU/req  "
+                    f"non-2xx {w['non2xx']}  errors {w['socket_errors']}")
+        summary = {}
+        for name, rs in runs.items():
+            def med(key):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                return statistics.median(vals) if vals else None
+            summary[name] = {
+                "rps": med("rps"),
+                "p50_ms": med("p50_ms"),
+                "p99_ms": med("p99_ms"),
+                "cpu_us_per_req": med("cpu_us_per_req"),
+                "idle_rss_kib": idle[name],
+                "peak_rss_kib": proc_status(procs[name].pid, "VmHWM"),
+                "rss_trace_kib": rss_trace[name],
+                "non2xx": sum(r["non2xx"] for r in rs),
+                "socket_errors": sum(r["socket_errors"] for r in rs),
+                "requests": sum(r["requests"] for r in rs),
+                "runs": rs,
+            }
+        for name, s in summary.items():
+            if s["non2xx"] or s["socket_errors"]:
+                notes.append(f"WARNING: {name} had {s['non2xx']} non-2xx responses and {s['socket_errors']} socket errors")
+        return {"scenario": scenario, "description": SCENARIO_INFO[scenario], "connections": connections,
+                "paths": paths, "contenders": summary, "notes": notes}
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(v, spec):
+    return format(v, spec) if v is not None else "-"
+
+
+def table(results):
+    lines = []
+    head = ["scen", "contender", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB", "idle RSS MiB",
+            "req/s ×nginx", "p99 ×nginx", "CPU ×nginx", "RSS ×nginx", "non-2xx", "errors"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for res in results:
+        ref = res["contenders"].get("nginx", {})
+        for name, s in res["contenders"].items():
+            row = [
+                res["scenario"], name, fmt(s["rps"], ".0f"), fmt(s["p50_ms"], ".3f"), fmt(s["p99_ms"], ".3f"),
+                fmt(s["cpu_us_per_req"], ".1f"), fmt(s["peak_rss_kib"] / 1024, ".1f"), fmt(s["idle_rss_kib"] / 1024, ".1f"),
+                fmt(ratio(s["rps"], ref.get("rps")), ".2f"), fmt(ratio(s["p99_ms"], ref.get("p99_ms")), ".2f"),
+                fmt(ratio(s["cpu_us_per_req"], ref.get("cpu_us_per_req")), ".2f"),
+                fmt(ratio(s["peak_rss_kib"], ref.get("peak_rss_kib")), ".2f"),
+                str(s["non2xx"]), str(s["socket_errors"]),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def targets(results):
+    """The issue's targets, checked on this run's medians."""
+    by = {r["scenario"]: r["contenders"] for r in results}
+    out = []
+
+    def get(s, c, k):
+        return by.get(s, {}).get(c, {}).get(k)
+
+    def check(label, value, limit):
+        if value is None:
+            out.append({"target": label, "value": None, "limit": limit, "met": None})
+        else:
+            out.append({"target": label, "value": round(value, 3), "limit": limit, "met": value <= limit})
+
+    check("(a) gateway CPU/req ÷ nginx", ratio(get("a", "gateway", "cpu_us_per_req"), get("a", "nginx", "cpu_us_per_req")), 1.0)
+    check("(a) gateway p99 ÷ nginx", ratio(get("a", "gateway", "p99_ms"), get("a", "nginx", "p99_ms")), 1.0)
+    check("(b) gateway CPU/req ÷ (a)", ratio(get("b", "gateway", "cpu_us_per_req"), get("a", "gateway", "cpu_us_per_req")), 1.15)
+    check("(c) gateway CPU/req ÷ (b)", ratio(get("c", "gateway", "cpu_us_per_req"), get("b", "gateway", "cpu_us_per_req")), 1.05)
+    for s in ("d", "e"):
+        check(f"({s}) gateway CPU/req ÷ nginx", ratio(get(s, "gateway", "cpu_us_per_req"), get(s, "nginx", "cpu_us_per_req")), 1.10)
+        check(f"({s}) gateway p99 ÷ nginx", ratio(get(s, "gateway", "p99_ms"), get(s, "nginx", "p99_ms")), 1.10)
+        check(f"({s}) nginx req/s ÷ gateway", ratio(get(s, "nginx", "rps"), get(s, "gateway", "rps")), 1.10)
+    idle = get("b", "gateway", "idle_rss_kib")
+    check("idle RSS with the abp table, MiB", idle / 1024 if idle else None, 20.0)
+    return out
+
+
+def main():
+    for tool in ("wrk", "nginx", "haproxy", "taskset"):
+        if not shutil.which(tool) and (tool == "wrk" or tool == "taskset" or tool in CONTENDERS):
+            sys.exit(f"bench: {tool} is missing (bench/run.sh installs it)")
+    for name, path in (("gateway", GATEWAY_BIN), ("bare", BARE_BIN)):
+        if name in CONTENDERS and not os.access(path, os.X_OK):
+            sys.exit(f"bench: {path} is missing (bench/run.sh builds it)")
+    os.makedirs(RESULTS, exist_ok=True)
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    layout = cpu_layout()
+    load_before = os.getloadavg()
+    started = datetime.now(timezone.utc)
+    log(f"bench: scenarios {','.join(SCENARIOS)}; contenders {','.join(CONTENDERS)}; {ROUNDS} round(s) of {DURATION:g} s "
+        f"(+{WARMUP:g} s warm-up); contenders on CPU {layout['contender']}, upstream on {layout['upstream']}, "
+        f"wrk on {layout['wrk']}; load average {load_before[0]:.2f}")
+    workdir = tempfile.mkdtemp(prefix="gateway-bench-")
+    upstream = None
+    results = []
+    try:
+        upstream = Proc("upstream", ["nginx", "-c", upstream_conf(workdir), "-p", workdir], layout["upstream"], UPSTREAM_PORT, workdir)
+        for scenario in SCENARIOS:
+            log(f"bench: scenario ({scenario}) {SCENARIO_INFO[scenario]}")
+            results.append(run_scenario(scenario, layout, workdir))
+    finally:
+        if upstream:
+            upstream.stop()
+        if os.environ.get("BENCH_KEEP") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "load_before": load_before, "load_after": load_after},
+        "layout": layout,
+        "settings": {"duration_s": DURATION, "warmup_s": WARMUP, "rounds": ROUNDS, "connections": CONNECTIONS,
+                     "quick": QUICK, "gateway_extra_settings": GATEWAY_EXTRA},
+        "versions": versions(),
+        "results": results,
+    }
+    report["targets"] = targets(results)
+    md = markdown(report)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"bench-{stamp}", "latest"):
+        with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(RESULTS, name + ".md"), "w") as f:
+            f.write(md)
+    print(md)
+    log(f"bench: wrote {RESULTS}/bench-{stamp}.json and .md (and latest.*)")
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        except Exception:
+            return None
+    return {"nginx": first_line(["nginx", "-v"]), "haproxy": first_line(["haproxy", "-v"]),
+            "wrk": first_line(["wrk", "-v"]), "git": first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])}
+
+
+def markdown(report):
+    s = report["settings"]
+    h = report["host"]
+    lay = report["layout"]
+    lines = [
+        f"# Bench {report['started']}",
+        "",
+        f"{h['cpus']} CPUs, kernel {h['kernel']}; load average {h['load_before'][0]:.2f} before, {h['load_after'][0]:.2f} after. "
+        f"Contenders on CPU {lay['contender']}, upstream nginx on CPU {lay['upstream']}, wrk ({lay['wrk_threads']} thread(s)) on CPU {lay['wrk']}. "
+        f"{s['rounds']} round(s) × {s['duration_s']:g} s per contender, A B C D order alternating, medians shown; "
+        f"{s['connections']} connections unless the scenario says otherwise.",
+        "",
+        table(report["results"]),
+        "",
+    ]
+    for res in report["results"]:
+        note = f"; {'; '.join(res['notes'])}" if res["notes"] else ""
+        lines.append(f"- ({res['scenario']}) {res['description']}, {res['connections']} connections{note}")
+    lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {fmt(t['value'], '.3f')} | {t['limit']} | {met} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

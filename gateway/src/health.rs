@@ -1,0 +1,535 @@
+//! Backend health, beyond Ocelot (its users ask for it in issues #782, #1041,
+//! #1071, #1114):
+//!
+//! * **Active** checks from `pingora-load-balancing` (`HttpHealthCheck`,
+//!   `TcpHealthCheck`), configured per downstream service (`host:port` as
+//!   written in `DownstreamHostAndPorts`) in the gateway settings and off
+//!   unless configured, so Ocelot behaviour is unchanged by default. All
+//!   route pools share one `HealthRegistry`, so a backend used by several
+//!   routes is probed once, and its health survives configuration reloads.
+//! * **Passive**: a backend that refused or timed out a connection is skipped
+//!   for a short time ([`PassiveHealth`]); the proxy retries a request that
+//!   was never sent once on another backend.
+
+use crate::balancing::BackendMeta;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::{Backend, HealthRegistry};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct HealthMetrics {
+    /// Backends that active checks turned unhealthy.
+    pub became_unhealthy: AtomicU64,
+    /// Backends that active checks turned healthy again.
+    pub became_healthy: AtomicU64,
+    /// Connect failures that took a backend out passively.
+    pub passive_marks: AtomicU64,
+    /// Requests retried on another backend after a connect failure.
+    pub retries: AtomicU64,
+    /// Requests answered 503 because every backend of the route was down.
+    pub all_down: AtomicU64,
+}
+
+static METRICS: HealthMetrics = HealthMetrics {
+    became_unhealthy: AtomicU64::new(0),
+    became_healthy: AtomicU64::new(0),
+    passive_marks: AtomicU64::new(0),
+    retries: AtomicU64::new(0),
+    all_down: AtomicU64::new(0),
+};
+
+/// The process-wide health counters.
+pub fn metrics() -> &'static HealthMetrics {
+    &METRICS
+}
+
+/// Kind of active check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// `GET path`, healthy when the status is one of `expected_status`.
+    #[default]
+    Http,
+    /// Healthy when a TCP connection (TLS too with `tls: true`) opens.
+    Tcp,
+}
+
+/// One status or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StatusList {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+impl Default for StatusList {
+    fn default() -> Self {
+        StatusList::One(200)
+    }
+}
+
+impl StatusList {
+    fn to_vec(&self) -> Vec<u16> {
+        match self {
+            StatusList::One(s) => vec![*s],
+            StatusList::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+fn default_check_timeout_ms() -> u64 {
+    1000
+}
+
+/// The active check of one downstream service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCheck {
+    #[serde(rename = "type", default)]
+    pub kind: CheckKind,
+    /// Path (and query) of the HTTP check.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Status(es) that mean healthy (default 200).
+    #[serde(default)]
+    pub expected_status: StatusList,
+    /// Connect and response timeout of one check.
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `Host` header of the HTTP check (default: the service's host).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Check over TLS (HTTPS, or a TLS handshake for `tcp`).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// The `health_checks` section of the gateway settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSettings {
+    /// Time between two active checks of a backend.
+    pub interval_ms: u64,
+    /// Consecutive passed checks that bring an unhealthy backend back.
+    pub healthy_threshold: usize,
+    /// Consecutive failed checks that take a healthy backend out.
+    pub unhealthy_threshold: usize,
+    /// How long a connect failure keeps a backend out of rotation; 0 turns
+    /// passive health (and the retry on another backend) off.
+    pub passive_down_ms: u64,
+    /// Active checks by downstream service, `host:port` as in `DownstreamHostAndPorts`.
+    pub services: BTreeMap<String, ServiceCheck>,
+}
+
+impl Default for HealthCheckSettings {
+    fn default() -> Self {
+        HealthCheckSettings {
+            interval_ms: 2000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            passive_down_ms: 5000,
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// Backends taken out after a connect failure, until their time is up.
+#[derive(Debug)]
+pub struct PassiveHealth {
+    down_for: Duration,
+    /// Entry count, read without the lock: the common case is "nobody is down".
+    count: AtomicUsize,
+    down: RwLock<HashMap<SocketAddr, Instant>>,
+}
+
+impl PassiveHealth {
+    pub fn new(down_for: Duration) -> PassiveHealth {
+        PassiveHealth {
+            down_for,
+            count: AtomicUsize::new(0),
+            down: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether passive health (and the retry) is on.
+    pub fn enabled(&self) -> bool {
+        !self.down_for.is_zero()
+    }
+
+    /// Takes `addr` out for the configured time.
+    pub fn mark_down(&self, addr: SocketAddr, now: Instant) {
+        if !self.enabled() {
+            return;
+        }
+        let mut down = self.down.write().unwrap_or_else(|p| p.into_inner());
+        down.retain(|_, until| *until > now);
+        if down.insert(addr, now + self.down_for).is_none() {
+            METRICS.passive_marks.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "backend {addr} refused a connection; skipping it for {} ms",
+                self.down_for.as_millis()
+            );
+        }
+        self.count.store(down.len(), Ordering::Relaxed);
+    }
+
+    /// Whether `addr` is still out.
+    pub fn is_down(&self, addr: &SocketAddr, now: Instant) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let down = self.down.read().unwrap_or_else(|p| p.into_inner());
+        down.get(addr).is_some_and(|until| *until > now)
+    }
+}
+
+/// Dispatches the registry's checks to the check configured for each
+/// backend's service; backends of unconfigured services always pass.
+struct ServiceChecks {
+    by_service: HashMap<String, Box<dyn HealthCheck + Send + Sync>>,
+    healthy_threshold: usize,
+    unhealthy_threshold: usize,
+}
+
+impl ServiceChecks {
+    fn lookup(&self, target: &Backend) -> Option<&(dyn HealthCheck + Send + Sync)> {
+        let by_name = target
+            .ext
+            .get::<BackendMeta>()
+            .and_then(|m| self.by_service.get(&*m.authority));
+        let by_addr = || {
+            target
+                .addr
+                .as_inet()
+                .and_then(|a| self.by_service.get(&a.to_string()))
+        };
+        by_name.or_else(by_addr).map(|b| b.as_ref())
+    }
+}
+
+fn describe(target: &Backend) -> String {
+    match target.ext.get::<BackendMeta>() {
+        Some(meta) => format!("backend {} ({})", meta.authority, target.addr),
+        None => format!("backend {}", target.addr),
+    }
+}
+
+#[async_trait]
+impl HealthCheck for ServiceChecks {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        match self.lookup(target) {
+            Some(check) => check.check(target).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn health_status_change(&self, _target: &Backend, healthy: bool) {
+        let counter = if healthy {
+            &METRICS.became_healthy
+        } else {
+            &METRICS.became_unhealthy
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        describe(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy_threshold.max(1)
+        } else {
+            self.unhealthy_threshold.max(1)
+        }
+    }
+}
+
+fn split_service(service: &str) -> Option<(&str, u16)> {
+    let (host, port) = service.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then_some(())?;
+    Some((host, port.parse().ok()?))
+}
+
+fn build_check(
+    service: &str,
+    c: &ServiceCheck,
+) -> std::result::Result<Box<dyn HealthCheck + Send + Sync>, String> {
+    let (host, _) = split_service(service)
+        .ok_or_else(|| format!("health_checks.services: '{service}' is not host:port"))?;
+    let timeout = Duration::from_millis(c.timeout_ms.max(1));
+    match c.kind {
+        CheckKind::Tcp => {
+            let mut check = if c.tls {
+                TcpHealthCheck::new_tls(host)
+            } else {
+                TcpHealthCheck::new()
+            };
+            check.peer_template.options.connection_timeout = Some(timeout);
+            Ok(check)
+        }
+        CheckKind::Http => {
+            let host_header = c.host.clone().unwrap_or_else(|| host.to_string());
+            let mut check = HttpHealthCheck::new(&host_header, c.tls);
+            if !c.path.starts_with('/') {
+                return Err(format!(
+                    "health_checks.services.{service}.path: '{}' must start with /",
+                    c.path
+                ));
+            }
+            let mut req = RequestHeader::build("GET", c.path.as_bytes(), None)
+                .map_err(|e| format!("health_checks.services.{service}.path: '{}': {e}", c.path))?;
+            req.append_header("Host", host_header.as_str())
+                .map_err(|e| format!("health_checks.services.{service}.host: {e}"))?;
+            req.append_header("User-Agent", "gateway-health-check")
+                .map_err(|e| format!("health_checks.services.{service}: {e}"))?;
+            check.req = req;
+            let expected = c.expected_status.to_vec();
+            if expected.is_empty() || expected.iter().any(|s| !(100..=599).contains(s)) {
+                return Err(format!("health_checks.services.{service}.expected_status: {expected:?} is not a list of HTTP statuses"));
+            }
+            check.validator = Some(Box::new(move |resp: &ResponseHeader| {
+                let status = resp.status.as_u16();
+                if expected.contains(&status) {
+                    Ok(())
+                } else {
+                    Error::e_explain(
+                        ErrorType::CustomCode("unexpected health check status", status),
+                        format!("status {status}"),
+                    )
+                }
+            }));
+            check.peer_template.options.connection_timeout = Some(timeout);
+            check.peer_template.options.total_connection_timeout = Some(timeout);
+            check.peer_template.options.read_timeout = Some(timeout);
+            check.peer_template.options.write_timeout = Some(timeout);
+            Ok(Box::new(check))
+        }
+    }
+}
+
+/// Health state shared by every snapshot: the registry all route pools
+/// report their backends to, the active checks, and passive marks.
+pub struct HealthState {
+    registry: Arc<HealthRegistry>,
+    passive: PassiveHealth,
+    interval: Duration,
+    active: bool,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        HealthState {
+            registry: Arc::new(HealthRegistry::new()),
+            passive: PassiveHealth::new(Duration::from_millis(
+                HealthCheckSettings::default().passive_down_ms,
+            )),
+            interval: Duration::from_millis(HealthCheckSettings::default().interval_ms),
+            active: false,
+        }
+    }
+}
+
+impl HealthState {
+    /// Compiles the settings; errors name the offending key.
+    pub fn new(settings: &HealthCheckSettings) -> std::result::Result<HealthState, String> {
+        let registry = HealthRegistry::new();
+        let active = !settings.services.is_empty();
+        if active {
+            let mut by_service = HashMap::new();
+            for (service, check) in &settings.services {
+                by_service.insert(service.clone(), build_check(service, check)?);
+            }
+            registry.set_health_check(Box::new(ServiceChecks {
+                by_service,
+                healthy_threshold: settings.healthy_threshold,
+                unhealthy_threshold: settings.unhealthy_threshold,
+            }));
+        }
+        if settings.interval_ms == 0 {
+            return Err("health_checks.interval_ms: must be greater than 0".into());
+        }
+        Ok(HealthState {
+            registry: Arc::new(registry),
+            passive: PassiveHealth::new(Duration::from_millis(settings.passive_down_ms)),
+            interval: Duration::from_millis(settings.interval_ms),
+            active,
+        })
+    }
+
+    /// The registry route pools register their backends with.
+    pub fn registry(&self) -> Arc<HealthRegistry> {
+        self.registry.clone()
+    }
+
+    pub fn passive(&self) -> &PassiveHealth {
+        &self.passive
+    }
+
+    /// Whether any active check is configured.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// One pass of active checks over every registered backend (used once
+    /// before serving, so no request reaches a backend already known dead).
+    pub async fn check_now(&self) {
+        if self.active {
+            self.registry.run_health_check(true).await;
+        }
+    }
+}
+
+/// Runs the active checks every `interval_ms` (a Pingora background service).
+pub struct HealthChecker {
+    pub health: Arc<HealthState>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.health.active {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.health.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = self.health.registry.run_health_check(true) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancing::{BalancerKind, Pool, StickySessions, Target};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn settings(yaml: &str) -> HealthCheckSettings {
+        serde_yaml::from_str(yaml).expect("yaml")
+    }
+
+    #[test]
+    fn settings_defaults_and_shapes() {
+        let s = settings("{}");
+        assert_eq!(s, HealthCheckSettings::default());
+        assert!(!HealthState::new(&s).expect("ok").active());
+        let s = settings(
+            "interval_ms: 500\nservices:\n  'orders:80': {path: /healthz, expected_status: [200, 204]}\n  '10.0.0.1:9000': {type: tcp}\n",
+        );
+        assert_eq!(
+            s.services["orders:80"].expected_status.to_vec(),
+            vec![200, 204]
+        );
+        assert_eq!(s.services["10.0.0.1:9000"].kind, CheckKind::Tcp);
+        assert_eq!(
+            s.services["10.0.0.1:9000"].expected_status.to_vec(),
+            vec![200]
+        );
+        assert!(HealthState::new(&s).expect("ok").active());
+        assert!(
+            serde_yaml::from_str::<HealthCheckSettings>("services: {'a:1': {pth: /}}").is_err(),
+            "typo"
+        );
+    }
+
+    #[test]
+    fn invalid_checks_are_errors() {
+        for bad in [
+            "services: {'nohost': {}}",
+            "services: {'a:1': {path: health}}",
+            "services: {'a:1': {expected_status: []}}",
+            "services: {'a:1': {expected_status: 999}}",
+            "interval_ms: 0",
+        ] {
+            assert!(HealthState::new(&settings(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passive_marks_expire() {
+        let p = PassiveHealth::new(Duration::from_millis(100));
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let now = Instant::now();
+        assert!(!p.is_down(&addr, now));
+        p.mark_down(addr, now);
+        assert!(p.is_down(&addr, now + Duration::from_millis(99)));
+        assert!(!p.is_down(&addr, now + Duration::from_millis(100)));
+        let off = PassiveHealth::new(Duration::ZERO);
+        off.mark_down(addr, now);
+        assert!(!off.enabled() && !off.is_down(&addr, now));
+    }
+
+    /// A one-shot HTTP server answering `status` to every request.
+    fn http_server(status: u16) -> (TcpListener, u16) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = l.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for mut conn in server.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        (l, port)
+    }
+
+    #[tokio::test]
+    async fn active_checks_take_failing_backends_out_of_the_pool() {
+        let (_ok, ok_port) = http_server(200);
+        let (_bad, bad_port) = http_server(503);
+        let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_port = dead.local_addr().expect("addr").port();
+        drop(dead);
+        let yaml = format!(
+            "services:\n  '127.0.0.1:{ok_port}': {{path: /h}}\n  '127.0.0.1:{bad_port}': {{path: /h}}\n  '127.0.0.1:{dead_port}': {{type: tcp, timeout_ms: 200}}\n"
+        );
+        let health = HealthState::new(&settings(&yaml)).expect("settings");
+        let targets = [ok_port, bad_port, dead_port]
+            .iter()
+            .map(|p| Target {
+                host: "127.0.0.1".into(),
+                port: *p,
+            })
+            .collect();
+        let pool = Pool::with_health_registry(BalancerKind::RoundRobin, targets, health.registry());
+        pool.refresh().await;
+        let sticky = StickySessions::default();
+        health.check_now().await;
+        for _ in 0..6 {
+            let picked = pool
+                .select(std::iter::empty(), &sticky)
+                .expect("one healthy backend");
+            assert_eq!(picked.addr.port(), ok_port);
+        }
+        assert!(metrics().became_unhealthy.load(Ordering::Relaxed) >= 2);
+    }
+}
