@@ -189,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
     }
+    let admin_token = settings.resolve_admin_token()?;
     let opt = Opt {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
@@ -232,7 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         AdminApp {
             readiness: readiness.clone(),
             reloader: reloader.clone(),
-            token: settings.admin_token.clone().filter(|t| !t.is_empty()),
+            token: admin_token,
         },
     );
     admin.add_tcp(settings.admin_listen.as_deref().unwrap_or("0.0.0.0:9901"));

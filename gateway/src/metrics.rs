@@ -80,6 +80,11 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         registry,
     };
     m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    // Export both outcomes from the start, so the first failure is a visible
+    // increase rather than a series appearing out of nowhere.
+    for result in ["success", "failure"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
     m
 });
 

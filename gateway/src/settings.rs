@@ -18,7 +18,10 @@ pub struct Settings {
     /// Admin listener serving `/healthz`, `/readyz`, `/metrics` and the admin API.
     pub admin_listen: Option<String>,
     /// Bearer token for the admin API (`/admin/*`); without one the API is off.
+    /// `$GATEWAY_ADMIN_TOKEN` or `admin_token_file` keep it out of the file.
     pub admin_token: Option<String>,
+    /// A file holding the admin token (e.g. a mounted Kubernetes Secret).
+    pub admin_token_file: Option<PathBuf>,
     /// One JSON access-log line per request on stdout.
     pub access_log: bool,
     /// Seconds between checks of the configuration files, besides file-system
@@ -64,6 +67,7 @@ impl Default for Settings {
             listen: Vec::new(),
             admin_listen: None,
             admin_token: None,
+            admin_token_file: None,
             access_log: true,
             config_poll_seconds: 5,
             drain_seconds: 5,
@@ -85,6 +89,19 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The admin token from `$GATEWAY_ADMIN_TOKEN`, `admin_token_file` or
+    /// `admin_token`, in that order; `None` (API off) when none is set.
+    pub fn resolve_admin_token(&self) -> Result<Option<String>, String> {
+        if let Ok(token) = std::env::var("GATEWAY_ADMIN_TOKEN") {
+            return Ok(Some(token).filter(|t| !t.trim().is_empty()));
+        }
+        if let Some(file) = &self.admin_token_file {
+            let token = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read admin token: {e}", file.display()))?;
+            return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
+        }
+        Ok(self.admin_token.clone().filter(|t| !t.trim().is_empty()))
+    }
+
     /// Reads a settings file; errors name the file and, for YAML errors, the line.
     pub fn load(path: &Path) -> Result<Settings, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read settings: {e}", path.display()))?;
@@ -95,7 +112,7 @@ impl Settings {
         // Relative paths in the settings file are relative to the file, not to the
         // working directory, so a settings file can be moved with its config.
         if let Some(dir) = path.parent() {
-            for p in [&mut settings.ocelot, &mut settings.upstream_ca_file].into_iter().flatten() {
+            for p in [&mut settings.ocelot, &mut settings.upstream_ca_file, &mut settings.admin_token_file].into_iter().flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
