@@ -424,8 +424,6 @@ impl BackgroundService for HealthChecker {
 mod tests {
     use super::*;
     use crate::balancing::{BalancerKind, Pool, StickySessions, Target};
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
 
     fn settings(yaml: &str) -> HealthCheckSettings {
         serde_yaml::from_str(yaml).expect("yaml")
@@ -482,54 +480,66 @@ mod tests {
         assert!(!off.enabled() && !off.is_down(&addr, now));
     }
 
-    /// A one-shot HTTP server answering `status` to every request.
-    fn http_server(status: u16) -> (TcpListener, u16) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let server = l.try_clone().expect("clone");
-        std::thread::spawn(move || {
-            for mut conn in server.incoming().flatten() {
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
-                let _ = conn.write_all(
-                    format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    )
-                    .as_bytes(),
-                );
+    /// A check that fails for one port, without any network.
+    struct FailsFor(u16);
+
+    #[async_trait]
+    impl HealthCheck for FailsFor {
+        async fn check(&self, target: &Backend) -> Result<()> {
+            match target.addr.as_inet() {
+                Some(a) if a.port() == self.0 => {
+                    Error::e_explain(ErrorType::ConnectRefused, "down")
+                }
+                _ => Ok(()),
             }
-        });
-        (l, port)
+        }
+        fn health_threshold(&self, _success: bool) -> usize {
+            1
+        }
     }
 
     #[tokio::test]
-    async fn active_checks_take_failing_backends_out_of_the_pool() {
-        let (_ok, ok_port) = http_server(200);
-        let (_bad, bad_port) = http_server(503);
-        let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let dead_port = dead.local_addr().expect("addr").port();
-        drop(dead);
-        let yaml = format!(
-            "services:\n  '127.0.0.1:{ok_port}': {{path: /h}}\n  '127.0.0.1:{bad_port}': {{path: /h}}\n  '127.0.0.1:{dead_port}': {{type: tcp, timeout_ms: 200}}\n"
-        );
-        let health = HealthState::new(&settings(&yaml)).expect("settings");
-        let targets = [ok_port, bad_port, dead_port]
+    async fn failing_backends_leave_the_pool_until_they_pass_again() {
+        let registry = Arc::new(HealthRegistry::new());
+        let mut by_service: HashMap<String, Box<dyn HealthCheck + Send + Sync>> = HashMap::new();
+        by_service.insert("10.9.9.9:2".into(), Box::new(FailsFor(2)));
+        registry.set_health_check(Box::new(ServiceChecks {
+            by_service,
+            healthy_threshold: 2,
+            unhealthy_threshold: 1,
+        }));
+        let targets = [1, 2]
             .iter()
             .map(|p| Target {
-                host: "127.0.0.1".into(),
+                host: "10.9.9.9".into(),
                 port: *p,
             })
             .collect();
-        let pool = Pool::with_health_registry(BalancerKind::RoundRobin, targets, health.registry());
-        pool.refresh().await;
+        let pool = Pool::with_health_registry(BalancerKind::RoundRobin, targets, registry.clone());
+        pool.refresh().await; // IP literals: no lookup
         let sticky = StickySessions::default();
-        health.check_now().await;
-        for _ in 0..6 {
+        registry.run_health_check(false).await;
+        for _ in 0..4 {
             let picked = pool
                 .select(std::iter::empty(), &sticky)
                 .expect("one healthy backend");
-            assert_eq!(picked.addr.port(), ok_port);
+            assert_eq!(picked.addr.port(), 1);
         }
-        assert!(metrics().became_unhealthy.load(Ordering::Relaxed) >= 2);
+        assert!(pool.has_ready(|a| a.port() == 1) && !pool.has_ready(|a| a.port() == 2));
+        // The pool sees whatever the shared registry decides, across snapshots.
+        let later = Pool::with_health_registry(
+            BalancerKind::NoLoadBalancer,
+            vec![Target {
+                host: "10.9.9.9".into(),
+                port: 2,
+            }],
+            registry,
+        );
+        later.refresh().await;
+        assert!(
+            later.select(std::iter::empty(), &sticky).is_none(),
+            "still unhealthy"
+        );
+        assert!(metrics().became_unhealthy.load(Ordering::Relaxed) >= 1);
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 /// mimalloc instead of glibc malloc: fewer CPU cycles per request and no
 /// per-thread arena growth (bench/README.md has the numbers).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -171,8 +171,8 @@ impl Traffic {
     }
 
     /// The installed state, or defaults (nothing configured) if none was.
-    pub fn current() -> Arc<Traffic> {
-        CURRENT.get_or_init(|| Arc::new(Traffic::default())).clone()
+    pub fn current() -> &'static Arc<Traffic> {
+        CURRENT.get_or_init(|| Arc::new(Traffic::default()))
     }
 
     /// Compiles a route's policy.
@@ -312,7 +312,8 @@ async fn respond(session: &mut Session, answer: Answer<'_>, extra: &ExtraHeaders
 }
 
 /// Ocelot's security then rate-limiting middlewares, right after the route is
-/// found. `Ok(true)`: a response (403, 429, 503) was written.
+/// found (WebSocket upgrades: security only, as in Ocelot). `Ok(true)`: a
+/// response (403, 429, 503) was written.
 pub async fn request_filter(
     session: &mut Session,
     route: &CompiledRoute,
@@ -351,7 +352,12 @@ pub async fn request_filter(
             }
         }
     }
-    if let Some(rule) = &policy.rate_limit {
+    // Ocelot's WebSocket pipeline has no rate limiting (nor QoS).
+    let rate_limit = policy
+        .rate_limit
+        .as_ref()
+        .filter(|_| !session.is_upgrade_req());
+    if let Some(rule) = rate_limit {
         let decision = {
             let req = session.req_header();
             let view = RequestView {
@@ -389,7 +395,12 @@ pub async fn proxy_upstream_filter(
     state: &mut RequestTraffic,
     extra: &ExtraHeaders,
 ) -> Result<bool> {
-    let Some(breaker) = &route.traffic.breaker else {
+    let Some(breaker) = route
+        .traffic
+        .breaker
+        .as_ref()
+        .filter(|_| !session.is_upgrade_req())
+    else {
         return Ok(true);
     };
     if let Some(permit) = Permit::acquire(breaker) {
@@ -525,7 +536,12 @@ pub async fn fail_to_proxy(
 ) -> Option<FailToProxy> {
     let route = route?;
     let permit = state.permit.take();
-    if is_timeout(e) && route.traffic.timeout_is_qos(route.timeout) {
+    // A timeout after the response started (a stalled body) can only end the
+    // connection; the caller handles that.
+    if is_timeout(e)
+        && route.traffic.timeout_is_qos(route.timeout)
+        && session.response_written().is_none()
+    {
         qos::count_timeout();
         if let Some(permit) = permit {
             permit.failure();

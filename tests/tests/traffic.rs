@@ -423,10 +423,13 @@ async fn three_pass_the_fourth_is_429_and_the_window_resets() {
         )]))
         .await;
         let alice = [("Oc-Client", "alice")];
-        let started = Instant::now();
+        // The window starts when the gateway sees the first request: no later
+        // than its response arrives here.
+        let mut window_started = None;
         let mut resets = Vec::new();
         for remaining in ["2", "1", "0"] {
             let r = get(&gw.url("/rl"), &alice).await;
+            window_started.get_or_insert_with(Instant::now);
             assert_eq!(r.status, 200);
             assert_eq!(r.header("X-RateLimit-Limit"), Some("3"));
             assert_eq!(r.header("X-RateLimit-Remaining"), Some(remaining));
@@ -468,7 +471,8 @@ async fn three_pass_the_fourth_is_429_and_the_window_resets() {
         );
 
         tokio::time::sleep(
-            (started + Duration::from_millis(3300)).saturating_duration_since(Instant::now()),
+            (window_started.unwrap() + Duration::from_millis(3300))
+                .saturating_duration_since(Instant::now()),
         )
         .await;
         let r = get(&gw.url("/rl"), &alice).await;
@@ -525,8 +529,9 @@ async fn global_options_apply_to_the_route_keys_group_with_wait() {
         }
         assert_eq!(get(&gw.url("/grouped"), &me).await.status, 200);
         assert_eq!(get(&gw.url("/grouped"), &me).await.status, 200);
-        let exceeded = Instant::now();
         let r = get(&gw.url("/grouped"), &me).await;
+        // The wait started no later than this response arrived.
+        let exceeded = Instant::now();
         assert_eq!((r.status, r.text()), (418, "Exceeding!".to_string()));
         let retry: f64 = r.header("Retry-After").unwrap().parse().unwrap();
         assert!(
@@ -571,13 +576,14 @@ async fn configs_for_ocelot_23_behave_as_they_did_there() {
         assert_eq!(r.header("X-Rate-Limit-Remaining"), Some("1"));
         assert!(is_round_trip_date(r.header("X-Rate-Limit-Reset").unwrap()));
         assert!(r.header("X-RateLimit-Limit").is_none());
-        let reached = Instant::now();
         assert_eq!(
             get(&gw.url("/old"), &[])
                 .await
                 .header("X-Rate-Limit-Remaining"),
             Some("0")
         );
+        // The ban started (at the latest) when this response arrived.
+        let reached = Instant::now();
         let r = get(&gw.url("/old"), &[]).await;
         assert_eq!(
             (r.status, r.text()),

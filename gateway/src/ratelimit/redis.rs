@@ -201,13 +201,7 @@ impl RedisStore {
         .await;
         match result {
             Ok(v) if v.len() == 4 => {
-                if !self.up.swap(true, Ordering::Relaxed) {
-                    METRICS.redis_down.store(0, Ordering::Relaxed);
-                    log::info!(
-                        "rate limiting: Redis at {} is reachable again; shared counting resumed",
-                        self.url
-                    );
-                }
+                self.succeeded();
                 let counter = Counter {
                     started: v[0],
                     exceeded: (v[1] >= 0).then_some(v[1]),
@@ -220,17 +214,31 @@ impl RedisStore {
                     Ok(v) => format!("unexpected script answer {v:?}"),
                     Err(e) => e,
                 };
-                METRICS.redis_errors.fetch_add(1, Ordering::Relaxed);
-                self.next_probe
-                    .store(now.saturating_add(self.retry_every), Ordering::Relaxed);
-                if self.up.swap(false, Ordering::Relaxed) {
-                    METRICS.redis_down.store(1, Ordering::Relaxed);
-                    log::error!("rate limiting: Redis at {} failed: {why}; applying the failure policy until it answers again", self.url);
-                } else {
-                    log::debug!("rate limiting: Redis probe failed: {why}");
-                }
+                self.failed(now, &why);
                 Err(Unavailable::Failed(why))
             }
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            METRICS.redis_down.store(0, Ordering::Relaxed);
+            log::info!(
+                "rate limiting: Redis at {} is reachable again; shared counting resumed",
+                self.url
+            );
+        }
+    }
+
+    fn failed(&self, now: i64, why: &str) {
+        METRICS.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.next_probe
+            .store(now.saturating_add(self.retry_every), Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            METRICS.redis_down.store(1, Ordering::Relaxed);
+            log::error!("rate limiting: Redis at {} failed: {why}; applying the failure policy until it answers again", self.url);
+        } else {
+            log::debug!("rate limiting: Redis probe failed: {why}");
         }
     }
 
@@ -290,31 +298,27 @@ mod tests {
         assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
     }
 
-    #[tokio::test]
-    async fn an_unreachable_redis_backs_off() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = dead.local_addr().expect("addr").port();
-        drop(dead);
+    #[test]
+    fn after_a_failure_one_request_per_interval_probes() {
         let store = RedisStore::new(
-            &format!("redis://127.0.0.1:{port}"),
-            Duration::from_millis(200),
-            Duration::from_secs(60),
+            "redis://127.0.0.1:6379",
+            Duration::from_millis(50),
+            Duration::from_secs(1),
         )
         .expect("url");
-        let w = current::Window {
-            limit: 1,
-            period: SECOND,
-            wait: 0,
-        };
-        let now = 1_000 * SECOND;
-        assert!(matches!(
-            store.process_current("k", &w, now).await,
-            Err(Unavailable::Failed(_))
-        ));
-        assert!(!store.is_up());
-        assert_eq!(
-            store.process_current("k", &w, now + 1).await,
-            Err(Unavailable::Backoff)
+        let t0 = 1_000 * SECOND;
+        assert!(
+            store.may_call(t0) && store.may_call(t0),
+            "up: every request calls"
         );
+        store.failed(t0, "refused");
+        assert!(!store.is_up());
+        assert!(!store.may_call(t0 + SECOND / 2), "backing off");
+        assert!(store.may_call(t0 + SECOND), "one probe");
+        assert!(!store.may_call(t0 + SECOND), "only one");
+        store.failed(t0 + SECOND, "still refused");
+        assert!(store.may_call(t0 + 2 * SECOND));
+        store.succeeded();
+        assert!(store.is_up() && store.may_call(t0 + 2 * SECOND));
     }
 }
