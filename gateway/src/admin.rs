@@ -136,7 +136,10 @@ impl ServeHttp for AdminApp {
             (Method::GET, "/healthz") => text(200, "ok\n"),
             (Method::GET, "/readyz") if self.readiness.is_ready() => text(200, "ready\n"),
             (Method::GET, "/readyz") => text(503, "not ready\n"),
-            (Method::GET, "/metrics") => respond(200, "text/plain; version=0.0.4", metrics::render()),
+            (Method::GET, "/metrics") => {
+                metrics::observe(&self.reloader.state.load_full());
+                respond(200, "text/plain; version=0.0.4", metrics::render())
+            }
             (method, p) if p.starts_with("/admin/") => {
                 if let Some(denied) = self.authorized(session) {
                     return denied;

@@ -212,6 +212,13 @@ impl Pool {
         }
     }
 
+    /// Every backend with whether it may take requests now (health checks and
+    /// passive marks), for the metrics.
+    pub fn backend_health(&self) -> Vec<(String, bool)> {
+        let backends = self.lb.backends();
+        backends.get_backend().iter().map(|b| (b.addr.to_string(), backends.ready(b))).collect()
+    }
+
     pub fn backend_count(&self) -> usize {
         self.lb.backends().get_backend().len()
     }

@@ -97,6 +97,22 @@ impl Metrics {
     }
 }
 
+/// Sets the gauges that describe the current state (breakers, backend health)
+/// from the snapshot being served, just before a scrape.
+pub fn observe(snapshot: &crate::routing::Snapshot) {
+    METRICS.breaker_open.reset();
+    METRICS.backend_healthy.reset();
+    for route in &snapshot.routes {
+        if let Some(breaker) = &route.traffic.breaker {
+            let open = breaker.state() != crate::qos::CircuitState::Closed;
+            METRICS.breaker_open.with_label_values(&[&route.name]).set(i64::from(open));
+        }
+        for (backend, ready) in route.pool.backend_health() {
+            METRICS.backend_healthy.with_label_values(&[&route.name, &backend]).set(i64::from(ready));
+        }
+    }
+}
+
 /// The text exposition format of every metric.
 pub fn render() -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);

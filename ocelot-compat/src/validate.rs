@@ -172,7 +172,8 @@ pub fn parse_duration_ms(text: &str) -> Option<f64> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = number.parse().ok()?;
-    let factor = match unit.trim() {
+    // Ocelot parses units case-insensitively ("1S" is one second).
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "ms" => 1.0,
         "s" => 1_000.0,
         "m" => 60_000.0,
@@ -379,6 +380,8 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Some(250.0));
         assert_eq!(parse_duration_ms("2d"), Some(172_800_000.0));
         assert_eq!(parse_duration_ms("1w"), None);
+        assert_eq!(parse_duration_ms("1S"), Some(1000.0));
+        assert_eq!(parse_duration_ms("2MS"), Some(2.0));
         assert_eq!(parse_duration_ms(""), None);
     }
 }

@@ -604,3 +604,25 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_rate_limiting_and_show_backend_health() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let limited = with(
+            route("/limited", "/limited", &[&up]),
+            json!({ "RateLimitOptions": { "Limit": 1, "Period": "1m" } }),
+        );
+        let gw = Gateway::start(config(vec![limited])).await;
+        let client_id = ("oc-client", "metrics-test");
+        assert_eq!(get(&gw.url("/limited"), &[client_id]).await.status, 200);
+        assert_eq!(get(&gw.url("/limited"), &[client_id]).await.status, 429);
+        let text = metrics(&gw).await;
+        assert_eq!(sample(&text, "gateway_rate_limited_total{route=\"/limited\"}"), 1.0, "{text}");
+        let backend = format!("gateway_backend_healthy{{backend=\"{}\",route=\"/limited\"}}", up.addr());
+        assert_eq!(sample(&text, &backend), 1.0, "{text}");
+        assert_eq!(sample(&text, "gateway_config_reloads_total{result=\"failure\"}"), 0.0, "{text}");
+        assert!(text.contains("gateway_config_reloads_total{result=\"failure\"} 0"), "{text}");
+    })
+    .await
+}
