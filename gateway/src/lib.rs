@@ -2,19 +2,23 @@
 //! `ProxyHttp` out. See `proxy` for the request pipeline.
 
 pub mod admin;
+pub mod aggregate;
 pub mod auth;
 pub mod authorization;
 pub mod balancing;
+pub mod cache;
 pub mod claims;
 pub mod cors;
 pub mod errors;
 pub mod headers;
 pub mod policies;
+pub mod protocols;
 pub mod proxy;
 pub mod request_id;
 pub mod routing;
 pub mod settings;
 pub mod lifecycle;
+pub mod live;
 pub mod metrics;
 pub mod reload;
 pub mod health;

@@ -6,9 +6,9 @@ use gateway::admin::AdminApp;
 use gateway::balancing::StickySessions;
 use gateway::lifecycle::{Readiness, ReadinessService, ReloadHook, Signals};
 use gateway::metrics::METRICS;
-use gateway::auth::{Authenticator, KeyRefresher};
-use gateway::cors::Cors;
-use gateway::proxy::Gateway;
+use gateway::live::{KeyRefresher, SettingsWatcher};
+use gateway::protocols;
+use gateway::proxy::{Gateway, LiveSettings};
 use gateway::reload::{config_hash, ConfigSource, ConfigWatcher, Reloader};
 use gateway::routing::{BackendRefresher, Snapshot};
 use gateway::settings::Settings;
@@ -80,18 +80,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Some(path) => Settings::load(path)?,
         None => Settings::default(),
     };
-    if cli.ocelot.is_some() {
-        settings.ocelot = cli.ocelot.clone();
-    }
-    if cli.environment.is_some() {
-        settings.environment = cli.environment.clone();
-    }
-    if !cli.listen.is_empty() {
-        settings.listen = cli.listen.clone();
-    }
-    if cli.admin_listen.is_some() {
-        settings.admin_listen = cli.admin_listen.clone();
-    }
+    // Flags override the file, now and on every settings reload.
+    let apply_flags = {
+        let (ocelot, environment, listen, admin_listen) =
+            (cli.ocelot.clone(), cli.environment.clone(), cli.listen.clone(), cli.admin_listen.clone());
+        move |settings: &mut Settings| {
+            if ocelot.is_some() {
+                settings.ocelot.clone_from(&ocelot);
+            }
+            if environment.is_some() {
+                settings.environment.clone_from(&environment);
+            }
+            if !listen.is_empty() {
+                settings.listen.clone_from(&listen);
+            }
+            if admin_listen.is_some() {
+                settings.admin_listen.clone_from(&admin_listen);
+            }
+        }
+    };
+    apply_flags(&mut settings);
     let environment = settings
         .environment
         .clone()
@@ -111,24 +119,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     };
     let hash = config_hash(&loaded.value);
-    let auth = Arc::new(Authenticator::from_settings(&settings.auth_providers)?);
-    auth.publish_names();
     // Before the first snapshot: routes take their breakers, counters and
     // health registry from it.
     let traffic = Traffic::from_settings(&settings.rate_limiting, &settings.health_checks, &settings.trusted_proxies)?.install();
+    // Aggregators and the output cache, before the snapshot names them.
+    gateway::aggregate::Aggregation::from_settings(&settings.aggregators, settings.aggregate_max_body_bytes, settings.upstream_ca_file.as_deref())?.install();
+    gateway::cache::install(&settings.cache);
     let snapshot = Snapshot::build(loaded, None);
     for warning in &snapshot.warnings {
         log::warn!("{warning}");
     }
-    // Ocelot refuses to start when a route names an unregistered scheme; so
-    // does the gateway once `auth_providers` is configured. Without any
-    // provider the routes only warn (and answer 401), so an Ocelot file can
-    // be tried before its providers are set up.
-    let unknown = gateway::policies::unknown_schemes(&snapshot, &auth);
-    if !unknown.is_empty() && !auth.is_empty() {
-        return Err(format!("{}: not starting:\n{}", ocelot.display(), unknown.join("\n")));
-    }
-    let cors = settings.cors.as_ref().map(Cors::from_settings).transpose()?.map(Arc::new);
+    let live = LiveSettings::build(&settings, &snapshot).map_err(|e| format!("{}: not starting:\n{e}", ocelot.display()))?;
+    live.auth.publish_names();
+    let live = Arc::new(ArcSwap::from_pointee(live));
     if cli.check {
         println!(
             "{}: OK ({} routes, {} aggregates, {} dynamic routes, {} warnings)",
@@ -184,6 +187,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     if !cli.upgrade {
         let mut addresses = if settings.listen.is_empty() { vec!["0.0.0.0:8080".to_string()] } else { settings.listen.clone() };
         addresses.push(settings.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9901".to_string()));
+        addresses.extend(settings.tls_listen.iter().map(|l| l.addr.clone()));
+        addresses.extend(settings.h2c_listen.iter().cloned());
         for addr in &addresses {
             if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
                 return Err(format!("cannot listen on {addr}: {e}"));
@@ -213,11 +218,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let gateway = Gateway {
         state: state.clone(),
         sticky: Arc::new(StickySessions::default()),
+        websocket_idle_timeout: Duration::from_secs(settings.websocket_idle_timeout_seconds.max(1)),
         readiness: readiness.clone(),
-        access_log: settings.access_log,
-        auth: auth.clone(),
-        cors,
+        live: live.clone(),
     };
+    let h2c = protocols::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let listen = if settings.listen.is_empty() {
         vec!["0.0.0.0:8080".to_string()]
@@ -227,7 +232,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     for addr in &listen {
         proxy.add_tcp(addr);
     }
+    protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
     server.add_service(proxy);
+    if let Some(h2c) = h2c {
+        log::info!("gateway listening for HTTP/1.1 and h2c on {}", settings.h2c_listen.join(", "));
+        server.add_service(h2c);
+    }
+    for l in &settings.tls_listen {
+        log::info!("gateway listening with TLS on {} ({})", l.addr, if l.h2 { "h2, http/1.1" } else { "http/1.1" });
+    }
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -245,7 +258,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             readiness: readiness.clone(),
         },
     ));
-    server.add_service(background_service("auth keys", KeyRefresher(auth)));
+    server.add_service(background_service("auth keys", KeyRefresher { live: live.clone() }));
+    if let Some(path) = &cli.settings {
+        server.add_service(background_service(
+            "settings watch",
+            SettingsWatcher::new(
+                path.clone(),
+                settings.clone(),
+                Box::new(apply_flags),
+                live,
+                state.clone(),
+                Duration::from_secs(settings.config_poll_seconds.max(1)),
+            ),
+        ));
+    }
     server.add_service(background_service(
         "health checks",
         gateway::health::HealthChecker {

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub breaker_open: IntGaugeVec,
     pub backend_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub settings_reloads: IntCounterVec,
     pub config_hash: IntGaugeVec,
     pub config_routes: IntGauge,
     pub build_info: IntGaugeVec,
@@ -74,6 +75,7 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         breaker_open: gauge(&registry, "gateway_breaker_open", "1 while a route's circuit breaker is open", &["route"]),
         backend_healthy: gauge(&registry, "gateway_backend_healthy", "1 while a backend passes its health checks", &["route", "backend"]),
         config_reloads: counter(&registry, "gateway_config_reloads_total", "Configuration reloads by result", &["result"]),
+        settings_reloads: counter(&registry, "gateway_settings_reloads_total", "Settings file reloads by result", &["result"]),
         config_hash: gauge(&registry, "gateway_config_hash", "1 for the hash of the configuration being served", &["hash"]),
         config_routes,
         build_info: gauge(&registry, "gateway_build_info", "Build information", &["version"]),
@@ -84,6 +86,7 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     // increase rather than a series appearing out of nowhere.
     for result in ["success", "failure"] {
         m.config_reloads.with_label_values(&[result]);
+        m.settings_reloads.with_label_values(&[result]);
     }
     m
 });

@@ -28,10 +28,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The gateway: the current snapshot plus state that outlives reloads.
+/// Cheap to clone (shared state only): one per proxy service, e.g. the h2c one.
+#[derive(Clone)]
 pub struct Gateway {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub sticky: Arc<StickySessions>,
     pub readiness: Arc<Readiness>,
+    /// Read and write timeout of upgraded (WebSocket) connections, in place of
+    /// the route's `Timeout` (setting `websocket_idle_timeout_seconds`).
+    pub websocket_idle_timeout: Duration,
+    /// The parts of the settings that a settings reload replaces.
+    pub live: Arc<ArcSwap<LiveSettings>>,
+}
+
+/// Settings that take effect without a restart: swapped whole when the
+/// settings file changes.
+pub struct LiveSettings {
     /// Write one JSON access-log line per request on stdout.
     pub access_log: bool,
     /// JWT providers named by the routes' `AuthenticationProviderKey(s)`.
@@ -61,6 +73,13 @@ pub struct Ctx {
     cors: Vec<(HeaderName, HeaderValue)>,
     /// Rate-limit headers, circuit-breaker permit, passive-health retry state.
     traffic: RequestTraffic,
+    /// The backend picked in `request_filter` for a cached route (the cache
+    /// key names it, and Pingora looks the cache up before `upstream_peer`).
+    preselected: Option<Selected>,
+    /// The output-cache key of this request, when its route caches.
+    cache: Option<crate::cache::RequestCache>,
+    /// The aggregate this request matched, answered by `request_filter`.
+    aggregate: Option<crate::aggregate::Matched>,
 }
 
 impl Ctx {
@@ -153,7 +172,19 @@ fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), 
     };
     let index = match found.target {
         Target::Route(i) => i,
-        Target::Aggregate(_) => return Err(501),
+        // Ocelot proxies a single-key aggregate as its route; others are
+        // answered by the gateway itself (`aggregate::respond`).
+        Target::Aggregate(i) => match crate::aggregate::single_route(&ctx.snapshot, i) {
+            Some(route) => route,
+            None => {
+                ctx.aggregate = Some(crate::aggregate::Matched {
+                    index: i,
+                    placeholders: found.placeholders,
+                    path: path.into_owned(),
+                });
+                return Ok(());
+            }
+        },
     };
     let route = ctx.snapshot.routes.get(index).ok_or(500u16)?;
     if let BalancerKind::Unknown(name) = &route.pool.kind {
@@ -188,7 +219,8 @@ impl Gateway {
             .map(|a| crate::traffic::Traffic::current().client_ip(a.ip(), &session.req_header().headers));
         let mut state = policies.prepare(session.req_header_mut(), client_ip);
         ctx.request_id.clone_from(&state.trace_id);
-        policies.authenticate(&self.auth, session.req_header(), &mut state).await?;
+        let auth = self.live.load().auth.clone();
+        policies.authenticate(&auth, session.req_header(), &mut state).await?;
         let matched = ctx.matched.take();
         let placeholders = matched.as_ref().map(|(p, _)| p);
         policies.authorize(&session.req_header().method, &mut state, |name| placeholders.and_then(|p| p.get(name)))?;
@@ -233,11 +265,14 @@ impl ProxyHttp for Gateway {
             matched: None,
             cors: Vec::new(),
             traffic: RequestTraffic::default(),
+            preselected: None,
+            cache: None,
+            aggregate: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(cors) = &self.cors {
+        if let Some(cors) = self.live.load().cors.clone() {
             let req = session.req_header();
             // Answered before routing and authentication, as ASP.NET's CORS
             // middleware in front of Ocelot does (Ocelot issue #633).
@@ -250,6 +285,14 @@ impl ProxyHttp for Gateway {
         if let Err(status) = route_request(session.req_header(), ctx) {
             return respond_empty_with(session, status, &ctx.cors).await;
         }
+        if let Some(matched) = ctx.aggregate.take() {
+            let env = crate::aggregate::Env {
+                snapshot: ctx.snapshot.clone(),
+                auth: self.live.load().auth.clone(),
+                sticky: self.sticky.clone(),
+            };
+            return crate::aggregate::respond(session, env, matched, &ctx.cors).await;
+        }
         // Ocelot: IP security and rate limiting come before authentication.
         let snapshot = ctx.snapshot.clone();
         if let Some(route) = ctx.route.and_then(|i| snapshot.routes.get(i)) {
@@ -260,13 +303,29 @@ impl ProxyHttp for Gateway {
         if let Err(status) = self.identity(session, ctx).await {
             return respond_empty_with(session, status, &ctx.cors).await;
         }
+        // Ocelot's OutputCache comes after load balancing and URL creation:
+        // its key names the chosen backend, so cached routes choose it here.
+        if let (Some(route), Some(downstream)) = (ctx.route.and_then(|i| snapshot.routes.get(i)), ctx.downstream.as_ref()) {
+            if route.cache.is_some() {
+                let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+                if let Ok(Some(selected)) = traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky) {
+                    ctx.cache = crate::cache::request_key(session, route, downstream, &selected).await?;
+                    ctx.preselected = Some(selected);
+                }
+            }
+        }
         Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let preselected = ctx.preselected.take();
         let route = ctx.route()?;
         let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-        let Some(selected) = traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky)? else {
+        let selected = match preselected {
+            Some(selected) => Some(selected),
+            None => traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky)?,
+        };
+        let Some(selected) = selected else {
             // With service discovery an empty list is Ocelot's ServicesAreEmpty
             // (404); static hosts that cannot be reached are a connection error.
             let status = if route.uses_discovery { 404 } else { 502 };
@@ -290,6 +349,13 @@ impl ProxyHttp for Gateway {
         opts.idle_timeout = Some(Duration::from_secs(60));
         opts.verify_cert = route.verify_cert;
         opts.verify_hostname = route.verify_cert;
+        // HTTP version and ALPN (DownstreamHttpVersion/Policy); an upgraded
+        // connection idles as long as the setting allows, on both sides.
+        let upgrade = session.is_upgrade_req();
+        route.protocol.configure_peer(&mut peer, upgrade, self.websocket_idle_timeout);
+        if upgrade {
+            session.set_read_timeout(Some(self.websocket_idle_timeout));
+        }
         ctx.selected = Some(selected);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
@@ -343,6 +409,8 @@ impl ProxyHttp for Gateway {
             }
             upstream.remove_header(name);
         }
+        let unframed_body = !session.is_body_empty() && !upstream.headers.contains_key(header::CONTENT_LENGTH);
+        route.protocol.finish_request(session.req_header(), upstream, upgrade, unframed_body)?;
         Ok(())
     }
 
@@ -384,6 +452,47 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    // Output cache (`crate::cache`): on for requests that got a key in
+    // `request_filter`, with Ocelot's semantics rather than HTTP caching's.
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::cache::enable(session, ctx.cache.as_ref());
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<pingora_cache::CacheKey> {
+        crate::cache::cache_key(ctx.cache.as_ref())
+    }
+
+    fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<pingora_cache::RespCacheable> {
+        Ok(crate::cache::response_cacheable(ctx.cache.as_ref(), resp))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &pingora_cache::CacheMeta,
+        _hit_handler: &mut pingora_cache::HitHandler,
+        is_fresh: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
+        // Ocelot's entries expire absolutely: never revalidate a stale one.
+        Ok((!is_fresh).then_some(pingora_cache::ForcedFreshness::ForceMiss))
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, _error: Option<&Error>) -> bool {
+        false
+    }
+
+    fn cache_not_modified_filter(&self, _session: &Session, _resp: &ResponseHeader, _ctx: &mut Ctx) -> Result<bool> {
+        // Ocelot answers a cached response whole, whatever the conditions.
+        Ok(false)
+    }
+
+    fn range_header_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, _ctx: &mut Ctx) -> pingora_proxy::RangeType {
+        pingora_proxy::RangeType::None
+    }
+
     async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         traffic::upstream_response(&mut ctx.traffic, upstream.status.as_u16());
@@ -393,9 +502,11 @@ impl ProxyHttp for Gateway {
     async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         traffic::response_headers(&ctx.traffic, response)?;
         if let Ok(route) = ctx.route() {
+            // A cache hit never reached `upstream_peer`: the preselected backend.
             let base_url = ctx
                 .selected
                 .as_ref()
+                .or(ctx.preselected.as_ref())
                 .map(|s| crate::headers::downstream_base_url(route.tls, &s.meta.host, s.addr.port()));
             route.policies.apply_to_response(response, &ctx.identity, base_url);
         }
@@ -445,7 +556,7 @@ impl ProxyHttp for Gateway {
                 compiled.metrics.record(route, method, status, elapsed, ctx.upstream_elapsed);
             }
         }
-        if self.access_log {
+        if self.live.load().access_log {
             let line = serde_json::json!({
                 "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 "request_id": ctx.request_id,

@@ -109,7 +109,6 @@ fn one_error(message: impl Into<String>) -> Diagnostics {
 /// Kubernetes ConfigMap update swaps a `..data` symlink, which changes them),
 /// sizes and modification times.
 fn fingerprint(source: &ConfigSource) -> u64 {
-    let mut hasher = DefaultHasher::new();
     let mut files: Vec<PathBuf> = Vec::new();
     if source.path.is_dir() {
         if let Ok(entries) = std::fs::read_dir(&source.path) {
@@ -130,6 +129,12 @@ fn fingerprint(source: &ConfigSource) -> u64 {
             }
         }
     }
+    hash_files(files)
+}
+
+/// A hash of what `files` look like on disk: resolved path, size, modification time.
+pub fn hash_files(mut files: Vec<PathBuf>) -> u64 {
+    let mut hasher = DefaultHasher::new();
     files.sort();
     for file in files {
         file.hash(&mut hasher);

@@ -626,3 +626,43 @@ async fn metrics_count_rate_limiting_and_show_backend_health() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_settings_file_swaps_cors_and_refuses_a_broken_one() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::builder(config(vec![route("/a", "/a", &[&up])]))
+            .settings("config_poll_seconds: 1\n")
+            .start()
+            .await;
+        let preflight = || async {
+            let r = e2e::send(
+                client().request(reqwest::Method::OPTIONS, gw.url("/a")),
+                &[("origin", "https://app.example"), ("access-control-request-method", "GET")],
+            )
+            .await;
+            r.header("access-control-allow-origin").map(str::to_string)
+        };
+        assert_eq!(preflight().await, None, "no CORS policy yet");
+
+        let settings = gw.dir().join("gateway.yaml");
+        write_atomically(
+            &settings,
+            b"config_poll_seconds: 1\ncors:\n  allowed_origins: [\"https://app.example\"]\n  allowed_methods: [\"GET\"]\n",
+        );
+        eventually(Duration::from_secs(15), "the CORS policy from the new settings", || async {
+            preflight().await.as_deref() == Some("https://app.example")
+        })
+        .await;
+
+        // A settings file that does not load is refused; the running settings stay.
+        write_atomically(&settings, b"config_poll_seconds: 1\ncors:\n  allowed_origns: []\n");
+        eventually(Duration::from_secs(15), "the broken settings are refused", || async {
+            sample(&metrics(&gw).await, "gateway_settings_reloads_total{result=\"failure\"}") >= 1.0
+        })
+        .await;
+        assert_eq!(preflight().await.as_deref(), Some("https://app.example"));
+        assert!(gw.stderr().contains("allowed_origns"), "{}", gw.stderr());
+    })
+    .await
+}

@@ -407,13 +407,14 @@ pub(crate) fn install_crypto_providers() {
     });
 }
 
-static PROVIDER_NAMES: std::sync::OnceLock<std::collections::BTreeSet<String>> =
-    std::sync::OnceLock::new();
+// Replaced when a settings reload brings new providers.
+static PROVIDER_NAMES: std::sync::RwLock<Option<std::collections::BTreeSet<String>>> =
+    std::sync::RwLock::new(None);
 
 /// Whether `name` is a configured provider; `None` before the providers are
 /// published (unit tests, `--check` without settings).
 pub fn is_configured(name: &str) -> Option<bool> {
-    PROVIDER_NAMES.get().map(|names| names.contains(name))
+    PROVIDER_NAMES.read().ok()?.as_ref().map(|names| names.contains(name))
 }
 
 /// Every configured provider, by name.
@@ -457,7 +458,9 @@ impl Authenticator {
     /// Makes the provider names known to route compilation, so a route (also
     /// one arriving by reload) naming a missing provider is reported.
     pub fn publish_names(&self) {
-        let _ = PROVIDER_NAMES.set(self.providers.keys().cloned().collect());
+        if let Ok(mut names) = PROVIDER_NAMES.write() {
+            *names = Some(self.providers.keys().cloned().collect());
+        }
     }
 
     /// The sources that fetch keys, for the refresh task.
@@ -514,16 +517,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     }
     let token = token.trim();
     (!token.is_empty()).then_some(token)
-}
-
-/// Keeps every provider's keys fresh: the Pingora background service.
-pub struct KeyRefresher(pub Arc<Authenticator>);
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for KeyRefresher {
-    async fn start(&self, shutdown: pingora_core::server::ShutdownWatch) {
-        self.0.run_refresh(shutdown).await;
-    }
 }
 
 #[cfg(test)]
