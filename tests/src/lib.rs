@@ -5,10 +5,13 @@
 //! loopback, and check both what the client gets back and what each upstream
 //! received. Every test owns its ports and temp dir, so tests run in parallel.
 
+pub mod discovery_support;
 pub mod gateway;
 pub mod identity_support;
+pub mod json_upstream;
 pub mod pattern;
 pub mod pki;
+pub mod protocols_support;
 pub mod raw;
 pub mod traffic_support;
 pub mod upstream;
@@ -40,9 +43,17 @@ pub async fn bounded_for<F: Future>(limit: Duration, f: F) -> F::Output {
     }
 }
 
+/// `cargo test --workspace` unifies reqwest's features with the gateway's,
+/// which turns on rustls without a crypto provider; reqwest then refuses to
+/// build a client unless one is installed for the process.
+fn install_crypto_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An HTTP/1.1 client for talking to the gateway: no proxy (CI may have
 /// `http_proxy` set), no redirects followed, a per-request timeout.
 pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -54,6 +65,7 @@ pub fn client() -> reqwest::Client {
 /// A client without a total timeout, for multi-GiB transfers (bound the test
 /// with [`bounded_for`] instead).
 pub fn streaming_client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
