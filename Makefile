@@ -26,12 +26,14 @@ help:
 # System packages a fresh Debian with only Rust lacks: cmake (zlib-ng in
 # Pingora), a C/C++ toolchain and a full perl (vendored OpenSSL's Configure
 # needs IPC::Cmd and FindBin, which perl-base alone does not have), and
-# redis-server (the shared rate-limiting tests start their own instances).
+# redis-server (the shared rate-limiting tests start their own instances),
+# dnsmasq (the DNS service-discovery tests run one on a loopback port).
 # Each is probed first, so this is a no-op on a machine that has them.
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	echo 'int main(void){return 0;}' | cc -x c - -o /dev/null >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	echo 'int main(){return 0;}' | c++ -x c++ - -o /dev/null >/dev/null 2>&1 || missing="$$missing g++"; \
 	perl -MIPC::Cmd -MFindBin -MFile::Spec -e1 >/dev/null 2>&1 || missing="$$missing perl"; \

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 
@@ -62,10 +63,31 @@ BIG_BODY_SIZE = 100 * 1024
 # Every request carries a client id, so that rate limiting (Ocelot 25 answers
 # 503 without one) counts one client. All contenders get the same headers.
 CLIENT_HEADERS = ["Oc-Client: bench", "ClientId: bench"]
+# Scenario (b) validates a JWT (HS256, a static secret) on every route unless
+# BENCH_JWT=0; every contender gets the same Authorization header.
+JWT = os.environ.get("BENCH_JWT", "1") != "0"
+JWT_SECRET = "bench-secret-bench-secret-bench-secret-0123456789"
+
+
+def jwt_token():
+    import base64, hashlib, hmac
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"iss": "bench", "aud": "bench", "sub": "bench-user", "scope": "bench", "exp": int(time.time()) + 86400}
+    payload = b64(json.dumps(claims).encode())
+    signature = b64(hmac.new(JWT_SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest())
+    return f"{header}.{payload}.{signature}"
+
+
+def scenario_headers(scenario):
+    if scenario == "b" and JWT:
+        return CLIENT_HEADERS + [f"Authorization: Bearer {jwt_token()}"]
+    return CLIENT_HEADERS
 
 SCENARIO_INFO = {
     "a": "one route, tiny body",
-    "b": "abp table (60 routes), round robin, rate limiting",
+    "b": "abp table (60 routes), round robin, rate limiting" + (", JWT" if JWT else ""),
     "c": "10,000 generated routes",
     "d": "100 KiB response body",
     "e": "1,000 connections",
@@ -309,8 +331,8 @@ RATE_LIMIT = {
 def abp_config():
     """The abp corpus table, every route pointed at the bench upstream with
     round robin over the upstream's two ports and a rate limit too high to
-    trigger. Authentication options are stripped (none of the abp routes
-    names a provider; JWT validation is not wired in yet)."""
+    trigger. The corpus' authentication options name no provider; they are
+    replaced by a JWT bearer provider `bench` (HS256) unless BENCH_JWT=0."""
     with open(ABP, encoding="utf-8-sig") as f:
         config = json.load(f)
     for r in config["Routes"]:
@@ -320,6 +342,8 @@ def abp_config():
         r["RateLimitOptions"] = dict(RATE_LIMIT)
         r.pop("AuthenticationOptions", None)
         r.pop("AuthenticationProviderKey", None)
+        if JWT:
+            r["AuthenticationOptions"] = {"AuthenticationProviderKey": "bench", "AllowedScopes": []}
     g = config.setdefault("GlobalConfiguration", {})
     g["BaseUrl"] = "http://127.0.0.1"
     g.pop("ServiceDiscoveryProvider", None)
@@ -392,8 +416,21 @@ drain_seconds: 0
 upgrade_sock: {workdir}/{name}-{scenario}.sock
 pid_file: {workdir}/{name}-{scenario}.pid
 """
+    if scenario == "b" and JWT:
+        text += f"""auth_providers:
+  bench:
+    keys:
+      - secret: "{JWT_SECRET}"
+    issuers: [bench]
+    audiences: [bench]
+    algorithms: [HS256]
+"""
     if extra:
-        text += extra.replace("\\n", "\n") + "\n"
+        extra = extra.replace("\\n", "\n")
+        # A key given in the extra settings replaces the default line.
+        keys = {line.split(":", 1)[0].strip() for line in extra.splitlines() if ":" in line and not line.startswith(" ")}
+        text = "".join(line for line in text.splitlines(True) if line.split(":", 1)[0] not in keys)
+        text += extra + "\n"
     path = os.path.join(workdir, f"{name}-{scenario}.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -402,7 +439,7 @@ pid_file: {workdir}/{name}-{scenario}.pid
 
 def wrk_script(workdir, scenario, paths):
     """A wrk Lua script cycling through the paths with the client headers."""
-    headers = "\n".join(f'wrk.headers["{h.split(": ")[0]}"] = "{h.split(": ")[1]}"' for h in CLIENT_HEADERS)
+    headers = "\n".join(f'wrk.headers["{h.split(": ")[0]}"] = "{h.split(": ")[1]}"' for h in scenario_headers(scenario))
     lua_paths = ", ".join(f'"{p}"' for p in paths)
     if len(paths) == 1:  # wrk's static request, no Lua per request
         text = f'{headers}\nwrk.path = "{paths[0]}"\n'
@@ -466,8 +503,8 @@ def run_wrk(layout, port, connections, duration, script):
     return result
 
 
-def check_route(port, path, expect_len=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(h.split(": ") for h in CLIENT_HEADERS))
+def check_route(port, path, expect_len=None, headers=CLIENT_HEADERS):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(h.split(": ", 1) for h in headers))
     with urllib.request.urlopen(req, timeout=5) as resp:
         body = resp.read()
         if resp.status != 200:
@@ -531,10 +568,16 @@ def run_scenario(scenario, layout, workdir):
         idle = {name: proc_status(p.pid, "VmRSS") for name, p in procs.items()}
         for name, p in procs.items():
             for path in paths:
-                headers = check_route(p.port, path, expect)
+                headers = check_route(p.port, path, expect, scenario_headers(scenario))
             if name.startswith("gateway") and scenario == "b":
                 limited = any(k.lower().startswith(("x-ratelimit", "x-rate-limit")) for k in headers)
                 notes.append("rate limiting: " + ("on (X-RateLimit headers seen)" if limited else "NOT active in this gateway build (no rate-limit headers)"))
+                if JWT:
+                    try:
+                        check_route(p.port, paths[0], None, CLIENT_HEADERS)
+                        notes.append("JWT: NOT enforced (a request without a token got 200)")
+                    except urllib.error.HTTPError as e:
+                        notes.append(f"JWT: validated on every request (without a token: {e.code})")
         runs = {name: [] for name in procs}
         rss_trace = {name: [] for name in procs}
         for name, p in procs.items():  # warm-up: fills the upstream pools, faults in memory

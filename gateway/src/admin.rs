@@ -6,6 +6,8 @@
 //! - `POST /admin/configuration[?persist=true]`: replace it (validated first;
 //!   `persist` writes it back to the file).
 //! - `GET /admin/routes`: the compiled route table.
+//! - `DELETE /admin/outputcache/{region}`: drop the cached responses of a
+//!   cache region (Ocelot's `DELETE {AdministrationPath}/outputcache/{region}`), 204.
 
 use crate::lifecycle::Readiness;
 use crate::metrics;
@@ -16,6 +18,9 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::Arc;
+
+/// Region purges: `DELETE /admin/outputcache/{region}`.
+const OUTPUT_CACHE: &str = "/admin/outputcache/";
 
 /// Largest configuration the admin API accepts.
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -148,6 +153,14 @@ impl ServeHttp for AdminApp {
                     (Method::GET, "/admin/configuration") => json_response(200, &self.reloader.state.load_full().value),
                     (Method::POST, "/admin/configuration") => self.replace_configuration(session).await,
                     (Method::GET, "/admin/routes") => json_response(200, &self.routes()),
+                    (Method::DELETE, p) if p.starts_with(OUTPUT_CACHE) => match crate::cache::decode_region(&p[OUTPUT_CACHE.len()..]) {
+                        Some(region) => {
+                            let purged = crate::cache::purge_region(&region);
+                            log::info!("admin API: purged {purged} cached responses of region '{region}'");
+                            respond(204, "text/plain; charset=utf-8", Vec::new())
+                        }
+                        None => text(400, "bad region name\n"),
+                    },
                     _ => text(404, "not found\n"),
                 }
             }

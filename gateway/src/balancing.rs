@@ -182,6 +182,9 @@ pub struct Pool {
     /// In-flight counts for `LeastConnection`, made on first use: an
     /// `Inflight` is 256 KiB (4 × 8192 counters), too much for every route.
     inflight: OnceLock<Inflight>,
+    /// The registry behind the pool when its backends come from service
+    /// discovery (`ServiceName`), for the refresher to know when to rebuild.
+    discovery: Option<Arc<crate::discovery::PoolDiscovery>>,
 }
 
 impl Pool {
@@ -191,6 +194,7 @@ impl Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
             inflight: OnceLock::new(),
+            discovery: None,
         }
     }
 
@@ -202,7 +206,24 @@ impl Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
             inflight: OnceLock::new(),
+            discovery: None,
         }
+    }
+
+    /// A pool fed by service discovery instead of `DownstreamHostAndPorts`.
+    pub fn with_discovery(kind: BalancerKind, discovery: Arc<crate::discovery::PoolDiscovery>, registry: Arc<HealthRegistry>) -> Pool {
+        let backends = Backends::new_with_health_registry(discovery.boxed(), registry);
+        Pool {
+            kind,
+            lb: LoadBalancer::from_backends(backends),
+            inflight: OnceLock::new(),
+            discovery: Some(discovery),
+        }
+    }
+
+    /// The service discovery behind the pool, if any.
+    pub fn discovery(&self) -> Option<&Arc<crate::discovery::PoolDiscovery>> {
+        self.discovery.as_ref()
     }
 
     /// Re-runs discovery (DNS) and rebuilds the selector.

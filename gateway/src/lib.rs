@@ -9,6 +9,7 @@ pub mod balancing;
 pub mod cache;
 pub mod claims;
 pub mod cors;
+pub mod discovery;
 pub mod errors;
 pub mod headers;
 pub mod policies;

@@ -25,7 +25,12 @@ impl LiveSettings {
     /// Builds the live part of `settings`, refusing providers that the routes
     /// of `snapshot` would miss.
     pub fn build(settings: &Settings, snapshot: &Snapshot) -> Result<LiveSettings, String> {
-        let auth = Authenticator::from_settings(&settings.auth_providers)?;
+        LiveSettings::assemble(settings, snapshot, Authenticator::from_settings(&settings.auth_providers)?)
+    }
+
+    /// As [`LiveSettings::build`], with the providers already built (at start
+    /// they are needed before the first snapshot, for its warnings).
+    pub fn assemble(settings: &Settings, snapshot: &Snapshot, auth: Authenticator) -> Result<LiveSettings, String> {
         // Ocelot refuses to start when a route names an unregistered scheme; so
         // does the gateway once `auth_providers` is configured. Without any
         // provider the routes only warn (and answer 401), so an Ocelot file can
@@ -152,6 +157,12 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("rate_limiting", old.rate_limiting != new.rate_limiting);
     check("health_checks", old.health_checks != new.health_checks);
     check("trusted_proxies", old.trusted_proxies != new.trusted_proxies);
+    check("tls_listen", old.tls_listen != new.tls_listen);
+    check("h2c_listen", old.h2c_listen != new.h2c_listen);
+    check("websocket_idle_timeout_seconds", old.websocket_idle_timeout_seconds != new.websocket_idle_timeout_seconds);
+    check("aggregators", old.aggregators != new.aggregators || old.aggregate_max_body_bytes != new.aggregate_max_body_bytes);
+    check("cache", old.cache != new.cache);
+    check("discovery", old.discovery != new.discovery);
     out
 }
 

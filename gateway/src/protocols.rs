@@ -122,7 +122,9 @@ impl UpstreamProtocol {
         if major >= 3 {
             warnings.push((
                 "DownstreamHttpVersion".to_string(),
-                format!("HTTP/{major}.{minor} (QUIC) is not supported; the gateway uses HTTP/2 instead"),
+                format!(
+                    "HTTP/{major}.{minor} (QUIC) is not supported; the gateway uses HTTP/2 instead"
+                ),
             ));
         }
         let policy = VersionPolicy::parse(policy);
@@ -150,13 +152,15 @@ impl UpstreamProtocol {
     /// `idle` as their read and write timeout.
     pub fn configure_peer(&self, peer: &mut HttpPeer, upgrade: bool, idle: Duration) {
         let opts = &mut peer.options;
+        // Part of the connection-reuse key: the same for every request, so
+        // upgrades and ordinary requests share the HTTP/1.1 pool.
+        opts.max_h2_streams = MAX_H2_STREAMS;
         if upgrade {
             opts.alpn = ALPN::H1;
             opts.read_timeout = Some(idle);
             opts.write_timeout = Some(idle);
         } else {
             opts.alpn = self.alpn.clone();
-            opts.max_h2_streams = MAX_H2_STREAMS;
         }
     }
 
@@ -165,7 +169,13 @@ impl UpstreamProtocol {
     /// HTTP/1.1 otherwise). `Err` (502) when the policy demanded HTTP/2 and
     /// the server answered the TLS handshake without it. `unframed_body`: the
     /// request has a body but no `Content-Length` (it will go out chunked).
-    pub fn finish_request(&self, downstream: &RequestHeader, upstream: &mut RequestHeader, upgrade: bool, unframed_body: bool) -> Result<()> {
+    pub fn finish_request(
+        &self,
+        downstream: &RequestHeader,
+        upstream: &mut RequestHeader,
+        upgrade: bool,
+        unframed_body: bool,
+    ) -> Result<()> {
         let h2 = upstream.version == Version::HTTP_2;
         if self.require_h2 && !h2 && !upgrade {
             let why = "the route demands HTTP/2 (DownstreamHttpVersion 2.0), but the service answered without it";
@@ -193,7 +203,11 @@ fn asks_for_trailers(req: &RequestHeader) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// The idle timeout of upgraded (WebSocket) connections, when the settings
@@ -233,11 +247,15 @@ impl TlsListenSettings {
 
 /// Adds the TLS listeners to the proxy service. The certificate and key are
 /// read now, so a missing or invalid file stops the gateway from starting.
-pub fn add_tls_listeners(proxy: &mut Service<HttpProxy<Gateway>>, listeners: &[TlsListenSettings]) -> std::result::Result<(), String> {
+pub fn add_tls_listeners(
+    proxy: &mut Service<HttpProxy<Gateway>>,
+    listeners: &[TlsListenSettings],
+) -> std::result::Result<(), String> {
     for l in listeners {
         let cert = l.cert.to_string_lossy();
         let key = l.key.to_string_lossy();
-        let mut tls = TlsSettings::intermediate(&cert, &key).map_err(|e| format!("tls_listen {}: {e}", l.addr))?;
+        let mut tls = TlsSettings::intermediate(&cert, &key)
+            .map_err(|e| format!("tls_listen {}: {e}", l.addr))?;
         if l.h2 {
             tls.enable_h2();
         }
@@ -251,7 +269,11 @@ pub fn add_tls_listeners(proxy: &mut Service<HttpProxy<Gateway>>, listeners: &[T
 /// wait for 24 bytes (the HTTP/2 preface) before choosing a protocol — fine
 /// for real HTTP/1.1 clients, whose requests are longer, but not something to
 /// impose on every plain listener. `None` without such addresses.
-pub fn h2c_service(conf: &std::sync::Arc<pingora_core::server::configuration::ServerConf>, gateway: Gateway, addrs: &[String]) -> Option<Service<HttpProxy<Gateway>>> {
+pub fn h2c_service(
+    conf: &std::sync::Arc<pingora_core::server::configuration::ServerConf>,
+    gateway: Gateway,
+    addrs: &[String],
+) -> Option<Service<HttpProxy<Gateway>>> {
     if addrs.is_empty() {
         return None;
     }
@@ -278,7 +300,10 @@ mod tests {
     #[test]
     fn defaults_to_http11() {
         let d = UpstreamProtocol::compile(None, None, true);
-        assert_eq!((d.alpn.clone(), d.require_h2, d.http10), (ALPN::H1, false, false));
+        assert_eq!(
+            (d.alpn.clone(), d.require_h2, d.http10),
+            (ALPN::H1, false, false)
+        );
         assert!(d.warnings.is_empty());
         assert_eq!(UpstreamProtocol::compile(None, None, false).alpn, ALPN::H1);
     }
@@ -295,7 +320,10 @@ mod tests {
         assert_eq!(p("1.1", "RequestVersionExact", true).alpn, ALPN::H1);
         assert_eq!(p("1.1", "RequestVersionOrHigher", true).alpn, ALPN::H2H1);
         // No policy is OrLower.
-        assert_eq!(UpstreamProtocol::compile(Some("2.0"), None, true).alpn, ALPN::H2H1);
+        assert_eq!(
+            UpstreamProtocol::compile(Some("2.0"), None, true).alpn,
+            ALPN::H2H1
+        );
     }
 
     #[test]
@@ -324,8 +352,14 @@ mod tests {
 
     #[test]
     fn policy_names_are_case_sensitive() {
-        assert_eq!(VersionPolicy::parse(Some("requestversionexact")), VersionPolicy::OrLower);
-        assert_eq!(VersionPolicy::parse(Some("RequestVersionExact")), VersionPolicy::Exact);
+        assert_eq!(
+            VersionPolicy::parse(Some("requestversionexact")),
+            VersionPolicy::OrLower
+        );
+        assert_eq!(
+            VersionPolicy::parse(Some("RequestVersionExact")),
+            VersionPolicy::Exact
+        );
     }
 
     #[test]
@@ -339,10 +373,34 @@ mod tests {
         assert_eq!(up.headers.get("te").unwrap(), "trailers");
 
         let mut h1 = RequestHeader::build("GET", b"/", None).unwrap();
-        let e = proto.finish_request(&down, &mut h1, false, false).unwrap_err();
+        let e = proto
+            .finish_request(&down, &mut h1, false, false)
+            .unwrap_err();
         assert_eq!(crate::errors::status_for(&e), Some(502));
         // An upgrade is always HTTP/1.1, whatever the route asks.
         proto.finish_request(&down, &mut h1, true, false).unwrap();
+    }
+
+    #[test]
+    fn listener_settings() {
+        let yaml = "tls_listen:\n  - {addr: '127.0.0.1:8443', cert: c.pem, key: k.pem}\n  - {addr: '127.0.0.1:8444', cert: /c.pem, key: /k.pem, h2: false}\nh2c_listen: ['127.0.0.1:8081']\n";
+        let mut s: crate::settings::Settings = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(
+            s.websocket_idle_timeout_seconds,
+            DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS
+        );
+        assert_eq!(s.h2c_listen, vec!["127.0.0.1:8081"]);
+        assert!(s.tls_listen[0].h2);
+        assert!(!s.tls_listen[1].h2);
+        for l in &mut s.tls_listen {
+            l.resolve_paths(Path::new("/etc/gw"));
+        }
+        assert_eq!(s.tls_listen[0].cert, Path::new("/etc/gw/c.pem"));
+        assert_eq!(s.tls_listen[1].key, Path::new("/k.pem"));
+        let typo = serde_yaml::from_str::<crate::settings::Settings>(
+            "tls_listen: [{addr: x, cert: c, key: k, h3: true}]\n",
+        );
+        assert!(typo.is_err());
     }
 
     #[test]
@@ -353,7 +411,9 @@ mod tests {
         proto.finish_request(&down, &mut up, false, false).unwrap();
         assert_eq!(up.version, Version::HTTP_10);
         let mut chunked = RequestHeader::build("POST", b"/", None).unwrap();
-        proto.finish_request(&down, &mut chunked, false, true).unwrap();
+        proto
+            .finish_request(&down, &mut chunked, false, true)
+            .unwrap();
         assert_eq!(chunked.version, Version::HTTP_11);
     }
 }

@@ -85,7 +85,7 @@ pub struct Ctx {
 impl Ctx {
     fn route(&self) -> Result<&CompiledRoute> {
         self.route
-            .and_then(|i| self.snapshot.routes.get(i))
+            .and_then(|i| self.snapshot.route(i))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))
     }
 }
@@ -199,6 +199,27 @@ fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), 
     Ok(())
 }
 
+/// Dynamic routing (Ocelot's DiscoveryDownstreamRouteFinder): `/{service}/{rest}`
+/// to `{rest}` on an instance of the service, the query unchanged.
+async fn route_dynamic(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), u16> {
+    let snapshot = ctx.snapshot.clone();
+    let dynamic = snapshot.dynamic.as_ref().ok_or(404u16)?;
+    let path = normalize_path(req.uri.path()).map_err(|_| 400u16)?;
+    let (namespace, service, rest) = crate::discovery::dynamic::split(&path);
+    let index = dynamic.route(namespace, service).await?;
+    let route = snapshot.route(index).ok_or(500u16)?;
+    if let BalancerKind::Unknown(name) = &route.pool.kind {
+        log::error!("route {}: no load balancer named '{name}'", route.name);
+        return Err(500);
+    }
+    ctx.downstream = Some(DownstreamTarget {
+        path: rest.to_string(),
+        query: req.uri.query().filter(|q| !q.is_empty()).map(str::to_string),
+    });
+    ctx.route = Some(index);
+    Ok(())
+}
+
 impl Gateway {
     /// Ocelot's steps from header transforms to the downstream URL (spec
     /// §7.9): upstream header transforms and request id, authentication,
@@ -206,7 +227,7 @@ impl Gateway {
     /// `Err` is the status to answer, with an empty body.
     async fn identity(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<(), u16> {
         let snapshot = ctx.snapshot.clone();
-        let Some(route) = ctx.route.and_then(|i| snapshot.routes.get(i)) else {
+        let Some(route) = ctx.route.and_then(|i| snapshot.route(i)) else {
             return Ok(());
         };
         let policies = &route.policies;
@@ -251,6 +272,11 @@ fn default_port(tls: bool) -> u16 {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a response-compression
+    /// module at level 0 (disabled), which still costs a module context and
+    /// its filter calls on every request; nothing here enables it.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snapshot: self.state.load_full(),
@@ -282,7 +308,11 @@ impl ProxyHttp for Gateway {
             }
             ctx.cors = cors.response_headers(&req.headers);
         }
-        if let Err(status) = route_request(session.req_header(), ctx) {
+        let mut routed = route_request(session.req_header(), ctx);
+        if routed == Err(404) && ctx.snapshot.dynamic.is_some() {
+            routed = route_dynamic(session.req_header(), ctx).await;
+        }
+        if let Err(status) = routed {
             return respond_empty_with(session, status, &ctx.cors).await;
         }
         if let Some(matched) = ctx.aggregate.take() {
@@ -295,7 +325,7 @@ impl ProxyHttp for Gateway {
         }
         // Ocelot: IP security and rate limiting come before authentication.
         let snapshot = ctx.snapshot.clone();
-        if let Some(route) = ctx.route.and_then(|i| snapshot.routes.get(i)) {
+        if let Some(route) = ctx.route.and_then(|i| snapshot.route(i)) {
             if traffic::request_filter(session, route, &mut ctx.traffic, &ctx.cors).await? {
                 return Ok(true);
             }
@@ -305,7 +335,7 @@ impl ProxyHttp for Gateway {
         }
         // Ocelot's OutputCache comes after load balancing and URL creation:
         // its key names the chosen backend, so cached routes choose it here.
-        if let (Some(route), Some(downstream)) = (ctx.route.and_then(|i| snapshot.routes.get(i)), ctx.downstream.as_ref()) {
+        if let (Some(route), Some(downstream)) = (ctx.route.and_then(|i| snapshot.route(i)), ctx.downstream.as_ref()) {
             if route.cache.is_some() {
                 let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
                 if let Ok(Some(selected)) = traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky) {
@@ -416,7 +446,7 @@ impl ProxyHttp for Gateway {
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
-        match ctx.route.and_then(|i| snapshot.routes.get(i)) {
+        match ctx.route.and_then(|i| snapshot.route(i)) {
             Some(route) => traffic::proxy_upstream_filter(session, route, &mut ctx.traffic, &ctx.cors).await,
             None => Ok(true),
         }
@@ -425,7 +455,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // QoS timeouts answer with their own 503; the breaker counts failures.
         let snapshot = ctx.snapshot.clone();
-        let route = ctx.route.and_then(|i| snapshot.routes.get(i));
+        let route = ctx.route.and_then(|i| snapshot.route(i));
         if let Some(done) = traffic::fail_to_proxy(session, e, route, &mut ctx.traffic, &ctx.cors).await {
             return done;
         }
@@ -536,7 +566,7 @@ impl ProxyHttp for Gateway {
         // Passive health: skip this backend for a while; retry elsewhere once.
         let snapshot = ctx.snapshot.clone();
         let addr = ctx.selected.as_ref().map(|s| s.addr);
-        traffic::fail_to_connect(ctx.route.and_then(|i| snapshot.routes.get(i)), &mut ctx.traffic, addr, e)
+        traffic::fail_to_connect(ctx.route.and_then(|i| snapshot.route(i)), &mut ctx.traffic, addr, e)
     }
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {

@@ -21,6 +21,8 @@ pub struct CompiledRoute {
     pub downstream: DownstreamTemplate,
     /// TLS to the downstream service (`https`/`wss`).
     pub tls: bool,
+    /// HTTP version and ALPN to the downstream service (`DownstreamHttpVersion`/`Policy`).
+    pub protocol: crate::protocols::UpstreamProtocol,
     pub method: Option<http::Method>,
     pub timeout: Duration,
     pub verify_cert: bool,
@@ -38,10 +40,13 @@ pub struct CompiledRoute {
     pub policies: crate::policies::RoutePolicies,
     /// Handles into the request metrics, labelled with `name`.
     pub metrics: crate::metrics::RouteMetrics,
+    /// Output cache options (`CacheOptions` with `TtlSeconds` > 0).
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 impl CompiledRoute {
-    fn compile(route: &FileRoute, config: &FileConfiguration, previous: &HashMap<&str, Arc<Pool>>) -> CompiledRoute {
+    /// Compiles one route; `previous` are pools to take over by pool key.
+    pub(crate) fn compile(route: &FileRoute, config: &FileConfiguration, previous: &HashMap<&str, Arc<Pool>>) -> CompiledRoute {
         let global = &config.global;
         let lb = effective::load_balancer(route, global);
         let kind = BalancerKind::from_options(lb.r#type.as_deref(), lb.key.as_deref(), lb.expiry);
@@ -53,16 +58,35 @@ impl CompiledRoute {
                 Some(Target { host: hp.host.trim().to_string(), port })
             })
             .collect();
-        let pool_key = format!("{:?}|{:?}|{:?}|{:?}", route.upstream_path_template, route.key, kind, targets);
-        let pool = previous
-            .get(pool_key.as_str())
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Pool::with_health_registry(kind, targets, Traffic::current().health.registry())));
+        // With a ServiceName the hosts come from the registry (Ocelot ignores
+        // DownstreamHostAndPorts then); the key names provider and service so
+        // a reload that changes neither keeps the pool and its instances.
+        let service = crate::discovery::ServiceRef::for_route(route, config);
+        let pool_key = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            route.upstream_path_template,
+            route.key,
+            kind,
+            targets,
+            service.as_ref().map(|s| s.key())
+        );
+        let pool = previous.get(pool_key.as_str()).cloned().unwrap_or_else(|| {
+            let registry = Traffic::current().health.registry();
+            Arc::new(match &service {
+                Some(service) => Pool::with_discovery(kind, service.discovery(), registry),
+                None => Pool::with_health_registry(kind, targets, registry),
+            })
+        });
         let scheme = route.downstream_scheme.as_deref().unwrap_or("http").to_ascii_lowercase();
         CompiledRoute {
             name: route.upstream_path_template.clone().unwrap_or_default(),
             downstream: DownstreamTemplate::parse(route.downstream_path_template.as_deref().unwrap_or("/")),
             tls: scheme == "https" || scheme == "wss",
+            protocol: crate::protocols::UpstreamProtocol::compile(
+                route.downstream_http_version.as_deref(),
+                route.downstream_http_version_policy.as_deref(),
+                scheme == "https" || scheme == "wss",
+            ),
             method: route
                 .downstream_http_method
                 .as_deref()
@@ -77,6 +101,7 @@ impl CompiledRoute {
             traffic: Traffic::current().compile(route, config),
             policies: crate::policies::RoutePolicies::compile(route, global),
             metrics: Default::default(),
+            cache: crate::cache::CachePolicy::compile(route, config),
         }
     }
 }
@@ -90,6 +115,11 @@ pub struct Snapshot {
     pub value: serde_json::Value,
     pub config: FileConfiguration,
     pub warnings: Vec<Diagnostic>,
+    /// `Aggregates`, in the order of `config.aggregates` (the table's indexes).
+    pub aggregates: Vec<crate::aggregate::CompiledAggregate>,
+    /// Dynamic routing (service discovery without static routes): routes
+    /// made per service on first use, numbered after `routes`.
+    pub dynamic: Option<crate::discovery::dynamic::DynamicRoutes>,
 }
 
 impl Snapshot {
@@ -109,45 +139,68 @@ impl Snapshot {
             for (field, message) in route.policies.warnings() {
                 warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
             }
-            if route.uses_discovery {
-                warnings.push(Diagnostic::warning(
-                    location,
-                    "ServiceName",
-                    "service discovery is not available yet; requests to this route get 404 (ServicesAreEmpty)",
-                ));
+            for (field, message) in &route.protocol.warnings {
+                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
+            }
+            if let Some(warning) = crate::discovery::ServiceRef::for_route(&config.routes[i], &config).and_then(|s| s.warning()) {
+                warnings.push(Diagnostic::warning(location, "ServiceName", warning));
             }
         }
-        if !config.aggregates.is_empty() {
-            warnings.push(Diagnostic::warning(
-                "Aggregates",
-                "",
-                "request aggregation is not available yet; aggregate routes answer 501",
-            ));
-        }
+        let (aggregates, aggregate_warnings) = crate::aggregate::compile(&config);
+        warnings.extend(aggregate_warnings);
+        let dynamic = crate::discovery::dynamic::DynamicRoutes::new(&config, routes.len(), previous.and_then(|p| p.dynamic.as_ref()));
         Snapshot {
             table: ocelot_compat::route_table(&config),
             routes,
             value,
             config,
             warnings,
+            aggregates,
+            dynamic,
         }
+    }
+
+    /// Route number `index`: a static route, or a dynamic one made since.
+    pub fn route(&self, index: usize) -> Option<&CompiledRoute> {
+        self.routes.get(index).or_else(|| self.dynamic.as_ref()?.get(index))
+    }
+
+    /// The pools fed by service discovery, static and dynamic routes'.
+    pub fn discovery_pools(&self) -> Vec<Arc<Pool>> {
+        let dynamic = self.dynamic.iter().flat_map(|d| d.routes());
+        self.routes
+            .iter()
+            .chain(dynamic)
+            .filter(|r| r.pool.discovery().is_some())
+            .map(|r| r.pool.clone())
+            .collect()
     }
 
     /// Resolves the hosts of the pools that `previous` did not already have.
     pub async fn refresh_new_backends(&self, previous: &Snapshot) {
-        for route in &self.routes {
-            if !previous.routes.iter().any(|p| Arc::ptr_eq(&p.pool, &route.pool)) {
-                route.pool.refresh().await;
-            }
-        }
+        let new = self.routes.iter().filter(|route| !previous.routes.iter().any(|p| Arc::ptr_eq(&p.pool, &route.pool)));
+        refresh_all(new.map(|r| r.pool.clone()).collect()).await;
     }
 
     /// Resolves every route's downstream hosts (again).
     pub async fn refresh_backends(&self) {
-        for route in &self.routes {
-            route.pool.refresh().await;
-        }
+        refresh_all(self.routes.iter().map(|r| r.pool.clone()).collect()).await;
     }
+}
+
+/// Refreshes pools side by side, so a slow DNS server or registry costs one
+/// timeout rather than one per route (at start and on reloads), at most 16 at once.
+async fn refresh_all(pools: Vec<Arc<Pool>>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut refreshes = tokio::task::JoinSet::new();
+    for pool in pools {
+        let permits = permits.clone();
+        refreshes.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            pool.refresh().await;
+        });
+    }
+    while refreshes.join_next().await.is_some() {}
 }
 
 /// Re-resolves downstream host names of the current snapshot on a schedule, so

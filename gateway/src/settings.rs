@@ -57,6 +57,24 @@ pub struct Settings {
     pub auth_providers: crate::auth::AuthSettings,
     /// CORS policy answered by the gateway (off when absent).
     pub cors: Option<crate::cors::CorsSettings>,
+    /// Service discovery: registry addresses and credentials `ocelot.json`
+    /// cannot hold, polling, DNS (restart to change).
+    pub discovery: crate::discovery::DiscoverySettings,
+    /// Aggregators by the name an aggregate's `Aggregator` gives
+    /// (`AbpResponseMergeAggregator` exists by default).
+    pub aggregators: crate::aggregate::AggregatorSettings,
+    /// Most sub-response bytes one aggregate buffers (and most request body
+    /// bytes it copies to its sub-requests).
+    pub aggregate_max_body_bytes: usize,
+    /// Memory bounds of the output cache (`CacheOptions`).
+    pub cache: crate::cache::CacheSettings,
+    /// Seconds an upgraded (WebSocket) connection may stay silent before it
+    /// is closed; replaces the route `Timeout` for upgrades (default 3600).
+    pub websocket_idle_timeout_seconds: u64,
+    /// TLS proxy listeners (`addr`, `cert`, `key` PEM files), HTTP/2 through ALPN.
+    pub tls_listen: Vec<crate::protocols::TlsListenSettings>,
+    /// Plain proxy listeners that also accept HTTP/2 with prior knowledge (h2c).
+    pub h2c_listen: Vec<String>,
 }
 
 impl Default for Settings {
@@ -84,6 +102,13 @@ impl Default for Settings {
             trusted_proxies: Default::default(),
             auth_providers: Default::default(),
             cors: None,
+            discovery: Default::default(),
+            aggregators: Default::default(),
+            aggregate_max_body_bytes: crate::aggregate::DEFAULT_MAX_BODY_BYTES,
+            cache: Default::default(),
+            websocket_idle_timeout_seconds: crate::protocols::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS,
+            tls_listen: Vec::new(),
+            h2c_listen: Vec::new(),
         }
     }
 }
@@ -118,6 +143,10 @@ impl Settings {
                 }
             }
             settings.auth_providers.resolve_paths(dir);
+            settings.discovery.resolve_paths(dir);
+            for listener in &mut settings.tls_listen {
+                listener.resolve_paths(dir);
+            }
         }
         Ok(settings)
     }

@@ -17,6 +17,10 @@ pub struct TestPki {
     ca_der: CertificateDer<'static>,
     leaf_der: CertificateDer<'static>,
     leaf_key_der: Vec<u8>,
+    /// Leaf then CA, PEM: a certificate chain file for a server.
+    pub chain_pem: String,
+    /// The leaf's private key, PEM (PKCS#8).
+    pub key_pem: String,
 }
 
 impl TestPki {
@@ -49,6 +53,8 @@ impl TestPki {
         let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
 
         TestPki {
+            chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            key_pem: leaf_key.serialize_pem(),
             ca_pem: ca.pem(),
             ca_der: ca.der().clone(),
             leaf_der: leaf.der().clone(),

@@ -1,0 +1,361 @@
+//! Ocelot's output cache (`CacheOptions`, legacy `FileCacheOptions`; spec
+//! §1.3, §7.5; `src/Cache/*`) on `pingora-cache`.
+//!
+//! Where Ocelot caches: after load balancing and URL creation, so IP
+//! security, rate limiting and authentication still run for a cached
+//! response; a hit never reaches the service nor its circuit breaker. What:
+//! every response the service gave (any status; not the gateway's own
+//! errors), for `TtlSeconds` from when it was stored, whatever its
+//! `Cache-Control` says. Under which key: the method, the full downstream URL
+//! including the backend the balancer chose, the value of the route's cache
+//! `Header` (`OC-Cache-Control` by default) and, with `EnableContentHashing`,
+//! the request body.
+//!
+//! The pieces: [`CachePolicy`] is a route's effective options, compiled with
+//! the snapshot; [`request_key`] builds a request's key in `request_filter`
+//! (the proxy picks the backend there for cached routes, since Pingora looks
+//! the cache up before `upstream_peer`); the `ProxyHttp` cache hooks in
+//! `proxy.rs` call the functions below; [`store::MemoryStore`] holds the
+//! responses, bounded by the `cache` settings, and purges regions for the
+//! admin API (`DELETE /admin/outputcache/{region}`).
+
+pub mod store;
+
+use crate::balancing::Selected;
+use crate::routing::CompiledRoute;
+use http::Method;
+use ocelot_compat::model::{FileCacheOptions, FileConfiguration, FileRoute};
+use ocelot_compat::template::DownstreamTarget;
+use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde::Deserialize;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+use store::MemoryStore;
+
+/// Ocelot's default cache `Header` (`CacheOptions.Oc_Cache_Control`).
+pub const DEFAULT_HEADER: &str = "OC-Cache-Control";
+
+/// Largest request body read to hash it for `EnableContentHashing`: what
+/// Pingora keeps to send the body on after reading it early (its retry
+/// buffer). Requests with larger or unsized bodies are not cached.
+pub const MAX_HASHED_BODY: usize = 64 * 1024;
+
+/// The `cache` section of the gateway settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Memory for cached responses (bodies, headers and bookkeeping); the
+    /// least recently used go first when it is full.
+    pub max_bytes: usize,
+    /// Largest single response that is cached (larger ones are served, not stored).
+    pub max_object_bytes: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 64 * 1024 * 1024,
+            max_object_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+static STORE: OnceLock<MemoryStore> = OnceLock::new();
+
+/// Creates the process-wide store from the settings (once; later calls keep
+/// the first). Without it the defaults apply.
+pub fn install(settings: &CacheSettings) {
+    let _ = STORE.get_or_init(|| MemoryStore::new(settings.max_bytes, settings.max_object_bytes));
+}
+
+/// The process-wide store.
+pub fn store() -> &'static MemoryStore {
+    STORE.get_or_init(|| {
+        let d = CacheSettings::default();
+        MemoryStore::new(d.max_bytes, d.max_object_bytes)
+    })
+}
+
+/// Drops every cached response of `region` (Ocelot's `ClearRegion`); returns
+/// how many there were.
+pub fn purge_region(region: &str) -> usize {
+    store().purge_region(region)
+}
+
+/// The region named by a URL path segment (percent-decoded, UTF-8, not
+/// empty); `None` otherwise.
+pub fn decode_region(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .ok()
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+}
+
+/// A route's effective cache options (Ocelot's `CacheOptions`); only routes
+/// with `TtlSeconds` > 0 have one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// Purge group; defaults to the route's load-balancer key.
+    pub region: Arc<str>,
+    /// Request header whose value is part of the key.
+    pub header: String,
+    /// The request body is part of the key.
+    pub content_hashing: bool,
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|v| !v.is_empty())
+}
+
+impl CachePolicy {
+    /// Ocelot's `CacheOptionsCreator`: the route's options, the global ones
+    /// (when their `RouteKeys` include the route), or both merged property by
+    /// property. `region_default` is the route's load-balancer key.
+    pub fn compile(route: &FileRoute, config: &FileConfiguration) -> Option<CachePolicy> {
+        let global = config.global.cache_options.as_ref();
+        let applies = global.is_some_and(|g| match &g.route_keys {
+            None => true,
+            Some(keys) => keys.is_empty() || route.key.as_ref().is_some_and(|k| keys.contains(k)),
+        });
+        let (ttl, region, header, hashing) = match (route.cache_options.as_ref(), global) {
+            (None, Some(g)) if applies => (
+                g.ttl_seconds,
+                non_empty(&g.region),
+                non_empty(&g.header),
+                g.enable_content_hashing,
+            ),
+            (Some(r), Some(g)) if applies => (
+                r.ttl_seconds.or(g.ttl_seconds),
+                non_empty(&r.region).or(non_empty(&g.region)),
+                non_empty(&r.header).or(non_empty(&g.header)),
+                r.enable_content_hashing.or(g.enable_content_hashing),
+            ),
+            (Some(r), _) => Self::own(r),
+            (None, _) => return None,
+        };
+        let ttl = ttl.filter(|t| *t > 0)?;
+        Some(CachePolicy {
+            ttl: Duration::from_secs(ttl as u64),
+            region: match region {
+                Some(r) => r.into(),
+                None => crate::traffic::route_identity(route, config).into(),
+            },
+            header: header.unwrap_or(DEFAULT_HEADER).to_string(),
+            content_hashing: hashing.unwrap_or(false),
+        })
+    }
+
+    fn own(r: &FileCacheOptions) -> (Option<i64>, Option<&str>, Option<&str>, Option<bool>) {
+        (
+            r.ttl_seconds,
+            non_empty(&r.region),
+            non_empty(&r.header),
+            r.enable_content_hashing,
+        )
+    }
+}
+
+/// What a cacheable request carries through the proxy phases.
+#[derive(Debug, Clone)]
+pub struct RequestCache {
+    key: Vec<u8>,
+    region: Arc<str>,
+    ttl: Duration,
+}
+
+/// Ocelot's `DefaultCacheKeyGenerator` for a request about to go to
+/// `selected`: `{METHOD}-{downstream URL}-{Header value}[-{body}]`. `None`
+/// when the request is not cached: `HEAD` (Pingora turns a cached `HEAD` into
+/// a `GET` upstream), upgrades, and bodies too large or unsized to hash.
+pub async fn request_key(
+    session: &mut Session,
+    route: &CompiledRoute,
+    downstream: &DownstreamTarget,
+    selected: &Selected,
+) -> Result<Option<RequestCache>> {
+    let Some(policy) = &route.cache else {
+        return Ok(None);
+    };
+    let req = session.req_header();
+    if req.method == Method::HEAD || session.is_upgrade_req() {
+        return Ok(None);
+    }
+    let method = route.method.as_ref().unwrap_or(&req.method);
+    let scheme = if route.tls { "https" } else { "http" };
+    let mut key = format!(
+        "{method}-{scheme}://{}:{}{}",
+        selected.meta.host,
+        selected.addr.port(),
+        downstream.path
+    );
+    if let Some(q) = &downstream.query {
+        key.push('?');
+        key.push_str(q);
+    }
+    key.push('-');
+    // HttpHeaders.TryGetValues joined with nothing, as Ocelot does.
+    for value in req.headers.get_all(policy.header.as_str()) {
+        key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+    }
+    let mut key = key.into_bytes();
+    if policy.content_hashing && has_body(session) {
+        match read_small_body(session).await? {
+            Some(body) => {
+                key.push(b'-');
+                key.extend_from_slice(&body);
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(RequestCache {
+        key,
+        region: policy.region.clone(),
+        ttl: policy.ttl,
+    }))
+}
+
+fn has_body(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Reads the whole request body when its `Content-Length` fits Pingora's
+/// retry buffer, which then sends it to the service as if unread. `None`:
+/// too large or unsized, left unread.
+async fn read_small_body(session: &mut Session) -> Result<Option<Vec<u8>>> {
+    let length = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let Some(length) = length.filter(|l| *l <= MAX_HASHED_BODY) else {
+        return Ok(None);
+    };
+    session.enable_retry_buffering();
+    let mut body = Vec::with_capacity(length);
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > MAX_HASHED_BODY {
+            // Cannot happen with a valid Content-Length; the retry buffer
+            // would be truncated, so fail rather than send half a body.
+            return Err(pingora_error::Error::explain(
+                pingora_error::ErrorType::InvalidHTTPHeader,
+                "request body longer than its Content-Length",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// `request_cache_filter`: turns the cache on for a request with a key.
+pub fn enable(session: &mut Session, cache: Option<&RequestCache>) {
+    if cache.is_none() {
+        return;
+    }
+    let store = store();
+    session.cache.enable(store, None, None, None, None);
+    session
+        .cache
+        .set_max_file_size_bytes(store.max_object_bytes());
+}
+
+/// `cache_key_callback`: the key, with the region as the user tag (the store
+/// files the entry under it).
+pub fn cache_key(cache: Option<&RequestCache>) -> Result<CacheKey> {
+    match cache {
+        Some(c) => Ok(CacheKey::new(c.key.clone(), c.region.as_ref())),
+        None => Err(pingora_error::Error::explain(
+            pingora_error::ErrorType::InternalError,
+            "cache enabled without a key",
+        )),
+    }
+}
+
+/// `response_cache_filter`: everything the service answered is cached for
+/// the TTL, whatever its `Cache-Control` (Ocelot ignores it).
+pub fn response_cacheable(cache: Option<&RequestCache>, resp: &ResponseHeader) -> RespCacheable {
+    let Some(cache) = cache else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    if resp.status.as_u16() == 101 {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("upgrade"));
+    }
+    let now = SystemTime::now();
+    RespCacheable::Cacheable(CacheMeta::new(now + cache.ttl, now, 0, 0, resp.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ocelot_compat::model::from_value;
+    use serde_json::json;
+
+    fn policies(v: serde_json::Value) -> Vec<Option<CachePolicy>> {
+        let (c, _) = from_value(&v);
+        c.routes
+            .iter()
+            .map(|r| CachePolicy::compile(r, &c))
+            .collect()
+    }
+
+    #[test]
+    fn options_merge_like_ocelot() {
+        let p = policies(json!({
+            "Routes": [
+                {"UpstreamPathTemplate": "/a", "Key": "a", "FileCacheOptions": {"TtlSeconds": 5, "Region": "ra"}},
+                {"UpstreamPathTemplate": "/b", "Key": "b"},
+                {"UpstreamPathTemplate": "/c", "Key": "c", "CacheOptions": {"TtlSeconds": 0}},
+                {"UpstreamPathTemplate": "/d", "Key": "d", "CacheOptions": {"Header": "X-Tenant"}},
+            ],
+            "GlobalConfiguration": {"CacheOptions": {"TtlSeconds": 30, "Header": "Authorization", "EnableContentHashing": true, "RouteKeys": ["a", "b", "d"]}}
+        }));
+        let a = p[0].as_ref().expect("a");
+        assert_eq!(
+            (a.ttl, &*a.region, a.header.as_str(), a.content_hashing),
+            (Duration::from_secs(5), "ra", "Authorization", true)
+        );
+        let b = p[1].as_ref().expect("b: global");
+        assert_eq!(b.ttl, Duration::from_secs(30));
+        assert!(
+            b.region.contains("/b"),
+            "default region is the load-balancer key: {}",
+            b.region
+        );
+        assert!(p[2].is_none(), "c is not in RouteKeys and has TtlSeconds 0");
+        let d = p[3].as_ref().expect("d");
+        assert_eq!(
+            (d.ttl, d.header.as_str()),
+            (Duration::from_secs(30), "X-Tenant")
+        );
+
+        let p = policies(
+            json!({"Routes": [{"UpstreamPathTemplate": "/x", "CacheOptions": {"TtlSeconds": 1}}, {"UpstreamPathTemplate": "/y"}]}),
+        );
+        let x = p[0].as_ref().expect("x");
+        assert_eq!(
+            (x.header.as_str(), x.content_hashing),
+            (DEFAULT_HEADER, false)
+        );
+        assert!(p[1].is_none());
+    }
+}
