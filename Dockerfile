@@ -13,16 +13,18 @@ ARG RUST_VERSION=1.95
 
 # --- build -------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build
-# cmake for Pingora's zlib-ng; a full perl for the vendored OpenSSL's Configure.
+# cmake for Pingora's zlib-ng; a full perl for the vendored OpenSSL's Configure;
+# patch and python3 for scripts/patch-pingora.sh.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake perl \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake perl patch python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # BuildKit caches for the registry and target/ keep rebuilds incremental.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p gateway \
+    bash scripts/patch-pingora.sh \
+ && cargo build --release --locked -p gateway \
  && install -m 0755 target/release/gateway /usr/local/bin/gateway
 
 # --- run ---------------------------------------------------------------------------

@@ -37,11 +37,15 @@ deps:
 	echo 'int main(void){return 0;}' | cc -x c - -o /dev/null >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	echo 'int main(){return 0;}' | c++ -x c++ - -o /dev/null >/dev/null 2>&1 || missing="$$missing g++"; \
 	perl -MIPC::Cmd -MFindBin -MFile::Spec -e1 >/dev/null 2>&1 || missing="$$missing perl"; \
+	command -v patch >/dev/null 2>&1 || missing="$$missing patch"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+	@# Pingora 0.9.1 with our WebSocket upgrade fix (patches/); cargo needs it before any build.
+	bash scripts/patch-pingora.sh
 
 build: deps
 	$(CARGO) build --workspace --bins
@@ -86,5 +90,5 @@ lint:
 
 # Release build + nginx/HAProxy/bare-Pingora comparison; see bench/README.md
 # (BENCH_QUICK=1 for a ~1 minute smoke run). Never part of `make test`.
-bench:
+bench: deps
 	bash bench/run.sh

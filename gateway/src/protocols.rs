@@ -142,7 +142,7 @@ impl UpstreamProtocol {
         UpstreamProtocol {
             alpn,
             require_h2,
-            http10: major == 1 && minor == 0 || major == 0,
+            http10: (major, minor) == (1, 0) || major == 0,
             warnings,
         }
     }

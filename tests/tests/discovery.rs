@@ -558,20 +558,28 @@ async fn eureka_serves_up_instances() {
         down.status = "UP".into();
         eureka.set("orders", vec![EurekaInstance::up("localhost", a.addr()), down]);
         // LeastConnection over sequential requests always finds both idle and
-        // takes the first; park one on a to see b.
+        // takes the first; park one request so the next goes to the other.
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        for round in 0.. {
+            let key = format!("hold-{round}");
+            let before = a.count() + b.count();
             let url = gw.url("/orders/x");
-            let held = tokio::spawn(async move { Reply::read(client().get(url).header("x-echo-hold", "h").send().await.unwrap()).await });
-            a.wait_for_requests(1, Duration::from_secs(10)).await;
+            let hold = key.clone();
+            let held = tokio::spawn(async move {
+                Reply::read(client().get(url).header("x-echo-hold", hold).send().await.unwrap()).await
+            });
+            while a.count() + b.count() == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let r = get(&gw.url("/orders/y"), &[]).await;
-            a.release("h");
-            let held = held.await.unwrap();
-            if r.status == 200 && r.seen().server == "b" {
-                assert_eq!(held.status, 200);
+            a.release(&key);
+            b.release(&key);
+            assert_eq!(held.await.unwrap().status, 200);
+            assert_eq!(r.status, 200);
+            if b.count() > 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "b never joined: {} {}", r.status, r.text());
+            assert!(Instant::now() < deadline, "b never joined");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Deregistered: 404 from Eureka, ServicesAreEmpty from the gateway.
@@ -746,6 +754,30 @@ async fn an_unknown_provider_type_answers_404_with_a_warning() {
         let gw = Gateway::start(cfg).await;
         assert_eq!(get(&gw.url("/x"), &[]).await.status, 404);
         assert!(gw.stderr().contains("no service discovery provider of type 'ServiceFabric'"), "{}", gw.stderr());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_instances_of_an_unchanged_service_route() {
+    bounded(async {
+        let mut kube = FakeKube::start();
+        let (a, b) = (EchoServer::start("a"), EchoServer::start("b"));
+        kube.set_pods("shop", "orders", &[Pod::at(a.addr())]);
+        let provider = json!({"Type": "PollKube", "Namespace": "shop", "PollingInterval": 200});
+        let gw = kube_gateway(&kube, provider.clone(), vec![kube_route(json!({}))], "").await;
+        eventually_answered_by(&gw, "/orders/x", &["a"]).await;
+        // With the API server gone, a new pool would have no instance at all:
+        // serving after the reload proves the route kept its pool.
+        kube.stop();
+        let other = json!({
+            "UpstreamPathTemplate": "/other", "DownstreamPathTemplate": "/", "DownstreamScheme": "http",
+            "DownstreamHostAndPorts": [b.host_and_port()]
+        });
+        let cfg = json!({"Routes": [kube_route(json!({})), other], "GlobalConfiguration": {"ServiceDiscoveryProvider": provider}});
+        std::fs::write(gw.dir().join("ocelot.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        eventually_answered_by(&gw, "/other", &["b"]).await;
+        assert_eq!(who_answers(&gw, "/orders/x", 4).await, BTreeSet::from(["a".to_string()]));
     })
     .await
 }

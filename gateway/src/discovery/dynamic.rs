@@ -8,7 +8,8 @@
 //! Ocelot caches them per load-balancer key), up to
 //! `discovery.max_dynamic_services`; a name the registry knows no instance of
 //! is answered 404 (`ServicesAreEmpty`) without being kept, and remembered for
-//! one polling interval so a flood of made-up names cannot flood the registry.
+//! one polling interval; and at most 100 unknown names a second are looked up,
+//! so a flood of made-up names cannot flood the registry.
 
 use super::{Provider, SETTINGS};
 use crate::balancing::Pool;
@@ -20,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Names remembered as having no instances, at most.
 const MAX_MISSES: usize = 10_000;
+/// Registry lookups for services without a route yet, per second at most:
+/// requests for made-up names must not turn into a flood of registry queries.
+const NEW_LOOKUPS_PER_SECOND: u32 = 100;
 
 /// The dynamic routes of one snapshot.
 pub struct DynamicRoutes {
@@ -36,6 +40,8 @@ pub struct DynamicRoutes {
     /// Names found without instances, until when.
     misses: Mutex<HashMap<String, Instant>>,
     miss_ttl: Duration,
+    /// Lookups of unknown services in the current second: (second's start, count).
+    lookups: Mutex<(Instant, u32)>,
 }
 
 /// Ocelot's condition for dynamic routing (`DownstreamRouteProviderFactory`):
@@ -95,6 +101,7 @@ impl DynamicRoutes {
             index: Mutex::new((HashMap::new(), 0)),
             misses: Mutex::new(HashMap::new()),
             miss_ttl: Duration::from_millis(settings.0.poll_interval_ms).max(super::MIN_INTERVAL),
+            lookups: Mutex::new((Instant::now(), 0)),
         };
         if let Some(previous) = previous {
             let pools: HashMap<&str, Arc<Pool>> = previous
@@ -150,6 +157,10 @@ impl DynamicRoutes {
         {
             return Err(404);
         }
+        if !self.may_look_up(now) {
+            log::debug!("dynamic routing: more than {NEW_LOOKUPS_PER_SECOND} new services a second; '{key}' gets 404");
+            return Err(404);
+        }
         let route = self.compile(namespace, service, &HashMap::new());
         route.pool.refresh().await;
         if route.pool.backend_count() == 0 {
@@ -171,6 +182,18 @@ impl DynamicRoutes {
         self.insert(&key, route)
             .map(|slot| self.base + slot)
             .ok_or(404)
+    }
+
+    /// Whether one more unknown service may be looked up this second.
+    fn may_look_up(&self, now: Instant) -> bool {
+        let Ok(mut lookups) = self.lookups.lock() else {
+            return false;
+        };
+        if now.duration_since(lookups.0) >= Duration::from_secs(1) {
+            *lookups = (now, 0);
+        }
+        lookups.1 += 1;
+        lookups.1 <= NEW_LOOKUPS_PER_SECOND
     }
 
     /// Keeps `route` for `key`; the slot, or `None` when full.
@@ -251,6 +274,18 @@ mod tests {
         assert_eq!(split("/orders/"), (None, "orders", "/"));
         assert_eq!(split("/shop.orders/x/"), (Some("shop"), "orders", "/x/"));
         assert_eq!(split("/"), (None, "", "/"));
+    }
+
+    #[test]
+    fn unknown_service_lookups_are_rate_limited() {
+        let (config, _) = ocelot_compat::model::from_value(
+            &json!({"Routes": [], "GlobalConfiguration": {"ServiceDiscoveryProvider": {"Port": 8500}}}),
+        );
+        let routes = DynamicRoutes::new(&config, 0, None).expect("dynamic routing");
+        let now = Instant::now();
+        assert!((0..NEW_LOOKUPS_PER_SECOND).all(|_| routes.may_look_up(now)));
+        assert!(!routes.may_look_up(now));
+        assert!(routes.may_look_up(now + Duration::from_secs(1)));
     }
 
     #[test]

@@ -430,8 +430,18 @@ pub async fn watch(
     let mut version: Option<String> = None;
     let mut objects: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     let name = service.describe();
+    // Logged once per outage, not once per retry.
+    let mut failing = false;
     loop {
-        let outcome = watch_once(&service, &source, &mut objects, &mut version, &mut first).await;
+        let outcome = watch_once(
+            &service,
+            &source,
+            &mut objects,
+            &mut version,
+            &mut first,
+            &mut failing,
+        )
+        .await;
         if let Some(first) = first.take() {
             let _ = first.send(());
         }
@@ -439,7 +449,14 @@ pub async fn watch(
             Ok(()) => {}
             Err(None) => return,
             Err(Some(e)) => {
-                log::warn!("{name}: {e}; keeping the last list, watching again in {RETRY_AFTER:?}");
+                if failing {
+                    log::debug!("{name}: {e}");
+                } else {
+                    log::warn!(
+                        "{name}: {e}; keeping the last list, watching again every {RETRY_AFTER:?}"
+                    );
+                }
+                failing = true;
                 tokio::time::sleep(RETRY_AFTER).await;
             }
         }
@@ -466,6 +483,7 @@ async fn watch_once(
     objects: &mut BTreeMap<String, Vec<Endpoint>>,
     version: &mut Option<String>,
     first: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    failing: &mut bool,
 ) -> Result<(), Option<String>> {
     let api = Api::new(&service.provider, service).await.map_err(Some)?;
     if version.is_none() {
@@ -503,6 +521,9 @@ async fn watch_once(
             "Kubernetes API watch answered {status}: {}",
             status_message(&body)
         )));
+    }
+    if std::mem::take(failing) {
+        log::info!("{}: watching again", service.describe());
     }
     let mut buffer: Vec<u8> = Vec::new();
     // A silent stream past the server's own timeout is a dead connection.
