@@ -35,14 +35,23 @@ pub struct AdminApp {
 fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
     let len = body.len();
     let mut resp = Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
     resp
 }
 
 fn text(status: u16, body: &str) -> Response<Vec<u8>> {
-    respond(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes().to_vec(),
+    )
 }
 
 fn json_response(status: u16, value: &serde_json::Value) -> Response<Vec<u8>> {
@@ -52,13 +61,21 @@ fn json_response(status: u16, value: &serde_json::Value) -> Response<Vec<u8>> {
 /// Compares in constant time so the token cannot be guessed byte by byte.
 fn token_matches(expected: &str, given: &[u8]) -> bool {
     let expected = expected.as_bytes();
-    expected.len() == given.len() && expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 impl AdminApp {
     fn authorized(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         let Some(token) = &self.token else {
-            return Some(text(404, "the admin API is disabled: set admin_token in the settings\n"));
+            return Some(text(
+                404,
+                "the admin API is disabled: set admin_token in the settings\n",
+            ));
         };
         let given = session
             .req_header()
@@ -121,7 +138,11 @@ impl AdminApp {
             Ok(value) => value,
             Err(diag) => return json_response(400, &json!({ "errors": [diag.to_string()] })),
         };
-        let persist = session.req_header().uri.query().is_some_and(|q| q.split('&').any(|p| p == "persist=true"));
+        let persist = session
+            .req_header()
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "persist=true"));
         match self.reloader.apply_json(value, persist).await {
             Ok(()) => json_response(200, &json!({ "status": "loaded", "persisted": persist })),
             Err(diags) => json_response(
@@ -150,17 +171,23 @@ impl ServeHttp for AdminApp {
                     return denied;
                 }
                 match (method, p) {
-                    (Method::GET, "/admin/configuration") => json_response(200, &self.reloader.state.load_full().value),
-                    (Method::POST, "/admin/configuration") => self.replace_configuration(session).await,
+                    (Method::GET, "/admin/configuration") => {
+                        json_response(200, &self.reloader.state.load_full().value)
+                    }
+                    (Method::POST, "/admin/configuration") => {
+                        self.replace_configuration(session).await
+                    }
                     (Method::GET, "/admin/routes") => json_response(200, &self.routes()),
-                    (Method::DELETE, p) if p.starts_with(OUTPUT_CACHE) => match crate::cache::decode_region(&p[OUTPUT_CACHE.len()..]) {
-                        Some(region) => {
-                            let purged = crate::cache::purge_region(&region);
-                            log::info!("admin API: purged {purged} cached responses of region '{region}'");
-                            respond(204, "text/plain; charset=utf-8", Vec::new())
+                    (Method::DELETE, p) if p.starts_with(OUTPUT_CACHE) => {
+                        match crate::cache::decode_region(&p[OUTPUT_CACHE.len()..]) {
+                            Some(region) => {
+                                let purged = crate::cache::purge_region(&region);
+                                log::info!("admin API: purged {purged} cached responses of region '{region}'");
+                                respond(204, "text/plain; charset=utf-8", Vec::new())
+                            }
+                            None => text(400, "bad region name\n"),
                         }
-                        None => text(400, "bad region name\n"),
-                    },
+                    }
                     _ => text(404, "not found\n"),
                 }
             }

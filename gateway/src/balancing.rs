@@ -24,7 +24,10 @@ pub enum BalancerKind {
     NoLoadBalancer,
     RoundRobin,
     LeastConnection,
-    CookieStickySessions { cookie: String, expiry: Duration },
+    CookieStickySessions {
+        cookie: String,
+        expiry: Duration,
+    },
     /// Ocelot looks balancers up by exact name and answers 500 when none fits.
     Unknown(String),
 }
@@ -32,14 +35,23 @@ pub enum BalancerKind {
 impl BalancerKind {
     /// From the effective options; defaults as in Ocelot (`NoLoadBalancer`,
     /// sticky cookie `.AspNetCore.Session`, expiry 20 minutes).
-    pub fn from_options(kind: Option<&str>, key: Option<&str>, expiry_ms: Option<i64>) -> BalancerKind {
+    pub fn from_options(
+        kind: Option<&str>,
+        key: Option<&str>,
+        expiry_ms: Option<i64>,
+    ) -> BalancerKind {
         match kind.unwrap_or("") {
             "" | "NoLoadBalancer" => BalancerKind::NoLoadBalancer,
             "RoundRobin" => BalancerKind::RoundRobin,
             "LeastConnection" => BalancerKind::LeastConnection,
             "CookieStickySessions" => BalancerKind::CookieStickySessions {
-                cookie: key.filter(|k| !k.is_empty()).unwrap_or(".AspNetCore.Session").to_string(),
-                expiry: Duration::from_millis(expiry_ms.filter(|e| *e > 0).unwrap_or(1_200_000) as u64),
+                cookie: key
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or(".AspNetCore.Session")
+                    .to_string(),
+                expiry: Duration::from_millis(
+                    expiry_ms.filter(|e| *e > 0).unwrap_or(1_200_000) as u64
+                ),
             },
             other => BalancerKind::Unknown(other.to_string()),
         }
@@ -78,11 +90,18 @@ impl HostDiscovery {
     }
 
     async fn resolve(target: &Target) -> std::io::Result<SocketAddr> {
-        if let Ok(ip) = target.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = target
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(SocketAddr::new(ip, target.port));
         }
         // tokio runs getaddrinfo on its blocking pool, so no worker thread waits.
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port)).await?.collect();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await?
+            .collect();
         // Ocelot treats an entry as one service; when a name has several
         // addresses ("localhost" → ::1 and 127.0.0.1) prefer IPv4, which is
         // what services listening on 0.0.0.0 are reachable on.
@@ -108,12 +127,20 @@ impl ServiceDiscovery for HostDiscovery {
                     Some(addr)
                 }
                 Err(e) => {
-                    let fallback = self.last_good.lock().ok().and_then(|last| last.get(&index).copied());
+                    let fallback = self
+                        .last_good
+                        .lock()
+                        .ok()
+                        .and_then(|last| last.get(&index).copied());
                     log::warn!(
                         "cannot resolve downstream host {}:{}: {e}{}",
                         target.host,
                         target.port,
-                        if fallback.is_some() { "; keeping its last address" } else { "" }
+                        if fallback.is_some() {
+                            "; keeping its last address"
+                        } else {
+                            ""
+                        }
                     );
                     fallback
                 }
@@ -159,11 +186,16 @@ const STICKY_CAPACITY: usize = 100_000;
 impl StickySessions {
     fn lookup(&self, key: &str, now: Instant) -> Option<SocketAddr> {
         let entries = self.entries.lock().ok()?;
-        entries.get(key).filter(|(_, expires)| *expires > now).map(|(addr, _)| *addr)
+        entries
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(addr, _)| *addr)
     }
 
     fn remember(&self, key: String, addr: SocketAddr, expires: Instant) {
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
         if entries.len() >= STICKY_CAPACITY && !entries.contains_key(&key) {
             let now = Instant::now();
             entries.retain(|_, (_, exp)| *exp > now);
@@ -200,8 +232,13 @@ impl Pool {
 
     /// A pool whose backends report to a shared health registry, so active
     /// health checks apply and health outlives configuration snapshots.
-    pub fn with_health_registry(kind: BalancerKind, targets: Vec<Target>, registry: Arc<HealthRegistry>) -> Pool {
-        let backends = Backends::new_with_health_registry(Box::new(HostDiscovery::new(targets)), registry);
+    pub fn with_health_registry(
+        kind: BalancerKind,
+        targets: Vec<Target>,
+        registry: Arc<HealthRegistry>,
+    ) -> Pool {
+        let backends =
+            Backends::new_with_health_registry(Box::new(HostDiscovery::new(targets)), registry);
         Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
@@ -211,7 +248,11 @@ impl Pool {
     }
 
     /// A pool fed by service discovery instead of `DownstreamHostAndPorts`.
-    pub fn with_discovery(kind: BalancerKind, discovery: Arc<crate::discovery::PoolDiscovery>, registry: Arc<HealthRegistry>) -> Pool {
+    pub fn with_discovery(
+        kind: BalancerKind,
+        discovery: Arc<crate::discovery::PoolDiscovery>,
+        registry: Arc<HealthRegistry>,
+    ) -> Pool {
         let backends = Backends::new_with_health_registry(discovery.boxed(), registry);
         Pool {
             kind,
@@ -237,7 +278,11 @@ impl Pool {
     /// passive marks), for the metrics.
     pub fn backend_health(&self) -> Vec<(String, bool)> {
         let backends = self.lb.backends();
-        backends.get_backend().iter().map(|b| (b.addr.to_string(), backends.ready(b))).collect()
+        backends
+            .get_backend()
+            .iter()
+            .map(|b| (b.addr.to_string(), backends.ready(b)))
+            .collect()
     }
 
     pub fn backend_count(&self) -> usize {
@@ -246,7 +291,11 @@ impl Pool {
 
     /// Picks a backend by the route's balancer, or `None` when no backend is
     /// available. `cookies` is the request's `Cookie` header values.
-    pub fn select<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>, sticky: &StickySessions) -> Option<Selected> {
+    pub fn select<'a>(
+        &self,
+        cookies: impl Iterator<Item = &'a [u8]>,
+        sticky: &StickySessions,
+    ) -> Option<Selected> {
         self.select_where(cookies, sticky, |_| true)
     }
 
@@ -262,7 +311,12 @@ impl Pool {
 
     /// [`Pool::select`] among the healthy backends `accept` also agrees to
     /// (passive health, a backend a retry must avoid).
-    pub fn select_where<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>, sticky: &StickySessions, accept: impl Fn(&SocketAddr) -> bool) -> Option<Selected> {
+    pub fn select_where<'a>(
+        &self,
+        cookies: impl Iterator<Item = &'a [u8]>,
+        sticky: &StickySessions,
+        accept: impl Fn(&SocketAddr) -> bool,
+    ) -> Option<Selected> {
         let ok = |b: &Backend, healthy: bool| healthy && b.addr.as_inet().is_some_and(&accept);
         let backend = match &self.kind {
             BalancerKind::NoLoadBalancer => self.first_ready(&ok),
@@ -274,7 +328,9 @@ impl Pool {
                 // cookie all share the empty value.
                 let key = format!("{cookie}:{value}");
                 let now = Instant::now();
-                let remembered = sticky.lookup(&key, now).and_then(|addr| self.ready_backend(addr, &ok));
+                let remembered = sticky
+                    .lookup(&key, now)
+                    .and_then(|addr| self.ready_backend(addr, &ok));
                 let chosen = remembered.or_else(|| self.lb.select_with(b"", 256, ok))?;
                 if let Some(addr) = chosen.addr.as_inet() {
                     // Sliding expiry: every request renews the session.
@@ -306,7 +362,10 @@ impl Pool {
     }
 
     fn index_of(backend: &Backend) -> usize {
-        backend.ext.get::<BackendMeta>().map_or(usize::MAX, |m| m.index)
+        backend
+            .ext
+            .get::<BackendMeta>()
+            .map_or(usize::MAX, |m| m.index)
     }
 
     fn first_ready(&self, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
@@ -326,13 +385,20 @@ impl Pool {
             .iter()
             .filter(|b| ok(b, backends.ready(b)))
             .min_by_key(|b| {
-                let load = b.addr.as_inet().map_or(0, |addr| self.inflight().incr(*addr, 0).1);
+                let load = b
+                    .addr
+                    .as_inet()
+                    .map_or(0, |addr| self.inflight().incr(*addr, 0).1);
                 (load, Pool::index_of(b))
             })
             .cloned()
     }
 
-    fn ready_backend(&self, addr: SocketAddr, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+    fn ready_backend(
+        &self,
+        addr: SocketAddr,
+        ok: &impl Fn(&Backend, bool) -> bool,
+    ) -> Option<Backend> {
         let backends = self.lb.backends();
         backends
             .get_backend()
@@ -362,7 +428,13 @@ mod tests {
     use super::*;
 
     fn pool(kind: BalancerKind, ports: &[u16]) -> Pool {
-        let targets = ports.iter().map(|p| Target { host: "127.0.0.1".into(), port: *p }).collect();
+        let targets = ports
+            .iter()
+            .map(|p| Target {
+                host: "127.0.0.1".into(),
+                port: *p,
+            })
+            .collect();
         Pool::new(kind, targets)
     }
 
@@ -407,7 +479,8 @@ mod tests {
 
     #[tokio::test]
     async fn sticky_sessions_follow_the_cookie() {
-        let kind = BalancerKind::from_options(Some("CookieStickySessions"), Some("sid"), Some(60_000));
+        let kind =
+            BalancerKind::from_options(Some("CookieStickySessions"), Some("sid"), Some(60_000));
         let p = pool(kind, &[9001, 9002, 9003]);
         p.refresh().await;
         let s = StickySessions::default();
@@ -423,17 +496,25 @@ mod tests {
     async fn unresolvable_hosts_leave_an_empty_pool_not_a_panic() {
         let p = Pool::new(
             BalancerKind::RoundRobin,
-            vec![Target { host: "no-such-host.invalid".into(), port: 80 }],
+            vec![Target {
+                host: "no-such-host.invalid".into(),
+                port: 80,
+            }],
         );
         p.refresh().await;
         assert_eq!(p.backend_count(), 0);
-        assert!(p.select(std::iter::empty(), &StickySessions::default()).is_none());
+        assert!(p
+            .select(std::iter::empty(), &StickySessions::default())
+            .is_none());
     }
 
     #[test]
     fn cookie_parsing() {
         let h: Vec<&[u8]> = vec![b"a=1; session=xyz; b=2"];
-        assert_eq!(cookie_value(h.into_iter(), b"session").as_deref(), Some("xyz"));
+        assert_eq!(
+            cookie_value(h.into_iter(), b"session").as_deref(),
+            Some("xyz")
+        );
         let h: Vec<&[u8]> = vec![b"sessionx=1"];
         assert_eq!(cookie_value(h.into_iter(), b"session"), None);
     }

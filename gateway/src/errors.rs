@@ -12,7 +12,9 @@ pub fn status_for(error: &Error) -> Option<u16> {
         HTTPStatus(code) => Some(*code),
         CustomCode(_, code) => Some(*code),
         // Ocelot's route timeout (TimeoutDelegatingHandler) → RequestTimedOutError → 503.
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout if error.esource() != &ErrorSource::Downstream => {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if error.esource() != &ErrorSource::Downstream =>
+        {
             Some(503)
         }
         _ => match error.esource() {
@@ -23,8 +25,8 @@ pub fn status_for(error: &Error) -> Option<u16> {
                 _ => Some(400),
             },
             ErrorSource::Internal | ErrorSource::Unset => match error.etype() {
-                ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert | HandshakeError
-                | SocketError | ConnectProxyFailure => Some(502),
+                ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
+                | InvalidCert | HandshakeError | SocketError | ConnectProxyFailure => Some(502),
                 _ => Some(500),
             },
         },
@@ -47,8 +49,17 @@ mod tests {
         assert_eq!(up(ErrorType::ConnectTimedout), Some(503));
         assert_eq!(up(ErrorType::ReadTimedout), Some(503));
         assert_eq!(up(ErrorType::InvalidCert), Some(502));
-        assert_eq!(status_for(&Error::new(ErrorType::HTTPStatus(404))), Some(404));
-        assert_eq!(status_for(&Error::new_down(ErrorType::ConnectionClosed)), None);
-        assert_eq!(status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)), Some(400));
+        assert_eq!(
+            status_for(&Error::new(ErrorType::HTTPStatus(404))),
+            Some(404)
+        );
+        assert_eq!(
+            status_for(&Error::new_down(ErrorType::ConnectionClosed)),
+            None
+        );
+        assert_eq!(
+            status_for(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            Some(400)
+        );
     }
 }

@@ -25,12 +25,20 @@ impl LiveSettings {
     /// Builds the live part of `settings`, refusing providers that the routes
     /// of `snapshot` would miss.
     pub fn build(settings: &Settings, snapshot: &Snapshot) -> Result<LiveSettings, String> {
-        LiveSettings::assemble(settings, snapshot, Authenticator::from_settings(&settings.auth_providers)?)
+        LiveSettings::assemble(
+            settings,
+            snapshot,
+            Authenticator::from_settings(&settings.auth_providers)?,
+        )
     }
 
     /// As [`LiveSettings::build`], with the providers already built (at start
     /// they are needed before the first snapshot, for its warnings).
-    pub fn assemble(settings: &Settings, snapshot: &Snapshot, auth: Authenticator) -> Result<LiveSettings, String> {
+    pub fn assemble(
+        settings: &Settings,
+        snapshot: &Snapshot,
+        auth: Authenticator,
+    ) -> Result<LiveSettings, String> {
         // Ocelot refuses to start when a route names an unregistered scheme; so
         // does the gateway once `auth_providers` is configured. Without any
         // provider the routes only warn (and answer 401), so an Ocelot file can
@@ -39,7 +47,12 @@ impl LiveSettings {
         if !unknown.is_empty() && !auth.is_empty() {
             return Err(unknown.join("\n"));
         }
-        let cors = settings.cors.as_ref().map(Cors::from_settings).transpose()?.map(Arc::new);
+        let cors = settings
+            .cors
+            .as_ref()
+            .map(Cors::from_settings)
+            .transpose()?
+            .map(Arc::new);
         Ok(LiveSettings {
             access_log: settings.access_log,
             auth: Arc::new(auth),
@@ -125,12 +138,17 @@ impl SettingsWatcher {
     pub fn reload(&self) -> Result<(), String> {
         let mut settings = Settings::load(&self.path)?;
         (self.overrides)(&mut settings);
-        let live = LiveSettings::build(&settings, &self.state.load_full()).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let live = LiveSettings::build(&settings, &self.state.load_full())
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
         live.auth.publish_names();
         self.live.store(Arc::new(live));
         let restart = restart_needed(&self.started_with, &settings);
         if !restart.is_empty() {
-            log::warn!("{}: changes to {} take effect after a restart", self.path.display(), restart.join(", "));
+            log::warn!(
+                "{}: changes to {} take effect after a restart",
+                self.path.display(),
+                restart.join(", ")
+            );
         }
         if let Ok(mut pending) = self.pending_restart.lock() {
             *pending = restart;
@@ -149,18 +167,34 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     };
     check("listen", old.listen != new.listen);
     check("admin_listen", old.admin_listen != new.admin_listen);
-    check("admin_token", old.admin_token != new.admin_token || old.admin_token_file != new.admin_token_file);
+    check(
+        "admin_token",
+        old.admin_token != new.admin_token || old.admin_token_file != new.admin_token_file,
+    );
     check("ocelot", old.ocelot != new.ocelot);
     check("environment", old.environment != new.environment);
     check("threads", old.threads != new.threads);
-    check("upstream_ca_file", old.upstream_ca_file != new.upstream_ca_file);
+    check(
+        "upstream_ca_file",
+        old.upstream_ca_file != new.upstream_ca_file,
+    );
     check("rate_limiting", old.rate_limiting != new.rate_limiting);
     check("health_checks", old.health_checks != new.health_checks);
-    check("trusted_proxies", old.trusted_proxies != new.trusted_proxies);
+    check(
+        "trusted_proxies",
+        old.trusted_proxies != new.trusted_proxies,
+    );
     check("tls_listen", old.tls_listen != new.tls_listen);
     check("h2c_listen", old.h2c_listen != new.h2c_listen);
-    check("websocket_idle_timeout_seconds", old.websocket_idle_timeout_seconds != new.websocket_idle_timeout_seconds);
-    check("aggregators", old.aggregators != new.aggregators || old.aggregate_max_body_bytes != new.aggregate_max_body_bytes);
+    check(
+        "websocket_idle_timeout_seconds",
+        old.websocket_idle_timeout_seconds != new.websocket_idle_timeout_seconds,
+    );
+    check(
+        "aggregators",
+        old.aggregators != new.aggregators
+            || old.aggregate_max_body_bytes != new.aggregate_max_body_bytes,
+    );
     check("cache", old.cache != new.cache);
     check("discovery", old.discovery != new.discovery);
     out
@@ -182,11 +216,17 @@ impl BackgroundService for SettingsWatcher {
             seen = now;
             match self.reload() {
                 Ok(()) => {
-                    METRICS.settings_reloads.with_label_values(&["success"]).inc();
+                    METRICS
+                        .settings_reloads
+                        .with_label_values(&["success"])
+                        .inc();
                     log::info!("{}: settings reloaded", self.path.display());
                 }
                 Err(e) => {
-                    METRICS.settings_reloads.with_label_values(&["failure"]).inc();
+                    METRICS
+                        .settings_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
                     log::error!("settings refused; the running ones stay:\n{e}");
                 }
             }

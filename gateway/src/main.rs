@@ -5,8 +5,8 @@ use clap::Parser;
 use gateway::admin::AdminApp;
 use gateway::balancing::StickySessions;
 use gateway::lifecycle::{Readiness, ReadinessService, ReloadHook, Signals};
-use gateway::metrics::METRICS;
 use gateway::live::{KeyRefresher, SettingsWatcher};
+use gateway::metrics::METRICS;
 use gateway::protocols;
 use gateway::proxy::{Gateway, LiveSettings};
 use gateway::reload::{config_hash, ConfigSource, ConfigWatcher, Reloader};
@@ -100,8 +100,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     // Flags override the file, now and on every settings reload.
     let apply_flags = {
-        let (ocelot, environment, listen, admin_listen) =
-            (cli.ocelot.clone(), cli.environment.clone(), cli.listen.clone(), cli.admin_listen.clone());
+        let (ocelot, environment, listen, admin_listen) = (
+            cli.ocelot.clone(),
+            cli.environment.clone(),
+            cli.listen.clone(),
+            cli.admin_listen.clone(),
+        );
         move |settings: &mut Settings| {
             if ocelot.is_some() {
                 settings.ocelot.clone_from(&ocelot);
@@ -123,27 +127,39 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .clone()
         .or_else(|| std::env::var("ASPNETCORE_ENVIRONMENT").ok())
         .or_else(|| std::env::var("DOTNET_ENVIRONMENT").ok());
-    let ocelot = settings
-        .ocelot
-        .clone()
-        .ok_or("no configuration: pass --ocelot <FILE|DIR> or set `ocelot:` in the settings file")?;
+    let ocelot = settings.ocelot.clone().ok_or(
+        "no configuration: pass --ocelot <FILE|DIR> or set `ocelot:` in the settings file",
+    )?;
 
     let loaded = match ocelot_compat::load(&ocelot, environment.as_deref()) {
         Ok(loaded) => loaded,
         Err(diags) => {
             eprint!("{diags}");
             let count = diags.errors().count();
-            return Err(format!("{}: configuration has {count} error(s); not starting", ocelot.display()));
+            return Err(format!(
+                "{}: configuration has {count} error(s); not starting",
+                ocelot.display()
+            ));
         }
     };
     let hash = config_hash(&loaded.value);
     // Before the first snapshot: routes take their breakers, counters and
     // health registry from it.
-    let traffic = Traffic::from_settings(&settings.rate_limiting, &settings.health_checks, &settings.trusted_proxies)?.install();
+    let traffic = Traffic::from_settings(
+        &settings.rate_limiting,
+        &settings.health_checks,
+        &settings.trusted_proxies,
+    )?
+    .install();
     // Routes with a ServiceName take their provider from it.
     gateway::discovery::install(&settings.discovery)?;
     // Aggregators and the output cache, before the snapshot names them.
-    gateway::aggregate::Aggregation::from_settings(&settings.aggregators, settings.aggregate_max_body_bytes, settings.upstream_ca_file.as_deref())?.install();
+    gateway::aggregate::Aggregation::from_settings(
+        &settings.aggregators,
+        settings.aggregate_max_body_bytes,
+        settings.upstream_ca_file.as_deref(),
+    )?
+    .install();
     gateway::cache::install(&settings.cache);
     // Published before the first snapshot: its warnings name the routes whose
     // providers are missing.
@@ -153,7 +169,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     for warning in &snapshot.warnings {
         log::warn!("{warning}");
     }
-    let live = LiveSettings::assemble(&settings, &snapshot, auth).map_err(|e| format!("{}: not starting:\n{e}", ocelot.display()))?;
+    let live = LiveSettings::assemble(&settings, &snapshot, auth)
+        .map_err(|e| format!("{}: not starting:\n{e}", ocelot.display()))?;
     let live = Arc::new(ArcSwap::from_pointee(live));
     if cli.check {
         println!(
@@ -177,7 +194,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     runtime.block_on(traffic.health.check_now());
     drop(runtime);
     METRICS.config_loaded(&hash, snapshot.routes.len());
-    log::info!("configuration {hash} loaded: {} routes", snapshot.routes.len());
+    log::info!(
+        "configuration {hash} loaded: {} routes",
+        snapshot.routes.len()
+    );
 
     let mut conf = match &cli.conf {
         Some(path) => ServerConf::load_from_yaml(path).map_err(|e| format!("{path}: {e}"))?,
@@ -188,8 +208,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     } else if cli.conf.is_none() {
         conf.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
-    conf.grace_period_seconds = settings.grace_period_seconds.or(conf.grace_period_seconds).or(Some(10));
-    conf.graceful_shutdown_timeout_seconds = settings.graceful_shutdown_timeout_seconds.or(conf.graceful_shutdown_timeout_seconds).or(Some(5));
+    conf.grace_period_seconds = settings
+        .grace_period_seconds
+        .or(conf.grace_period_seconds)
+        .or(Some(10));
+    conf.graceful_shutdown_timeout_seconds = settings
+        .graceful_shutdown_timeout_seconds
+        .or(conf.graceful_shutdown_timeout_seconds)
+        .or(Some(5));
     if let Some(size) = settings.upstream_keepalive_pool_size {
         conf.upstream_keepalive_pool_size = size;
     } else if cli.conf.is_none() {
@@ -215,8 +241,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // while another process answers there; refuse to start instead. An
     // upgrade (-u) receives its sockets from the running process, so skips it.
     if !cli.upgrade {
-        let mut addresses = if settings.listen.is_empty() { vec!["0.0.0.0:8080".to_string()] } else { settings.listen.clone() };
-        addresses.push(settings.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9901".to_string()));
+        let mut addresses = if settings.listen.is_empty() {
+            vec!["0.0.0.0:8080".to_string()]
+        } else {
+            settings.listen.clone()
+        };
+        addresses.push(
+            settings
+                .admin_listen
+                .clone()
+                .unwrap_or_else(|| "0.0.0.0:9901".to_string()),
+        );
         addresses.extend(settings.tls_listen.iter().map(|l| l.addr.clone()));
         addresses.extend(settings.h2c_listen.iter().cloned());
         for addr in &addresses {
@@ -253,7 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         live: live.clone(),
     };
     let h2c = protocols::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     let listen = if settings.listen.is_empty() {
         vec!["0.0.0.0:8080".to_string()]
     } else {
@@ -265,11 +301,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
     server.add_service(proxy);
     if let Some(h2c) = h2c {
-        log::info!("gateway listening for HTTP/1.1 and h2c on {}", settings.h2c_listen.join(", "));
+        log::info!(
+            "gateway listening for HTTP/1.1 and h2c on {}",
+            settings.h2c_listen.join(", ")
+        );
         server.add_service(h2c);
     }
     for l in &settings.tls_listen {
-        log::info!("gateway listening with TLS on {} ({})", l.addr, if l.h2 { "h2, http/1.1" } else { "http/1.1" });
+        log::info!(
+            "gateway listening with TLS on {} ({})",
+            l.addr,
+            if l.h2 { "h2, http/1.1" } else { "http/1.1" }
+        );
     }
 
     let mut admin = Service::new(
@@ -288,7 +331,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             readiness: readiness.clone(),
         },
     ));
-    server.add_service(background_service("auth keys", KeyRefresher { live: live.clone() }));
+    server.add_service(background_service(
+        "auth keys",
+        KeyRefresher { live: live.clone() },
+    ));
     if let Some(path) = &cli.settings {
         server.add_service(background_service(
             "settings watch",
@@ -310,7 +356,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     ));
     server.add_service(background_service(
         "service discovery",
-        gateway::discovery::DiscoveryRefresher { state: state.clone() },
+        gateway::discovery::DiscoveryRefresher {
+            state: state.clone(),
+        },
     ));
     server.add_service(background_service(
         "dns refresh",

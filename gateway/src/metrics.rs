@@ -4,8 +4,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -28,33 +28,46 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
-const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     // Registration fails only for a duplicate name, a programming error caught by the tests.
-    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     metric
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     metric
 }
 
 /// The process-wide metrics.
 pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     let registry = Registry::new();
-    let config_routes = IntGauge::new("gateway_config_routes", "Routes in the loaded configuration")
-        .unwrap_or_else(|e| panic!("metric gateway_config_routes: {e}"));
+    let config_routes = IntGauge::new(
+        "gateway_config_routes",
+        "Routes in the loaded configuration",
+    )
+    .unwrap_or_else(|e| panic!("metric gateway_config_routes: {e}"));
     registry
         .register(Box::new(config_routes.clone()))
         .unwrap_or_else(|e| panic!("metric gateway_config_routes: {e}"));
@@ -66,22 +79,84 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         }
     }
     let m = Metrics {
-        requests: counter(&registry, "gateway_requests_total", "Requests by route, method and status class", &["route", "method", "status_class"]),
-        request_duration: histogram(&registry, "gateway_request_duration_seconds", "Whole request latency", &["route"]),
-        upstream_duration: histogram(&registry, "gateway_upstream_duration_seconds", "Upstream latency until the response header", &["route"]),
-        upstream_connect_errors: counter(&registry, "gateway_upstream_connect_errors_total", "Failed upstream connections", &["route"]),
-        rate_limited: counter(&registry, "gateway_rate_limited_total", "Requests refused by rate limiting", &["route"]),
-        breaker_rejected: counter(&registry, "gateway_breaker_rejected_total", "Requests refused by an open circuit breaker", &["route"]),
-        breaker_open: gauge(&registry, "gateway_breaker_open", "1 while a route's circuit breaker is open", &["route"]),
-        backend_healthy: gauge(&registry, "gateway_backend_healthy", "1 while a backend passes its health checks", &["route", "backend"]),
-        config_reloads: counter(&registry, "gateway_config_reloads_total", "Configuration reloads by result", &["result"]),
-        settings_reloads: counter(&registry, "gateway_settings_reloads_total", "Settings file reloads by result", &["result"]),
-        config_hash: gauge(&registry, "gateway_config_hash", "1 for the hash of the configuration being served", &["hash"]),
+        requests: counter(
+            &registry,
+            "gateway_requests_total",
+            "Requests by route, method and status class",
+            &["route", "method", "status_class"],
+        ),
+        request_duration: histogram(
+            &registry,
+            "gateway_request_duration_seconds",
+            "Whole request latency",
+            &["route"],
+        ),
+        upstream_duration: histogram(
+            &registry,
+            "gateway_upstream_duration_seconds",
+            "Upstream latency until the response header",
+            &["route"],
+        ),
+        upstream_connect_errors: counter(
+            &registry,
+            "gateway_upstream_connect_errors_total",
+            "Failed upstream connections",
+            &["route"],
+        ),
+        rate_limited: counter(
+            &registry,
+            "gateway_rate_limited_total",
+            "Requests refused by rate limiting",
+            &["route"],
+        ),
+        breaker_rejected: counter(
+            &registry,
+            "gateway_breaker_rejected_total",
+            "Requests refused by an open circuit breaker",
+            &["route"],
+        ),
+        breaker_open: gauge(
+            &registry,
+            "gateway_breaker_open",
+            "1 while a route's circuit breaker is open",
+            &["route"],
+        ),
+        backend_healthy: gauge(
+            &registry,
+            "gateway_backend_healthy",
+            "1 while a backend passes its health checks",
+            &["route", "backend"],
+        ),
+        config_reloads: counter(
+            &registry,
+            "gateway_config_reloads_total",
+            "Configuration reloads by result",
+            &["result"],
+        ),
+        settings_reloads: counter(
+            &registry,
+            "gateway_settings_reloads_total",
+            "Settings file reloads by result",
+            &["result"],
+        ),
+        config_hash: gauge(
+            &registry,
+            "gateway_config_hash",
+            "1 for the hash of the configuration being served",
+            &["hash"],
+        ),
         config_routes,
-        build_info: gauge(&registry, "gateway_build_info", "Build information", &["version"]),
+        build_info: gauge(
+            &registry,
+            "gateway_build_info",
+            "Build information",
+            &["version"],
+        ),
         registry,
     };
-    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     // Export both outcomes from the start, so the first failure is a visible
     // increase rather than a series appearing out of nowhere.
     for result in ["success", "failure"] {
@@ -108,10 +183,16 @@ pub fn observe(snapshot: &crate::routing::Snapshot) {
     for route in &snapshot.routes {
         if let Some(breaker) = &route.traffic.breaker {
             let open = breaker.state() != crate::qos::CircuitState::Closed;
-            METRICS.breaker_open.with_label_values(&[&route.name]).set(i64::from(open));
+            METRICS
+                .breaker_open
+                .with_label_values(&[&route.name])
+                .set(i64::from(open));
         }
         for (backend, ready) in route.pool.backend_health() {
-            METRICS.backend_healthy.with_label_values(&[&route.name, &backend]).set(i64::from(ready));
+            METRICS
+                .backend_healthy
+                .with_label_values(&[&route.name, &backend])
+                .set(i64::from(ready));
         }
     }
 }
@@ -142,7 +223,14 @@ const COMMON_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEA
 
 impl RouteMetrics {
     /// Records one finished request of the route named `route`.
-    pub fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration, upstream: Option<Duration>) {
+    pub fn record(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+    ) {
         let class = status_class(status);
         let class_index = match status {
             100..=199 => 0,
@@ -156,7 +244,10 @@ impl RouteMetrics {
             Some(m) => self.requests.get_or_init(Default::default)[m][class_index]
                 .get_or_init(|| METRICS.requests.with_label_values(&[route, method, class]))
                 .inc(),
-            None => METRICS.requests.with_label_values(&[route, method, class]).inc(),
+            None => METRICS
+                .requests
+                .with_label_values(&[route, method, class])
+                .inc(),
         }
         self.request_duration
             .get_or_init(|| METRICS.request_duration.with_label_values(&[route]))
@@ -187,11 +278,22 @@ mod tests {
 
     #[test]
     fn renders_registered_metrics() {
-        METRICS.requests.with_label_values(&["/a/{id}", "GET", "2xx"]).inc();
+        METRICS
+            .requests
+            .with_label_values(&["/a/{id}", "GET", "2xx"])
+            .inc();
         METRICS.config_loaded("abc", 3);
         let text = String::from_utf8(render()).expect("utf8");
-        assert!(text.contains("gateway_requests_total{method=\"GET\",route=\"/a/{id}\",status_class=\"2xx\"} 1"), "{text}");
-        assert!(text.contains("gateway_config_hash{hash=\"abc\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "gateway_requests_total{method=\"GET\",route=\"/a/{id}\",status_class=\"2xx\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_config_hash{hash=\"abc\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("gateway_build_info"), "{text}");
     }
 }

@@ -108,13 +108,28 @@ impl HeaderSource for Headers<'_> {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1):
 /// never forwarded.
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
 
 /// Answers the request with `status` and an empty body, as Ocelot does for its
 /// own errors, keeping the connection when the request carried no body.
 /// `extra` are the CORS headers (`ctx.cors`), so a browser can read a 401.
-async fn respond_empty_with(session: &mut Session, status: u16, extra: &[(HeaderName, HeaderValue)]) -> Result<bool> {
-    let has_body = session.req_header().headers.contains_key(header::TRANSFER_ENCODING)
+async fn respond_empty_with(
+    session: &mut Session,
+    status: u16,
+    extra: &[(HeaderName, HeaderValue)],
+) -> Result<bool> {
+    let has_body = session
+        .req_header()
+        .headers
+        .contains_key(header::TRANSFER_ENCODING)
         || session
             .req_header()
             .headers
@@ -144,7 +159,11 @@ const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), u16> {
     // Kestrel, which Ocelot runs on, refuses request headers over 32 KiB in
     // total with 431; Pingora alone would accept up to 1 MiB.
-    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     if header_bytes > MAX_REQUEST_HEADER_BYTES {
         return Err(431);
     }
@@ -191,7 +210,11 @@ fn route_request(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Result<(), 
         log::error!("route {}: no load balancer named '{name}'", route.name);
         return Err(500);
     }
-    ctx.downstream = Some(route.downstream.render(&found.placeholders, &path, req.uri.query()));
+    ctx.downstream = Some(
+        route
+            .downstream
+            .render(&found.placeholders, &path, req.uri.query()),
+    );
     if route.policies.needs_match() {
         ctx.matched = Some((found.placeholders, path.into_owned()));
     }
@@ -214,7 +237,11 @@ async fn route_dynamic(req: &RequestHeader, ctx: &mut Ctx) -> std::result::Resul
     }
     ctx.downstream = Some(DownstreamTarget {
         path: rest.to_string(),
-        query: req.uri.query().filter(|q| !q.is_empty()).map(str::to_string),
+        query: req
+            .uri
+            .query()
+            .filter(|q| !q.is_empty())
+            .map(str::to_string),
     });
     ctx.route = Some(index);
     Ok(())
@@ -237,23 +264,35 @@ impl Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .filter(|_| policies.uses_client_ip())
-            .map(|a| crate::traffic::Traffic::current().client_ip(a.ip(), &session.req_header().headers));
+            .map(|a| {
+                crate::traffic::Traffic::current().client_ip(a.ip(), &session.req_header().headers)
+            });
         let mut state = policies.prepare(session.req_header_mut(), client_ip);
         ctx.request_id.clone_from(&state.trace_id);
         let auth = self.live.load().auth.clone();
-        policies.authenticate(&auth, session.req_header(), &mut state).await?;
+        policies
+            .authenticate(&auth, session.req_header(), &mut state)
+            .await?;
         let matched = ctx.matched.take();
         let placeholders = matched.as_ref().map(|(p, _)| p);
-        policies.authorize(&session.req_header().method, &mut state, |name| placeholders.and_then(|p| p.get(name)))?;
+        policies.authorize(&session.req_header().method, &mut state, |name| {
+            placeholders.and_then(|p| p.get(name))
+        })?;
         policies.claims_to_headers(session.req_header_mut(), &state)?;
-        if let Some((mut placeholders, path)) = matched.filter(|_| policies.changes_query() || policies.changes_path()) {
+        if let Some((mut placeholders, path)) =
+            matched.filter(|_| policies.changes_query() || policies.changes_path())
+        {
             // Ocelot adds claim parameters to the request's query and changes
             // placeholders before its URL creator runs: render again with both.
             let query = policies.claims_to_query(&state, session.req_header().uri.query())?;
             for (name, value) in policies.claims_to_path(&state)? {
                 placeholders.insert(name, value);
             }
-            ctx.downstream = Some(route.downstream.render(&placeholders, &path, query.as_deref()));
+            ctx.downstream = Some(
+                route
+                    .downstream
+                    .render(&placeholders, &path, query.as_deref()),
+            );
         }
         ctx.identity = state;
         Ok(())
@@ -335,11 +374,22 @@ impl ProxyHttp for Gateway {
         }
         // Ocelot's OutputCache comes after load balancing and URL creation:
         // its key names the chosen backend, so cached routes choose it here.
-        if let (Some(route), Some(downstream)) = (ctx.route.and_then(|i| snapshot.route(i)), ctx.downstream.as_ref()) {
+        if let (Some(route), Some(downstream)) = (
+            ctx.route.and_then(|i| snapshot.route(i)),
+            ctx.downstream.as_ref(),
+        ) {
             if route.cache.is_some() {
-                let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-                if let Ok(Some(selected)) = traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky) {
-                    ctx.cache = crate::cache::request_key(session, route, downstream, &selected).await?;
+                let cookies = session
+                    .req_header()
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes());
+                if let Ok(Some(selected)) =
+                    traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky)
+                {
+                    ctx.cache =
+                        crate::cache::request_key(session, route, downstream, &selected).await?;
                     ctx.preselected = Some(selected);
                 }
             }
@@ -350,7 +400,12 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let preselected = ctx.preselected.take();
         let route = ctx.route()?;
-        let cookies = session.req_header().headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+        let cookies = session
+            .req_header()
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes());
         let selected = match preselected {
             Some(selected) => Some(selected),
             None => traffic::select_backend(route, &ctx.traffic, cookies, &self.sticky)?,
@@ -382,7 +437,9 @@ impl ProxyHttp for Gateway {
         // HTTP version and ALPN (DownstreamHttpVersion/Policy); an upgraded
         // connection idles as long as the setting allows, on both sides.
         let upgrade = session.is_upgrade_req();
-        route.protocol.configure_peer(&mut peer, upgrade, self.websocket_idle_timeout);
+        route
+            .protocol
+            .configure_peer(&mut peer, upgrade, self.websocket_idle_timeout);
         if upgrade {
             session.set_read_timeout(Some(self.websocket_idle_timeout));
         }
@@ -391,7 +448,12 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let route = ctx.route()?;
         let target = ctx
             .downstream
@@ -404,7 +466,13 @@ impl ProxyHttp for Gateway {
         let uri = http::Uri::builder()
             .path_and_query(path_and_query)
             .build()
-            .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "downstream path is not a valid URI", e))?;
+            .map_err(|e| {
+                Error::because(
+                    ErrorType::HTTPStatus(400),
+                    "downstream path is not a valid URI",
+                    e,
+                )
+            })?;
         upstream.set_uri(uri);
         if let Some(method) = &route.method {
             upstream.set_method(method.clone());
@@ -439,15 +507,20 @@ impl ProxyHttp for Gateway {
             }
             upstream.remove_header(name);
         }
-        let unframed_body = !session.is_body_empty() && !upstream.headers.contains_key(header::CONTENT_LENGTH);
-        route.protocol.finish_request(session.req_header(), upstream, upgrade, unframed_body)?;
+        let unframed_body =
+            !session.is_body_empty() && !upstream.headers.contains_key(header::CONTENT_LENGTH);
+        route
+            .protocol
+            .finish_request(session.req_header(), upstream, upgrade, unframed_body)?;
         Ok(())
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
         match ctx.route.and_then(|i| snapshot.route(i)) {
-            Some(route) => traffic::proxy_upstream_filter(session, route, &mut ctx.traffic, &ctx.cors).await,
+            Some(route) => {
+                traffic::proxy_upstream_filter(session, route, &mut ctx.traffic, &ctx.cors).await
+            }
             None => Ok(true),
         }
     }
@@ -456,11 +529,16 @@ impl ProxyHttp for Gateway {
         // QoS timeouts answer with their own 503; the breaker counts failures.
         let snapshot = ctx.snapshot.clone();
         let route = ctx.route.and_then(|i| snapshot.route(i));
-        if let Some(done) = traffic::fail_to_proxy(session, e, route, &mut ctx.traffic, &ctx.cors).await {
+        if let Some(done) =
+            traffic::fail_to_proxy(session, e, route, &mut ctx.traffic, &ctx.cors).await
+        {
             return done;
         }
         let code = status_for(e);
-        log::debug!("route {}: {e}", ctx.route().map(|r| r.name.as_str()).unwrap_or("-"));
+        log::debug!(
+            "route {}: {e}",
+            ctx.route().map(|r| r.name.as_str()).unwrap_or("-")
+        );
         if let Some(code) = code {
             // Ocelot's error responses are the bare status: no body, no extra headers.
             match ResponseHeader::build(code, Some(1)) {
@@ -469,7 +547,10 @@ impl ProxyHttp for Gateway {
                     for (name, value) in &ctx.cors {
                         let _ = resp.append_header(name.clone(), value.clone());
                     }
-                    if let Err(write_error) = session.write_error_response(resp, bytes::Bytes::new()).await {
+                    if let Err(write_error) = session
+                        .write_error_response(resp, bytes::Bytes::new())
+                        .await
+                    {
                         log::debug!("cannot send error response: {write_error}");
                     }
                 }
@@ -490,11 +571,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<pingora_cache::CacheKey> {
+    fn cache_key_callback(
+        &self,
+        _session: &Session,
+        ctx: &mut Ctx,
+    ) -> Result<pingora_cache::CacheKey> {
         crate::cache::cache_key(ctx.cache.as_ref())
     }
 
-    fn response_cache_filter(&self, _session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<pingora_cache::RespCacheable> {
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<pingora_cache::RespCacheable> {
         Ok(crate::cache::response_cacheable(ctx.cache.as_ref(), resp))
     }
 
@@ -510,35 +600,60 @@ impl ProxyHttp for Gateway {
         Ok((!is_fresh).then_some(pingora_cache::ForcedFreshness::ForceMiss))
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, _error: Option<&Error>) -> bool {
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        _error: Option<&Error>,
+    ) -> bool {
         false
     }
 
-    fn cache_not_modified_filter(&self, _session: &Session, _resp: &ResponseHeader, _ctx: &mut Ctx) -> Result<bool> {
+    fn cache_not_modified_filter(
+        &self,
+        _session: &Session,
+        _resp: &ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<bool> {
         // Ocelot answers a cached response whole, whatever the conditions.
         Ok(false)
     }
 
-    fn range_header_filter(&self, _session: &mut Session, _resp: &mut ResponseHeader, _ctx: &mut Ctx) -> pingora_proxy::RangeType {
+    fn range_header_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> pingora_proxy::RangeType {
         pingora_proxy::RangeType::None
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         traffic::upstream_response(&mut ctx.traffic, upstream.status.as_u16());
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         traffic::response_headers(&ctx.traffic, response)?;
         if let Ok(route) = ctx.route() {
             // A cache hit never reached `upstream_peer`: the preselected backend.
-            let base_url = ctx
-                .selected
-                .as_ref()
-                .or(ctx.preselected.as_ref())
-                .map(|s| crate::headers::downstream_base_url(route.tls, &s.meta.host, s.addr.port()));
-            route.policies.apply_to_response(response, &ctx.identity, base_url);
+            let base_url = ctx.selected.as_ref().or(ctx.preselected.as_ref()).map(|s| {
+                crate::headers::downstream_base_url(route.tls, &s.meta.host, s.addr.port())
+            });
+            route
+                .policies
+                .apply_to_response(response, &ctx.identity, base_url);
         }
         for (name, value) in &ctx.cors {
             // The gateway owns CORS: its headers replace the service's (two
@@ -560,13 +675,27 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
         let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
-        METRICS.upstream_connect_errors.with_label_values(&[route]).inc();
+        METRICS
+            .upstream_connect_errors
+            .with_label_values(&[route])
+            .inc();
         // Passive health: skip this backend for a while; retry elsewhere once.
         let snapshot = ctx.snapshot.clone();
         let addr = ctx.selected.as_ref().map(|s| s.addr);
-        traffic::fail_to_connect(ctx.route.and_then(|i| snapshot.route(i)), &mut ctx.traffic, addr, e)
+        traffic::fail_to_connect(
+            ctx.route.and_then(|i| snapshot.route(i)),
+            &mut ctx.traffic,
+            addr,
+            e,
+        )
     }
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
@@ -583,7 +712,9 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.elapsed();
         if !route.is_empty() {
             if let Ok(compiled) = ctx.route() {
-                compiled.metrics.record(route, method, status, elapsed, ctx.upstream_elapsed);
+                compiled
+                    .metrics
+                    .record(route, method, status, elapsed, ctx.upstream_elapsed);
             }
         }
         if self.live.load().access_log {

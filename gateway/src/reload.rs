@@ -51,27 +51,44 @@ impl Reloader {
     pub async fn reload_from_disk(&self) -> Result<(), Diagnostics> {
         let _serial = self.serial.lock().await;
         let source = self.source.clone();
-        let loaded = tokio::task::spawn_blocking(move || ocelot_compat::load(&source.path, source.environment.as_deref()))
-            .await
-            .unwrap_or_else(|e| Err(Diagnostics(vec![ocelot_compat::Diagnostic::error("", "", format!("reload task failed: {e}"))])));
+        let loaded = tokio::task::spawn_blocking(move || {
+            ocelot_compat::load(&source.path, source.environment.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Diagnostics(vec![ocelot_compat::Diagnostic::error(
+                "",
+                "",
+                format!("reload task failed: {e}"),
+            )]))
+        });
         self.finish(loaded).await
     }
 
     /// Replaces the configuration with one given as JSON; with `persist`, also
     /// writes it to the configuration file (only when that is a single file).
-    pub async fn apply_json(&self, value: serde_json::Value, persist: bool) -> Result<(), Diagnostics> {
+    pub async fn apply_json(
+        &self,
+        value: serde_json::Value,
+        persist: bool,
+    ) -> Result<(), Diagnostics> {
         let _serial = self.serial.lock().await;
         let loaded = ocelot_compat::from_json(value, Path::new("<admin API>"));
         if let (Ok(config), true) = (&loaded, persist) {
             if self.source.path.is_dir() {
-                return Err(one_error("the configuration is a folder of files; it cannot be written back as one file"));
+                return Err(one_error(
+                    "the configuration is a folder of files; it cannot be written back as one file",
+                ));
             }
-            let text = serde_json::to_string_pretty(&config.value).map_err(|e| one_error(format!("cannot serialise: {e}")))?;
+            let text = serde_json::to_string_pretty(&config.value)
+                .map_err(|e| one_error(format!("cannot serialise: {e}")))?;
             // Write beside the file and rename, so a reader never sees half a file.
             let temp = self.source.path.with_extension("json.tmp");
             std::fs::write(&temp, text)
                 .and_then(|()| std::fs::rename(&temp, &self.source.path))
-                .map_err(|e| one_error(format!("{}: cannot write: {e}", self.source.path.display())))?;
+                .map_err(|e| {
+                    one_error(format!("{}: cannot write: {e}", self.source.path.display()))
+                })?;
         }
         self.finish(loaded).await
     }
@@ -88,7 +105,10 @@ impl Reloader {
                 }
                 METRICS.config_loaded(&hash, snapshot.routes.len());
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
-                log::info!("configuration {hash} loaded: {} routes", snapshot.routes.len());
+                log::info!(
+                    "configuration {hash} loaded: {} routes",
+                    snapshot.routes.len()
+                );
                 self.state.store(Arc::new(snapshot));
                 Ok(())
             }
@@ -112,20 +132,31 @@ fn fingerprint(source: &ConfigSource) -> u64 {
     let mut files: Vec<PathBuf> = Vec::new();
     if source.path.is_dir() {
         if let Ok(entries) = std::fs::read_dir(&source.path) {
-            files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| {
-                p.extension().is_some_and(|x| x.eq_ignore_ascii_case("json"))
-            }));
+            files.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.extension()
+                            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+                    }),
+            );
         }
     } else {
         files.push(source.path.clone());
         if let Some(dir) = source.path.parent() {
             if let Ok(entries) = std::fs::read_dir(dir) {
-                files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| {
-                    p.file_name().is_some_and(|n| {
-                        let n = n.to_string_lossy().to_ascii_lowercase();
-                        n.starts_with("ocelot.") && n.ends_with(".json")
-                    })
-                }));
+                files.extend(
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.file_name().is_some_and(|n| {
+                                let n = n.to_string_lossy().to_ascii_lowercase();
+                                n.starts_with("ocelot.") && n.ends_with(".json")
+                            })
+                        }),
+                );
             }
         }
     }
@@ -141,7 +172,10 @@ pub fn hash_files(mut files: Vec<PathBuf>) -> u64 {
         std::fs::canonicalize(&file).ok().hash(&mut hasher);
         if let Ok(meta) = std::fs::metadata(&file) {
             meta.len().hash(&mut hasher);
-            meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).hash(&mut hasher);
+            meta.modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .hash(&mut hasher);
         }
     }
     hasher.finish()
@@ -163,7 +197,10 @@ impl BackgroundService for ConfigWatcher {
         let watch_dir = if source.path.is_dir() {
             source.path.clone()
         } else {
-            source.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            source
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         };
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if event.is_ok() {
@@ -175,7 +212,11 @@ impl BackgroundService for ConfigWatcher {
         let _watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                log::warn!("cannot watch {}: {e}; polling every {:?}", watch_dir.display(), self.poll);
+                log::warn!(
+                    "cannot watch {}: {e}; polling every {:?}",
+                    watch_dir.display(),
+                    self.poll
+                );
                 None
             }
         };

@@ -46,7 +46,11 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     /// Compiles one route; `previous` are pools to take over by pool key.
-    pub(crate) fn compile(route: &FileRoute, config: &FileConfiguration, previous: &HashMap<&str, Arc<Pool>>) -> CompiledRoute {
+    pub(crate) fn compile(
+        route: &FileRoute,
+        config: &FileConfiguration,
+        previous: &HashMap<&str, Arc<Pool>>,
+    ) -> CompiledRoute {
         let global = &config.global;
         let lb = effective::load_balancer(route, global);
         let kind = BalancerKind::from_options(lb.r#type.as_deref(), lb.key.as_deref(), lb.expiry);
@@ -55,7 +59,10 @@ impl CompiledRoute {
             .iter()
             .filter_map(|hp| {
                 let port = u16::try_from(hp.port).ok()?;
-                Some(Target { host: hp.host.trim().to_string(), port })
+                Some(Target {
+                    host: hp.host.trim().to_string(),
+                    port,
+                })
             })
             .collect();
         // With a ServiceName the hosts come from the registry (Ocelot ignores
@@ -77,10 +84,16 @@ impl CompiledRoute {
                 None => Pool::with_health_registry(kind, targets, registry),
             })
         });
-        let scheme = route.downstream_scheme.as_deref().unwrap_or("http").to_ascii_lowercase();
+        let scheme = route
+            .downstream_scheme
+            .as_deref()
+            .unwrap_or("http")
+            .to_ascii_lowercase();
         CompiledRoute {
             name: route.upstream_path_template.clone().unwrap_or_default(),
-            downstream: DownstreamTemplate::parse(route.downstream_path_template.as_deref().unwrap_or("/")),
+            downstream: DownstreamTemplate::parse(
+                route.downstream_path_template.as_deref().unwrap_or("/"),
+            ),
             tls: scheme == "https" || scheme == "wss",
             protocol: crate::protocols::UpstreamProtocol::compile(
                 route.downstream_http_version.as_deref(),
@@ -94,8 +107,13 @@ impl CompiledRoute {
                 .and_then(|m| http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok()),
             timeout: effective::timeout(route, global),
             verify_cert: !route.dangerous_accept_any_server_certificate_validator,
-            auth_schemes: effective::authentication_schemes(&effective::authentication(route, global)),
-            uses_discovery: route.service_name.as_deref().is_some_and(|s| !s.trim().is_empty()),
+            auth_schemes: effective::authentication_schemes(&effective::authentication(
+                route, global,
+            )),
+            uses_discovery: route
+                .service_name
+                .as_deref()
+                .is_some_and(|s| !s.trim().is_empty()),
             pool,
             pool_key,
             traffic: Traffic::current().compile(route, config),
@@ -126,29 +144,62 @@ impl Snapshot {
     /// Compiles a loaded configuration. Pools of routes that did not change are
     /// taken over from `previous`, so their state survives the reload.
     pub fn build(loaded: LoadedConfig, previous: Option<&Snapshot>) -> Snapshot {
-        let LoadedConfig { value, config, mut warnings, .. } = loaded;
+        let LoadedConfig {
+            value,
+            config,
+            mut warnings,
+            ..
+        } = loaded;
         let reusable: HashMap<&str, Arc<Pool>> = previous
-            .map(|p| p.routes.iter().map(|r| (r.pool_key.as_str(), r.pool.clone())).collect())
+            .map(|p| {
+                p.routes
+                    .iter()
+                    .map(|r| (r.pool_key.as_str(), r.pool.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
-        let routes: Vec<CompiledRoute> = config.routes.iter().map(|r| CompiledRoute::compile(r, &config, &reusable)).collect();
+        let routes: Vec<CompiledRoute> = config
+            .routes
+            .iter()
+            .map(|r| CompiledRoute::compile(r, &config, &reusable))
+            .collect();
         for (i, route) in routes.iter().enumerate() {
             let location = config.routes[i].describe(i);
             for (field, message) in &route.traffic.warnings {
-                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
+                warnings.push(Diagnostic::warning(
+                    location.clone(),
+                    field.clone(),
+                    message.clone(),
+                ));
             }
             for (field, message) in route.policies.warnings() {
-                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
+                warnings.push(Diagnostic::warning(
+                    location.clone(),
+                    field.clone(),
+                    message.clone(),
+                ));
             }
             for (field, message) in &route.protocol.warnings {
-                warnings.push(Diagnostic::warning(location.clone(), field.clone(), message.clone()));
+                warnings.push(Diagnostic::warning(
+                    location.clone(),
+                    field.clone(),
+                    message.clone(),
+                ));
             }
-            if let Some(warning) = crate::discovery::ServiceRef::for_route(&config.routes[i], &config).and_then(|s| s.warning()) {
+            if let Some(warning) =
+                crate::discovery::ServiceRef::for_route(&config.routes[i], &config)
+                    .and_then(|s| s.warning())
+            {
                 warnings.push(Diagnostic::warning(location, "ServiceName", warning));
             }
         }
         let (aggregates, aggregate_warnings) = crate::aggregate::compile(&config);
         warnings.extend(aggregate_warnings);
-        let dynamic = crate::discovery::dynamic::DynamicRoutes::new(&config, routes.len(), previous.and_then(|p| p.dynamic.as_ref()));
+        let dynamic = crate::discovery::dynamic::DynamicRoutes::new(
+            &config,
+            routes.len(),
+            previous.and_then(|p| p.dynamic.as_ref()),
+        );
         Snapshot {
             table: ocelot_compat::route_table(&config),
             routes,
@@ -162,7 +213,9 @@ impl Snapshot {
 
     /// Route number `index`: a static route, or a dynamic one made since.
     pub fn route(&self, index: usize) -> Option<&CompiledRoute> {
-        self.routes.get(index).or_else(|| self.dynamic.as_ref()?.get(index))
+        self.routes
+            .get(index)
+            .or_else(|| self.dynamic.as_ref()?.get(index))
     }
 
     /// The pools fed by service discovery, static and dynamic routes'.
@@ -178,7 +231,12 @@ impl Snapshot {
 
     /// Resolves the hosts of the pools that `previous` did not already have.
     pub async fn refresh_new_backends(&self, previous: &Snapshot) {
-        let new = self.routes.iter().filter(|route| !previous.routes.iter().any(|p| Arc::ptr_eq(&p.pool, &route.pool)));
+        let new = self.routes.iter().filter(|route| {
+            !previous
+                .routes
+                .iter()
+                .any(|p| Arc::ptr_eq(&p.pool, &route.pool))
+        });
         refresh_all(new.map(|r| r.pool.clone()).collect()).await;
     }
 

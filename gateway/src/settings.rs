@@ -106,7 +106,8 @@ impl Default for Settings {
             aggregators: Default::default(),
             aggregate_max_body_bytes: crate::aggregate::DEFAULT_MAX_BODY_BYTES,
             cache: Default::default(),
-            websocket_idle_timeout_seconds: crate::protocols::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS,
+            websocket_idle_timeout_seconds:
+                crate::protocols::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS,
             tls_listen: Vec::new(),
             h2c_listen: Vec::new(),
         }
@@ -121,7 +122,8 @@ impl Settings {
             return Ok(Some(token).filter(|t| !t.trim().is_empty()));
         }
         if let Some(file) = &self.admin_token_file {
-            let token = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read admin token: {e}", file.display()))?;
+            let token = std::fs::read_to_string(file)
+                .map_err(|e| format!("{}: cannot read admin token: {e}", file.display()))?;
             return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
         }
         Ok(self.admin_token.clone().filter(|t| !t.trim().is_empty()))
@@ -129,15 +131,24 @@ impl Settings {
 
     /// Reads a settings file; errors name the file and, for YAML errors, the line.
     pub fn load(path: &Path) -> Result<Settings, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read settings: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read settings: {e}", path.display()))?;
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        let mut settings: Settings = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut settings: Settings =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         // Relative paths in the settings file are relative to the file, not to the
         // working directory, so a settings file can be moved with its config.
         if let Some(dir) = path.parent() {
-            for p in [&mut settings.ocelot, &mut settings.upstream_ca_file, &mut settings.admin_token_file].into_iter().flatten() {
+            for p in [
+                &mut settings.ocelot,
+                &mut settings.upstream_ca_file,
+                &mut settings.admin_token_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -158,7 +169,8 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let s: Settings = serde_yaml::from_str("listen: ['127.0.0.1:1']\nthreads: 3\n").expect("yaml");
+        let s: Settings =
+            serde_yaml::from_str("listen: ['127.0.0.1:1']\nthreads: 3\n").expect("yaml");
         assert_eq!(s.listen, vec!["127.0.0.1:1"]);
         assert_eq!(s.threads, Some(3));
         assert_eq!(s.grace_period_seconds, None);

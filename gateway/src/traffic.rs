@@ -407,7 +407,10 @@ pub async fn proxy_upstream_filter(
         state.permit = Some(permit);
         return Ok(true);
     }
-    crate::metrics::METRICS.breaker_rejected.with_label_values(&[&route.name]).inc();
+    crate::metrics::METRICS
+        .breaker_rejected
+        .with_label_values(&[&route.name])
+        .inc();
     log::debug!(
         "circuit breaker is open for route {}; answering 503",
         route.traffic.name

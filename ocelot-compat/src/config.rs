@@ -45,7 +45,12 @@ pub fn load(path: &Path, environment: Option<&str>) -> Result<LoadedConfig, Diag
 /// diagnostics name `origin` as their file.
 pub fn from_json(value: serde_json::Value, origin: &Path) -> Result<LoadedConfig, Diagnostics> {
     if !value.is_object() {
-        return Err(Diagnostics(vec![Diagnostic::error("", "", "the configuration must be a JSON object").in_file(origin)]));
+        return Err(Diagnostics(vec![Diagnostic::error(
+            "",
+            "",
+            "the configuration must be a JSON object",
+        )
+        .in_file(origin)]));
     }
     let (config, mut diags) = model::from_value(&value);
     diags.extend(validate::validate(&config));
@@ -115,8 +120,12 @@ impl Origins {
         // A merged folder concatenates each file's arrays in merge order, so the
         // counts per file give each index its file back.
         for file in files {
-            let Ok(bytes) = std::fs::read(file) else { continue };
-            let Ok(value) = read::parse(&bytes, file) else { continue };
+            let Ok(bytes) = std::fs::read(file) else {
+                continue;
+            };
+            let Ok(value) = read::parse(&bytes, file) else {
+                continue;
+            };
             // The merge reads the first spelling of each section only.
             let count = |names: &[&str]| -> usize {
                 value.as_object().map_or(0, |m| {
@@ -130,11 +139,19 @@ impl Origins {
             };
             // The environment file is laid over the merged routes by index; it adds none.
             let overlay_name = format!("ocelot.{}.json", environment.unwrap_or("Development"));
-            if file.file_name().is_some_and(|n| n.to_string_lossy().eq_ignore_ascii_case(&overlay_name)) {
+            if file
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().eq_ignore_ascii_case(&overlay_name))
+            {
                 continue;
             }
-            origins.routes.extend(std::iter::repeat_n(file.clone(), count(&["Routes", "ReRoutes"])));
-            origins.aggregates.extend(std::iter::repeat_n(file.clone(), count(&["Aggregates"])));
+            origins.routes.extend(std::iter::repeat_n(
+                file.clone(),
+                count(&["Routes", "ReRoutes"]),
+            ));
+            origins
+                .aggregates
+                .extend(std::iter::repeat_n(file.clone(), count(&["Aggregates"])));
         }
         origins
     }
@@ -175,17 +192,48 @@ mod tests {
         // agree on what routing uses. The merged file was written one commit
         // later, after the files route lost its doubled `/api/api/` prefix.
         let shape = |r: &crate::model::FileRoute| {
-            let methods: Vec<String> = r.upstream_http_method.iter().map(|m| m.to_ascii_uppercase()).collect();
-            (r.upstream_path_template.clone(), r.downstream_path_template.clone(), methods, r.downstream_host_and_ports.clone(), r.key.clone())
+            let methods: Vec<String> = r
+                .upstream_http_method
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            (
+                r.upstream_path_template.clone(),
+                r.downstream_path_template.clone(),
+                methods,
+                r.downstream_host_and_ports.clone(),
+                r.key.clone(),
+            )
         };
         let merged_shapes: Vec<_> = merged.config.routes.iter().map(shape).collect();
-        let differing: Vec<_> = split.config.routes.iter().map(shape).filter(|s| !merged_shapes.contains(s)).collect();
+        let differing: Vec<_> = split
+            .config
+            .routes
+            .iter()
+            .map(shape)
+            .filter(|s| !merged_shapes.contains(s))
+            .collect();
         assert_eq!(differing.len(), 1, "{differing:#?}");
-        assert_eq!(differing[0].0.as_deref(), Some("/api/api/files/{everything}"));
+        assert_eq!(
+            differing[0].0.as_deref(),
+            Some("/api/api/files/{everything}")
+        );
         let aggregate_keys = |c: &crate::model::FileConfiguration| -> Vec<_> {
-            c.aggregates.iter().map(|a| (a.upstream_path_template.clone(), a.route_keys.clone(), a.aggregator.clone())).collect()
+            c.aggregates
+                .iter()
+                .map(|a| {
+                    (
+                        a.upstream_path_template.clone(),
+                        a.route_keys.clone(),
+                        a.aggregator.clone(),
+                    )
+                })
+                .collect()
         };
-        assert_eq!(aggregate_keys(&split.config), aggregate_keys(&merged.config));
+        assert_eq!(
+            aggregate_keys(&split.config),
+            aggregate_keys(&merged.config)
+        );
         assert_eq!(route_table(&split.config).len(), 65);
     }
 

@@ -27,7 +27,11 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(location: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        location: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Error,
             file: None,
@@ -38,7 +42,11 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(location: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        location: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(location, field, message)

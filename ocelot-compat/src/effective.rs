@@ -3,7 +3,9 @@
 //! route's `Key`; then each property comes from the route if set, else from the
 //! global section, else from Ocelot's default.
 
-use crate::model::{FileAuthenticationOptions, FileGlobalConfiguration, FileLoadBalancerOptions, FileRoute};
+use crate::model::{
+    FileAuthenticationOptions, FileGlobalConfiguration, FileLoadBalancerOptions, FileRoute,
+};
 use std::time::Duration;
 
 /// Ocelot's `DownstreamRoute.DefaultTimeoutSeconds`.
@@ -32,7 +34,10 @@ pub fn timeout(route: &FileRoute, global: &FileGlobalConfiguration) -> Duration 
 }
 
 /// The route's load balancer options merged with the applicable global ones.
-pub fn load_balancer(route: &FileRoute, global: &FileGlobalConfiguration) -> FileLoadBalancerOptions {
+pub fn load_balancer(
+    route: &FileRoute,
+    global: &FileGlobalConfiguration,
+) -> FileLoadBalancerOptions {
     let global_lb = global
         .load_balancer_options
         .as_ref()
@@ -40,7 +45,10 @@ pub fn load_balancer(route: &FileRoute, global: &FileGlobalConfiguration) -> Fil
     match (&route.load_balancer_options, global_lb) {
         (None, None) => FileLoadBalancerOptions::default(),
         (Some(r), None) => r.clone(),
-        (None, Some(g)) => FileLoadBalancerOptions { route_keys: None, ..g.clone() },
+        (None, Some(g)) => FileLoadBalancerOptions {
+            route_keys: None,
+            ..g.clone()
+        },
         (Some(r), Some(g)) => FileLoadBalancerOptions {
             r#type: non_empty(&r.r#type).or_else(|| non_empty(&g.r#type)),
             key: non_empty(&r.key).or_else(|| non_empty(&g.key)),
@@ -51,7 +59,10 @@ pub fn load_balancer(route: &FileRoute, global: &FileGlobalConfiguration) -> Fil
 }
 
 /// The route's authentication options merged with the applicable global ones.
-pub fn authentication(route: &FileRoute, global: &FileGlobalConfiguration) -> FileAuthenticationOptions {
+pub fn authentication(
+    route: &FileRoute,
+    global: &FileGlobalConfiguration,
+) -> FileAuthenticationOptions {
     let global_auth = global
         .authentication_options
         .as_ref()
@@ -59,17 +70,30 @@ pub fn authentication(route: &FileRoute, global: &FileGlobalConfiguration) -> Fi
     match (&route.authentication_options, global_auth) {
         (None, None) => FileAuthenticationOptions::default(),
         (Some(r), None) => r.clone(),
-        (None, Some(g)) => FileAuthenticationOptions { route_keys: None, ..g.clone() },
+        (None, Some(g)) => FileAuthenticationOptions {
+            route_keys: None,
+            ..g.clone()
+        },
         (Some(r), Some(g)) => {
-            let route_has_keys = non_empty(&r.authentication_provider_key).is_some() || r.authentication_provider_keys.iter().any(|k| !k.trim().is_empty());
+            let route_has_keys = non_empty(&r.authentication_provider_key).is_some()
+                || r.authentication_provider_keys
+                    .iter()
+                    .any(|k| !k.trim().is_empty());
             FileAuthenticationOptions {
-                authentication_provider_key: if route_has_keys { r.authentication_provider_key.clone() } else { g.authentication_provider_key.clone() },
+                authentication_provider_key: if route_has_keys {
+                    r.authentication_provider_key.clone()
+                } else {
+                    g.authentication_provider_key.clone()
+                },
                 authentication_provider_keys: if route_has_keys {
                     r.authentication_provider_keys.clone()
                 } else {
                     g.authentication_provider_keys.clone()
                 },
-                allowed_scopes: r.allowed_scopes.clone().or_else(|| g.allowed_scopes.clone()),
+                allowed_scopes: r
+                    .allowed_scopes
+                    .clone()
+                    .or_else(|| g.allowed_scopes.clone()),
                 allow_anonymous: r.allow_anonymous.or(g.allow_anonymous),
                 route_keys: None,
             }
@@ -100,7 +124,9 @@ mod tests {
 
     #[test]
     fn timeouts_fall_back_to_global_then_ninety_seconds() {
-        let (c, _) = from_value(&json!({"Routes": [{"Timeout": 5}, {}, {"Timeout": 0}], "GlobalConfiguration": {"Timeout": 7}}));
+        let (c, _) = from_value(
+            &json!({"Routes": [{"Timeout": 5}, {}, {"Timeout": 0}], "GlobalConfiguration": {"Timeout": 7}}),
+        );
         assert_eq!(timeout(&c.routes[0], &c.global), Duration::from_secs(5));
         assert_eq!(timeout(&c.routes[1], &c.global), Duration::from_secs(7));
         assert_eq!(timeout(&c.routes[2], &c.global), Duration::from_secs(7));
@@ -114,10 +140,16 @@ mod tests {
             "Routes": [{"Key": "a"}, {"Key": "b"}, {"Key": "a", "LoadBalancerOptions": {"Key": "cookie"}}],
             "GlobalConfiguration": {"LoadBalancerOptions": {"Type": "RoundRobin", "RouteKeys": ["a"]}}
         }));
-        assert_eq!(load_balancer(&c.routes[0], &c.global).r#type.as_deref(), Some("RoundRobin"));
+        assert_eq!(
+            load_balancer(&c.routes[0], &c.global).r#type.as_deref(),
+            Some("RoundRobin")
+        );
         assert_eq!(load_balancer(&c.routes[1], &c.global).r#type, None);
         let merged = load_balancer(&c.routes[2], &c.global);
-        assert_eq!((merged.r#type.as_deref(), merged.key.as_deref()), (Some("RoundRobin"), Some("cookie")));
+        assert_eq!(
+            (merged.r#type.as_deref(), merged.key.as_deref()),
+            (Some("RoundRobin"), Some("cookie"))
+        );
     }
 
     #[test]
@@ -126,8 +158,14 @@ mod tests {
             "Routes": [{}, {"AuthenticationOptions": {"AllowAnonymous": true}}, {"AuthenticationOptions": {"AuthenticationProviderKeys": ["X"]}}],
             "GlobalConfiguration": {"AuthenticationOptions": {"AuthenticationProviderKey": "Bearer"}}
         }));
-        assert_eq!(authentication_schemes(&authentication(&c.routes[0], &c.global)), vec!["Bearer"]);
+        assert_eq!(
+            authentication_schemes(&authentication(&c.routes[0], &c.global)),
+            vec!["Bearer"]
+        );
         assert!(authentication_schemes(&authentication(&c.routes[1], &c.global)).is_empty());
-        assert_eq!(authentication_schemes(&authentication(&c.routes[2], &c.global)), vec!["X"]);
+        assert_eq!(
+            authentication_schemes(&authentication(&c.routes[2], &c.global)),
+            vec!["X"]
+        );
     }
 }

@@ -315,7 +315,11 @@ pub fn from_value(value: &Value) -> (FileConfiguration, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut config = FileConfiguration::default();
     let Some(map) = value.as_object() else {
-        diags.push(Diagnostic::error("", "", "the configuration must be a JSON object"));
+        diags.push(Diagnostic::error(
+            "",
+            "",
+            "the configuration must be a JSON object",
+        ));
         return (config, diags);
     };
     let mut root = Obj::new(map, String::new());
@@ -325,7 +329,11 @@ pub fn from_value(value: &Value) -> (FileConfiguration, Vec<Diagnostic>) {
             let location = format!("Routes[{index}]");
             match item.as_object() {
                 Some(m) => config.routes.push(read_route(m, &location, &mut diags)),
-                None => diags.push(Diagnostic::error(location, format!("{name}[{i}]"), "must be an object")),
+                None => diags.push(Diagnostic::error(
+                    location,
+                    format!("{name}[{i}]"),
+                    "must be an object",
+                )),
             }
         }
     }
@@ -334,8 +342,14 @@ pub fn from_value(value: &Value) -> (FileConfiguration, Vec<Diagnostic>) {
             let index = config.dynamic_routes.len();
             let location = format!("DynamicRoutes[{index}]");
             match item.as_object() {
-                Some(m) => config.dynamic_routes.push(read_dynamic_route(m, &location, &mut diags)),
-                None => diags.push(Diagnostic::error(location, format!("{name}[{i}]"), "must be an object")),
+                Some(m) => config
+                    .dynamic_routes
+                    .push(read_dynamic_route(m, &location, &mut diags)),
+                None => diags.push(Diagnostic::error(
+                    location,
+                    format!("{name}[{i}]"),
+                    "must be an object",
+                )),
             }
         }
     }
@@ -344,8 +358,14 @@ pub fn from_value(value: &Value) -> (FileConfiguration, Vec<Diagnostic>) {
             let index = config.aggregates.len();
             let location = format!("Aggregates[{index}]");
             match item.as_object() {
-                Some(m) => config.aggregates.push(read_aggregate(m, &location, &mut diags)),
-                None => diags.push(Diagnostic::error(location, format!("{name}[{i}]"), "must be an object")),
+                Some(m) => config
+                    .aggregates
+                    .push(read_aggregate(m, &location, &mut diags)),
+                None => diags.push(Diagnostic::error(
+                    location,
+                    format!("{name}[{i}]"),
+                    "must be an object",
+                )),
             }
         }
     }
@@ -362,10 +382,14 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
     let mut o = Obj::new(map, location.to_string());
     let mut r = FileRoute {
         upstream_path_template: o.string(&["UpstreamPathTemplate", "UpstreamTemplate"], d),
-        upstream_http_method: o.string_list(&["UpstreamHttpMethod"], d).unwrap_or_default(),
+        upstream_http_method: o
+            .string_list(&["UpstreamHttpMethod"], d)
+            .unwrap_or_default(),
         upstream_host: o.string(&["UpstreamHost"], d),
         upstream_header_templates: o.dict(&["UpstreamHeaderTemplates"], d).unwrap_or_default(),
-        route_is_case_sensitive: o.bool(&["RouteIsCaseSensitive", "ReRouteIsCaseSensitive"], d).unwrap_or(false),
+        route_is_case_sensitive: o
+            .bool(&["RouteIsCaseSensitive", "ReRouteIsCaseSensitive"], d)
+            .unwrap_or(false),
         priority: o.int(&["Priority"], d).unwrap_or(1),
         downstream_path_template: o.string(&["DownstreamPathTemplate"], d),
         downstream_scheme: o.string(&["DownstreamScheme"], d),
@@ -381,15 +405,23 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
         dangerous_accept_any_server_certificate_validator: o
             .bool(&["DangerousAcceptAnyServerCertificateValidator"], d)
             .unwrap_or(false),
-        delegating_handlers: o.string_list(&["DelegatingHandlers"], d).unwrap_or_default(),
+        delegating_handlers: o
+            .string_list(&["DelegatingHandlers"], d)
+            .unwrap_or_default(),
         add_headers_to_request: o.dict(&["AddHeadersToRequest"], d).unwrap_or_default(),
         add_claims_to_request: o.dict(&["AddClaimsToRequest"], d).unwrap_or_default(),
         add_queries_to_request: o.dict(&["AddQueriesToRequest"], d).unwrap_or_default(),
-        change_downstream_path_template: o.dict(&["ChangeDownstreamPathTemplate"], d).unwrap_or_default(),
+        change_downstream_path_template: o
+            .dict(&["ChangeDownstreamPathTemplate"], d)
+            .unwrap_or_default(),
         route_claims_requirement: o.dict(&["RouteClaimsRequirement"], d).unwrap_or_default(),
         upstream_header_transform: o.dict(&["UpstreamHeaderTransform"], d).unwrap_or_default(),
-        downstream_header_transform: o.dict(&["DownstreamHeaderTransform"], d).unwrap_or_default(),
-        authentication_options: o.object(&["AuthenticationOptions"], d).map(|m| read_auth(m, &o.child("AuthenticationOptions"), false, d)),
+        downstream_header_transform: o
+            .dict(&["DownstreamHeaderTransform"], d)
+            .unwrap_or_default(),
+        authentication_options: o
+            .object(&["AuthenticationOptions"], d)
+            .map(|m| read_auth(m, &o.child("AuthenticationOptions"), false, d)),
         // The deprecated `FileCacheOptions` takes precedence over `CacheOptions`, as in Ocelot 24.1+.
         cache_options: None,
         http_handler_options: o
@@ -398,15 +430,23 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
         load_balancer_options: o
             .object(&["LoadBalancerOptions"], d)
             .map(|m| read_load_balancer(m, &o.child("LoadBalancerOptions"), false, d)),
-        qos_options: o.object(&["QoSOptions"], d).map(|m| read_qos(m, &o.child("QoSOptions"), false, d)),
+        qos_options: o
+            .object(&["QoSOptions"], d)
+            .map(|m| read_qos(m, &o.child("QoSOptions"), false, d)),
         rate_limit_options: o
             .object(&["RateLimitOptions"], d)
             .map(|m| read_rate_limit(m, &o.child("RateLimitOptions"), false, d)),
-        security_options: o.object(&["SecurityOptions"], d).map(|m| read_security(m, &o.child("SecurityOptions"), d)),
+        security_options: o
+            .object(&["SecurityOptions"], d)
+            .map(|m| read_security(m, &o.child("SecurityOptions"), d)),
         metadata: o.metadata(d),
     };
-    let legacy_cache = o.object(&["FileCacheOptions"], d).map(|m| read_cache(m, &o.child("FileCacheOptions"), false, d));
-    let cache = o.object(&["CacheOptions"], d).map(|m| read_cache(m, &o.child("CacheOptions"), false, d));
+    let legacy_cache = o
+        .object(&["FileCacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("FileCacheOptions"), false, d));
+    let cache = o
+        .object(&["CacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("CacheOptions"), false, d));
     r.cache_options = legacy_cache.or(cache);
     for (field, template) in [
         ("UpstreamPathTemplate", &mut r.upstream_path_template),
@@ -424,9 +464,14 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
                     let host = hp.string(&["Host"], d).unwrap_or_default();
                     let port = hp.int(&["Port"], d).unwrap_or(0);
                     hp.finish(d);
-                    r.downstream_host_and_ports.push(FileHostAndPort { host, port });
+                    r.downstream_host_and_ports
+                        .push(FileHostAndPort { host, port });
                 }
-                None => d.push(Diagnostic::error(location, field, "must be an object with Host and Port")),
+                None => d.push(Diagnostic::error(
+                    location,
+                    field,
+                    "must be an object with Host and Port",
+                )),
             }
         }
     }
@@ -443,7 +488,9 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
     }
     // Very old configs name the balancer with a plain `LoadBalancer` string.
     if let Some(name) = o.string(&["LoadBalancer"], d) {
-        let lb = r.load_balancer_options.get_or_insert_with(FileLoadBalancerOptions::default);
+        let lb = r
+            .load_balancer_options
+            .get_or_insert_with(FileLoadBalancerOptions::default);
         if lb.r#type.is_none() {
             lb.r#type = Some(normalize_balancer_name(name));
         }
@@ -454,19 +501,31 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
     r
 }
 
-fn read_dynamic_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>) -> FileDynamicRoute {
+fn read_dynamic_route(
+    map: &Map<String, Value>,
+    location: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileDynamicRoute {
     let mut o = Obj::new(map, location.to_string());
-    let legacy_rule = o.object(&["RateLimitRule"], d).map(|m| read_rate_limit(m, &o.child("RateLimitRule"), false, d));
+    let legacy_rule = o
+        .object(&["RateLimitRule"], d)
+        .map(|m| read_rate_limit(m, &o.child("RateLimitRule"), false, d));
     let rule = o
         .object(&["RateLimitOptions"], d)
         .map(|m| read_rate_limit(m, &o.child("RateLimitOptions"), false, d));
-    let legacy_cache = o.object(&["FileCacheOptions"], d).map(|m| read_cache(m, &o.child("FileCacheOptions"), false, d));
-    let cache = o.object(&["CacheOptions"], d).map(|m| read_cache(m, &o.child("CacheOptions"), false, d));
+    let legacy_cache = o
+        .object(&["FileCacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("FileCacheOptions"), false, d));
+    let cache = o
+        .object(&["CacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("CacheOptions"), false, d));
     let r = FileDynamicRoute {
         service_name: o.string(&["ServiceName"], d),
         service_namespace: o.string(&["ServiceNamespace"], d),
         key: o.string(&["Key"], d),
-        authentication_options: o.object(&["AuthenticationOptions"], d).map(|m| read_auth(m, &o.child("AuthenticationOptions"), false, d)),
+        authentication_options: o
+            .object(&["AuthenticationOptions"], d)
+            .map(|m| read_auth(m, &o.child("AuthenticationOptions"), false, d)),
         cache_options: legacy_cache.or(cache),
         downstream_http_version: o.string(&["DownstreamHttpVersion"], d),
         downstream_http_version_policy: o.string(&["DownstreamHttpVersionPolicy"], d),
@@ -478,7 +537,9 @@ fn read_dynamic_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diag
             .object(&["LoadBalancerOptions"], d)
             .map(|m| read_load_balancer(m, &o.child("LoadBalancerOptions"), false, d)),
         metadata: o.metadata(d),
-        qos_options: o.object(&["QoSOptions"], d).map(|m| read_qos(m, &o.child("QoSOptions"), false, d)),
+        qos_options: o
+            .object(&["QoSOptions"], d)
+            .map(|m| read_qos(m, &o.child("QoSOptions"), false, d)),
         rate_limit_options: legacy_rule.or(rule),
         timeout: o.int(&["Timeout"], d),
     };
@@ -486,25 +547,38 @@ fn read_dynamic_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diag
     r
 }
 
-fn read_aggregate(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>) -> FileAggregateRoute {
+fn read_aggregate(
+    map: &Map<String, Value>,
+    location: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileAggregateRoute {
     let mut o = Obj::new(map, location.to_string());
     let mut a = FileAggregateRoute {
         upstream_path_template: o.string(&["UpstreamPathTemplate", "UpstreamTemplate"], d),
         upstream_host: o.string(&["UpstreamHost"], d),
         upstream_header_templates: o.dict(&["UpstreamHeaderTemplates"], d).unwrap_or_default(),
-        route_is_case_sensitive: o.bool(&["RouteIsCaseSensitive", "ReRouteIsCaseSensitive"], d).unwrap_or(false),
+        route_is_case_sensitive: o
+            .bool(&["RouteIsCaseSensitive", "ReRouteIsCaseSensitive"], d)
+            .unwrap_or(false),
         priority: o.int(&["Priority"], d).unwrap_or(1),
         aggregator: o.string(&["Aggregator"], d),
         ..FileAggregateRoute::default()
     };
-    add_leading_slash(&mut a.upstream_path_template, location, "UpstreamPathTemplate", d);
+    add_leading_slash(
+        &mut a.upstream_path_template,
+        location,
+        "UpstreamPathTemplate",
+        d,
+    );
     // An empty list binds to nothing in ASP.NET, so the GET default stays.
     if let Some(methods) = o.string_list(&["UpstreamHttpMethod"], d) {
         if !methods.is_empty() {
             a.upstream_http_method = methods;
         }
     }
-    a.route_keys = o.string_list(&["RouteKeys", "ReRouteKeys"], d).unwrap_or_default();
+    a.route_keys = o
+        .string_list(&["RouteKeys", "ReRouteKeys"], d)
+        .unwrap_or_default();
     if let Some(items) = o.array(&["RouteKeysConfig", "ReRouteKeysConfig"], d) {
         for (i, item) in items.iter().enumerate() {
             let field = format!("RouteKeysConfig[{i}]");
@@ -528,8 +602,12 @@ fn read_aggregate(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnost
 
 fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalConfiguration {
     let mut o = Obj::new(map, "GlobalConfiguration".to_string());
-    let legacy_cache = o.object(&["FileCacheOptions"], d).map(|m| read_cache(m, &o.child("FileCacheOptions"), true, d));
-    let cache = o.object(&["CacheOptions"], d).map(|m| read_cache(m, &o.child("CacheOptions"), true, d));
+    let legacy_cache = o
+        .object(&["FileCacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("FileCacheOptions"), true, d));
+    let cache = o
+        .object(&["CacheOptions"], d)
+        .map(|m| read_cache(m, &o.child("CacheOptions"), true, d));
     let g = FileGlobalConfiguration {
         base_url: o.string(&["BaseUrl"], d),
         request_id_key: o.string(&["RequestIdKey"], d),
@@ -539,7 +617,9 @@ fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalC
         rate_limit_options: o
             .object(&["RateLimitOptions"], d)
             .map(|m| read_rate_limit(m, &o.child("RateLimitOptions"), true, d)),
-        qos_options: o.object(&["QoSOptions"], d).map(|m| read_qos(m, &o.child("QoSOptions"), true, d)),
+        qos_options: o
+            .object(&["QoSOptions"], d)
+            .map(|m| read_qos(m, &o.child("QoSOptions"), true, d)),
         load_balancer_options: o
             .object(&["LoadBalancerOptions"], d)
             .map(|m| read_load_balancer(m, &o.child("LoadBalancerOptions"), true, d)),
@@ -547,15 +627,23 @@ fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalC
         http_handler_options: o
             .object(&["HttpHandlerOptions"], d)
             .map(|m| read_http_handler(m, &o.child("HttpHandlerOptions"), true, d)),
-        authentication_options: o.object(&["AuthenticationOptions"], d).map(|m| read_auth(m, &o.child("AuthenticationOptions"), true, d)),
+        authentication_options: o
+            .object(&["AuthenticationOptions"], d)
+            .map(|m| read_auth(m, &o.child("AuthenticationOptions"), true, d)),
         downstream_scheme: o.string(&["DownstreamScheme"], d),
         downstream_http_version: o.string(&["DownstreamHttpVersion"], d),
         downstream_http_version_policy: o.string(&["DownstreamHttpVersionPolicy"], d),
-        security_options: o.object(&["SecurityOptions"], d).map(|m| read_security(m, &o.child("SecurityOptions"), d)),
+        security_options: o
+            .object(&["SecurityOptions"], d)
+            .map(|m| read_security(m, &o.child("SecurityOptions"), d)),
         upstream_header_transform: o.dict(&["UpstreamHeaderTransform"], d).unwrap_or_default(),
-        downstream_header_transform: o.dict(&["DownstreamHeaderTransform"], d).unwrap_or_default(),
+        downstream_header_transform: o
+            .dict(&["DownstreamHeaderTransform"], d)
+            .unwrap_or_default(),
         metadata: o.metadata(d),
-        metadata_options: o.object(&["MetadataOptions"], d).map(|m| read_metadata_options(m, &o.child("MetadataOptions"), d)),
+        metadata_options: o
+            .object(&["MetadataOptions"], d)
+            .map(|m| read_metadata_options(m, &o.child("MetadataOptions"), d)),
         timeout: o.int(&["Timeout"], d),
     };
     // Keys older Ocelot versions read at global level; harmless today.
@@ -564,11 +652,18 @@ fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalC
     g
 }
 
-fn read_auth(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileAuthenticationOptions {
+fn read_auth(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileAuthenticationOptions {
     let mut o = Obj::new(map, path.to_string());
     let a = FileAuthenticationOptions {
         authentication_provider_key: o.string(&["AuthenticationProviderKey"], d),
-        authentication_provider_keys: o.string_list(&["AuthenticationProviderKeys"], d).unwrap_or_default(),
+        authentication_provider_keys: o
+            .string_list(&["AuthenticationProviderKeys"], d)
+            .unwrap_or_default(),
         allowed_scopes: o.string_list(&["AllowedScopes"], d),
         allow_anonymous: o.bool(&["AllowAnonymous"], d),
         route_keys: o.route_keys(global, d),
@@ -577,7 +672,12 @@ fn read_auth(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Dia
     a
 }
 
-fn read_cache(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileCacheOptions {
+fn read_cache(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileCacheOptions {
     let mut o = Obj::new(map, path.to_string());
     let c = FileCacheOptions {
         ttl_seconds: o.int(&["TtlSeconds"], d),
@@ -590,7 +690,12 @@ fn read_cache(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Di
     c
 }
 
-fn read_http_handler(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileHttpHandlerOptions {
+fn read_http_handler(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileHttpHandlerOptions {
     let mut o = Obj::new(map, path.to_string());
     let h = FileHttpHandlerOptions {
         allow_auto_redirect: o.bool(&["AllowAutoRedirect"], d),
@@ -608,13 +713,20 @@ fn read_http_handler(map: &Map<String, Value>, path: &str, global: bool, d: &mut
 /// Ocelot refuses a path template without its leading '/', yet configurations
 /// written that way exist in the wild (their authors meant the obvious path), so
 /// the slash is added and the reader told.
-fn add_leading_slash(template: &mut Option<String>, location: &str, field: &str, d: &mut Vec<Diagnostic>) {
+fn add_leading_slash(
+    template: &mut Option<String>,
+    location: &str,
+    field: &str,
+    d: &mut Vec<Diagnostic>,
+) {
     if let Some(t) = template {
         if !t.is_empty() && !t.starts_with('/') {
             d.push(Diagnostic::warning(
                 location,
                 field,
-                format!("'{t}' does not start with '/'; read as '/{t}' (Ocelot would refuse to start)"),
+                format!(
+                    "'{t}' does not start with '/'; read as '/{t}' (Ocelot would refuse to start)"
+                ),
             ));
             t.insert(0, '/');
         }
@@ -630,7 +742,12 @@ pub fn normalize_balancer_name(name: String) -> String {
     }
 }
 
-fn read_load_balancer(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileLoadBalancerOptions {
+fn read_load_balancer(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileLoadBalancerOptions {
     let mut o = Obj::new(map, path.to_string());
     let l = FileLoadBalancerOptions {
         r#type: o.string(&["Type"], d).map(normalize_balancer_name),
@@ -642,7 +759,12 @@ fn read_load_balancer(map: &Map<String, Value>, path: &str, global: bool, d: &mu
     l
 }
 
-fn read_qos(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileQoSOptions {
+fn read_qos(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileQoSOptions {
     let mut o = Obj::new(map, path.to_string());
     // Deprecated names take precedence over the current ones (Ocelot 24.1–25).
     let legacy_min = o.int(&["ExceptionsAllowedBeforeBreaking"], d);
@@ -660,7 +782,12 @@ fn read_qos(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diag
     q
 }
 
-fn read_rate_limit(map: &Map<String, Value>, path: &str, global: bool, d: &mut Vec<Diagnostic>) -> FileRateLimitOptions {
+fn read_rate_limit(
+    map: &Map<String, Value>,
+    path: &str,
+    global: bool,
+    d: &mut Vec<Diagnostic>,
+) -> FileRateLimitOptions {
     let mut o = Obj::new(map, path.to_string());
     let disable_headers = o.bool(&["DisableRateLimitHeaders"], d);
     let enable_headers = o.bool(&["EnableHeaders"], d);
@@ -695,7 +822,11 @@ fn format_seconds(seconds: f64) -> String {
     format!("{seconds}s")
 }
 
-fn read_security(map: &Map<String, Value>, path: &str, d: &mut Vec<Diagnostic>) -> FileSecurityOptions {
+fn read_security(
+    map: &Map<String, Value>,
+    path: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileSecurityOptions {
     let mut o = Obj::new(map, path.to_string());
     let s = FileSecurityOptions {
         ip_allowed_list: o.string_list(&["IPAllowedList"], d).unwrap_or_default(),
@@ -706,7 +837,11 @@ fn read_security(map: &Map<String, Value>, path: &str, d: &mut Vec<Diagnostic>) 
     s
 }
 
-fn read_sd_provider(map: &Map<String, Value>, path: &str, d: &mut Vec<Diagnostic>) -> FileServiceDiscoveryProvider {
+fn read_sd_provider(
+    map: &Map<String, Value>,
+    path: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileServiceDiscoveryProvider {
     let mut o = Obj::new(map, path.to_string());
     let s = FileServiceDiscoveryProvider {
         scheme: o.string(&["Scheme"], d),
@@ -722,7 +857,11 @@ fn read_sd_provider(map: &Map<String, Value>, path: &str, d: &mut Vec<Diagnostic
     s
 }
 
-fn read_metadata_options(map: &Map<String, Value>, path: &str, d: &mut Vec<Diagnostic>) -> FileMetadataOptions {
+fn read_metadata_options(
+    map: &Map<String, Value>,
+    path: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileMetadataOptions {
     let mut o = Obj::new(map, path.to_string());
     let m = FileMetadataOptions {
         current_culture: o.string(&["CurrentCulture"], d),
@@ -788,7 +927,11 @@ impl<'a> Obj<'a> {
     }
 
     fn type_error(&self, key: &str, expected: &str, d: &mut Vec<Diagnostic>) {
-        d.push(Diagnostic::error(self.path.clone(), key.to_string(), format!("expected {expected}")));
+        d.push(Diagnostic::error(
+            self.path.clone(),
+            key.to_string(),
+            format!("expected {expected}"),
+        ));
     }
 
     fn string(&mut self, names: &[&str], d: &mut Vec<Diagnostic>) -> Option<String> {
@@ -906,7 +1049,12 @@ impl<'a> Obj<'a> {
         self.dict_of(names, false, d)
     }
 
-    fn dict_of(&mut self, names: &[&str], nested_as_json: bool, d: &mut Vec<Diagnostic>) -> Option<Dict> {
+    fn dict_of(
+        &mut self,
+        names: &[&str],
+        nested_as_json: bool,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Dict> {
         let (key, value) = self.lookup(names)?;
         match value {
             Value::Null => None,
@@ -926,7 +1074,9 @@ impl<'a> Obj<'a> {
                     };
                     // Keys are case-insensitive in ASP.NET configuration: a later
                     // duplicate replaces the earlier entry.
-                    if let Some(existing) = out.iter_mut().find(|(ek, _)| ek.eq_ignore_ascii_case(k)) {
+                    if let Some(existing) =
+                        out.iter_mut().find(|(ek, _)| ek.eq_ignore_ascii_case(k))
+                    {
                         existing.1 = text;
                     } else {
                         out.push((k.clone(), text));
@@ -942,7 +1092,11 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn object(&mut self, names: &[&str], d: &mut Vec<Diagnostic>) -> Option<&'a Map<String, Value>> {
+    fn object(
+        &mut self,
+        names: &[&str],
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<&'a Map<String, Value>> {
         let (key, value) = self.lookup(names)?;
         match value {
             Value::Null => None,
@@ -989,7 +1143,11 @@ impl<'a> Obj<'a> {
     fn finish(self, d: &mut Vec<Diagnostic>) {
         for (i, key) in self.map.keys().enumerate() {
             if !self.used[i] {
-                d.push(Diagnostic::warning(self.path.clone(), key.clone(), "unknown property, ignored"));
+                d.push(Diagnostic::warning(
+                    self.path.clone(),
+                    key.clone(),
+                    "unknown property, ignored",
+                ));
             }
         }
     }
@@ -1028,7 +1186,13 @@ mod tests {
         let r = &c.routes[0];
         assert_eq!(r.upstream_path_template.as_deref(), Some("/a/{id}"));
         assert_eq!(r.downstream_path_template.as_deref(), Some("/b/{id}"));
-        assert_eq!(r.downstream_host_and_ports, vec![FileHostAndPort { host: "localhost".into(), port: 5001 }]);
+        assert_eq!(
+            r.downstream_host_and_ports,
+            vec![FileHostAndPort {
+                host: "localhost".into(),
+                port: 5001
+            }]
+        );
         assert_eq!(r.priority, 3);
         assert!(r.route_is_case_sensitive);
         assert_eq!(r.timeout, Some(7));
@@ -1059,22 +1223,50 @@ mod tests {
         assert!(diags.is_empty(), "{diags:?}");
         let r = &c.routes[0];
         assert_eq!(r.upstream_path_template.as_deref(), Some("/old"));
-        assert_eq!(r.downstream_host_and_ports, vec![FileHostAndPort { host: "svc".into(), port: 81 }]);
+        assert_eq!(
+            r.downstream_host_and_ports,
+            vec![FileHostAndPort {
+                host: "svc".into(),
+                port: 81
+            }]
+        );
         assert!(r.route_is_case_sensitive);
-        assert_eq!(r.load_balancer_options.as_ref().and_then(|l| l.r#type.as_deref()), Some("NoLoadBalancer"));
-        assert_eq!(r.cache_options.as_ref().and_then(|c| c.ttl_seconds), Some(5));
+        assert_eq!(
+            r.load_balancer_options
+                .as_ref()
+                .and_then(|l| l.r#type.as_deref()),
+            Some("NoLoadBalancer")
+        );
+        assert_eq!(
+            r.cache_options.as_ref().and_then(|c| c.ttl_seconds),
+            Some(5)
+        );
         let q = r.qos_options.as_ref().expect("qos");
-        assert_eq!((q.minimum_throughput, q.break_duration, q.timeout), (Some(3), Some(1000), Some(500)));
+        assert_eq!(
+            (q.minimum_throughput, q.break_duration, q.timeout),
+            (Some(3), Some(1000), Some(500))
+        );
         let rl = r.rate_limit_options.as_ref().expect("rate limit");
         assert_eq!(rl.wait.as_deref(), Some("2s"));
         assert_eq!(rl.status_code, Some(418));
         assert_eq!(
-            r.authentication_options.as_ref().and_then(|a| a.authentication_provider_key.as_deref()),
+            r.authentication_options
+                .as_ref()
+                .and_then(|a| a.authentication_provider_key.as_deref()),
             Some("Bearer")
         );
-        assert_eq!(c.dynamic_routes[0].rate_limit_options.as_ref().and_then(|r| r.limit), Some(4));
+        assert_eq!(
+            c.dynamic_routes[0]
+                .rate_limit_options
+                .as_ref()
+                .and_then(|r| r.limit),
+            Some(4)
+        );
         assert_eq!(c.aggregates[0].route_keys, vec!["a", "b"]);
-        assert_eq!(c.aggregates[0].route_keys_config[0].route_key.as_deref(), Some("b"));
+        assert_eq!(
+            c.aggregates[0].route_keys_config[0].route_key.as_deref(),
+            Some("b")
+        );
         assert_eq!(c.aggregates[0].upstream_http_method, vec!["GET"]);
         let g = c.global.rate_limit_options.as_ref().expect("global rl");
         assert_eq!(g.enable_headers, Some(false));
@@ -1091,20 +1283,44 @@ mod tests {
         });
         let (_, diags) = from_value(&v);
         let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        assert!(text.contains(&"warning: Routes[0]: Bogus: unknown property, ignored".to_string()), "{text:?}");
-        assert!(text.contains(&"warning: Routes[0].QoSOptions: Nope: unknown property, ignored".to_string()), "{text:?}");
-        assert!(text.contains(&"warning: GlobalConfiguration: Whatever: unknown property, ignored".to_string()), "{text:?}");
         assert!(
-            text.contains(&"error: Routes[0].DownstreamHostAndPorts[0]: Port: expected an integer".to_string()),
+            text.contains(&"warning: Routes[0]: Bogus: unknown property, ignored".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"warning: Routes[0].QoSOptions: Nope: unknown property, ignored".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"warning: GlobalConfiguration: Whatever: unknown property, ignored".to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"error: Routes[0].DownstreamHostAndPorts[0]: Port: expected an integer"
+                    .to_string()
+            ),
             "{text:?}"
         );
     }
 
     #[test]
     fn templates_without_a_leading_slash_are_fixed_with_a_warning() {
-        let (c, diags) = from_value(&json!({"ReRoutes": [{"UpstreamPathTemplate": "api/{x}", "DownstreamPathTemplate": "v1/{x}"}]}));
-        assert_eq!(c.routes[0].upstream_path_template.as_deref(), Some("/api/{x}"));
-        assert_eq!(c.routes[0].downstream_path_template.as_deref(), Some("/v1/{x}"));
+        let (c, diags) = from_value(
+            &json!({"ReRoutes": [{"UpstreamPathTemplate": "api/{x}", "DownstreamPathTemplate": "v1/{x}"}]}),
+        );
+        assert_eq!(
+            c.routes[0].upstream_path_template.as_deref(),
+            Some("/api/{x}")
+        );
+        assert_eq!(
+            c.routes[0].downstream_path_template.as_deref(),
+            Some("/v1/{x}")
+        );
         assert_eq!(diags.len(), 2, "{diags:?}");
         assert!(diags.iter().all(|d| !d.is_error()));
     }
@@ -1113,13 +1329,25 @@ mod tests {
     fn nested_metadata_values_are_kept_as_json() {
         let (c, diags) = from_value(&json!({"Routes": [{"Metadata": {"k": {"a": 1}, "s": "v"}}]}));
         assert!(diags.is_empty(), "{diags:?}");
-        assert_eq!(c.routes[0].metadata, Some(vec![("k".to_string(), "{\"a\":1}".to_string()), ("s".to_string(), "v".to_string())]));
+        assert_eq!(
+            c.routes[0].metadata,
+            Some(vec![
+                ("k".to_string(), "{\"a\":1}".to_string()),
+                ("s".to_string(), "v".to_string())
+            ])
+        );
     }
 
     #[test]
     fn dictionaries_are_sorted_and_case_insensitive() {
         let v = json!({"Routes": [{"AddQueriesToRequest": {"b": "2", "A": "1", "a": "3"}}]});
         let (c, _) = from_value(&v);
-        assert_eq!(c.routes[0].add_queries_to_request, vec![("A".to_string(), "3".to_string()), ("b".to_string(), "2".to_string())]);
+        assert_eq!(
+            c.routes[0].add_queries_to_request,
+            vec![
+                ("A".to_string(), "3".to_string()),
+                ("b".to_string(), "2".to_string())
+            ]
+        );
     }
 }

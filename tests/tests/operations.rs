@@ -618,11 +618,25 @@ async fn metrics_count_rate_limiting_and_show_backend_health() {
         assert_eq!(get(&gw.url("/limited"), &[client_id]).await.status, 200);
         assert_eq!(get(&gw.url("/limited"), &[client_id]).await.status, 429);
         let text = metrics(&gw).await;
-        assert_eq!(sample(&text, "gateway_rate_limited_total{route=\"/limited\"}"), 1.0, "{text}");
-        let backend = format!("gateway_backend_healthy{{backend=\"{}\",route=\"/limited\"}}", up.addr());
+        assert_eq!(
+            sample(&text, "gateway_rate_limited_total{route=\"/limited\"}"),
+            1.0,
+            "{text}"
+        );
+        let backend = format!(
+            "gateway_backend_healthy{{backend=\"{}\",route=\"/limited\"}}",
+            up.addr()
+        );
         assert_eq!(sample(&text, &backend), 1.0, "{text}");
-        assert_eq!(sample(&text, "gateway_config_reloads_total{result=\"failure\"}"), 0.0, "{text}");
-        assert!(text.contains("gateway_config_reloads_total{result=\"failure\"} 0"), "{text}");
+        assert_eq!(
+            sample(&text, "gateway_config_reloads_total{result=\"failure\"}"),
+            0.0,
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_config_reloads_total{result=\"failure\"} 0"),
+            "{text}"
+        );
     })
     .await
 }

@@ -32,11 +32,17 @@ impl ProxyHttp for Bare {
         // Pingora's default adds a disabled compression module; the bench
         // measures the proxy without it unless asked.
         if self.compression_module {
-            modules.add_module(pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0));
+            modules.add_module(
+                pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora_core::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora_core::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
@@ -45,7 +51,8 @@ impl ProxyHttp for Bare {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module]";
+    let usage =
+        "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module]";
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);

@@ -414,7 +414,11 @@ static PROVIDER_NAMES: std::sync::RwLock<Option<std::collections::BTreeSet<Strin
 /// Whether `name` is a configured provider; `None` before the providers are
 /// published (unit tests, `--check` without settings).
 pub fn is_configured(name: &str) -> Option<bool> {
-    PROVIDER_NAMES.read().ok()?.as_ref().map(|names| names.contains(name))
+    PROVIDER_NAMES
+        .read()
+        .ok()?
+        .as_ref()
+        .map(|names| names.contains(name))
 }
 
 /// Every configured provider, by name.

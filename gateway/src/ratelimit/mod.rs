@@ -548,7 +548,10 @@ impl RateLimiter {
 
     fn reject(&self, rule: &RouteRule, client: &str, total: u64, retry_after: f64) -> Decision {
         METRICS.rejected.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::METRICS.rate_limited.with_label_values(&[&rule.route_name]).inc();
+        crate::metrics::METRICS
+            .rate_limited
+            .with_label_values(&[&rule.route_name])
+            .inc();
         log::info!(
             "Blocked request from client {}({client}) to route '{}': quota {} exceeded by {total}",
             rule.client_header,
