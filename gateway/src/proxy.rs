@@ -90,6 +90,39 @@ impl Ctx {
     }
 }
 
+/// One access-log line. Serialized straight from this struct (fields in this
+/// order, `None` as `null`), the same JSON as building a `serde_json::Value`
+/// first, without its map and string copies on every request.
+#[derive(serde::Serialize)]
+struct AccessLogLine<'a> {
+    #[serde(serialize_with = "display")]
+    time: humantime::Rfc3339Timestamp,
+    request_id: Option<&'a str>,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    #[serde(serialize_with = "display_opt")]
+    upstream: Option<std::net::SocketAddr>,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    bytes_in: usize,
+    bytes_out: usize,
+    client: Option<String>,
+    error: Option<String>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(value: &Option<T>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
 /// Request headers as the route table asks for them.
 struct Headers<'a>(&'a HeaderMap);
 
@@ -718,22 +751,25 @@ impl ProxyHttp for Gateway {
             }
         }
         if self.live.load().access_log {
-            let line = serde_json::json!({
-                "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                "request_id": ctx.request_id,
-                "route": route,
-                "method": method,
-                "path": session.req_header().uri.path(),
-                "status": status,
-                "upstream": ctx.selected.as_ref().map(|s| s.addr.to_string()),
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "upstream_ms": ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-                "bytes_in": session.body_bytes_read(),
-                "bytes_out": session.body_bytes_sent(),
-                "client": session.client_addr().map(|a| a.to_string()),
-                "error": error.map(|e| e.to_string()),
-            });
-            println!("{line}");
+            let line = AccessLogLine {
+                time: humantime::format_rfc3339_millis(SystemTime::now()),
+                request_id: ctx.request_id.as_deref(),
+                route,
+                method,
+                path: session.req_header().uri.path(),
+                status,
+                upstream: ctx.selected.as_ref().map(|s| s.addr),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                client: session.client_addr().map(|a| a.to_string()),
+                error: error.map(|e| e.to_string()),
+            };
+            match serde_json::to_string(&line) {
+                Ok(text) => println!("{text}"),
+                Err(e) => log::error!("cannot write the access log line: {e}"),
+            }
         }
         // Ends the request's in-flight count for LeastConnection.
         ctx.selected = None;
