@@ -112,11 +112,17 @@ struct AccessLogLine<'a> {
     error: Option<String>,
 }
 
-fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
 
-fn display_opt<T: std::fmt::Display, S: serde::Serializer>(value: &Option<T>, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     match value {
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
