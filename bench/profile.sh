@@ -15,6 +15,7 @@ mkdir -p "$out"
 export PATH="$PATH:/usr/sbin"
 python3 - "$who" "$secs" "$out" <<'PY'
 import os, subprocess, sys, tempfile, time, json
+sys.dont_write_bytecode = True
 sys.path.insert(0, "bench")
 import bench
 who, secs, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
