@@ -1,42 +1,54 @@
 #!/usr/bin/env bash
-# Builds target/patched/pingora-proxy: the crates.io release of pingora-proxy
-# 0.9.1 with our fix for the WebSocket upgrade race (cloudflare/pingora#946,
-# fix proposed upstream in #947) applied from patches/. The workspace uses it
-# through [patch.crates-io]; drop both once a Pingora release has the fix.
-# Idempotent: does nothing when the patched copy is already there.
+# Builds target/patched/<crate>: the crates.io release of each patched Pingora
+# crate with our patches from patches/<crate>-<version>-*.patch applied in name
+# order. The workspace uses them through [patch.crates-io]; drop a crate from
+# both once a Pingora release carries its fixes.
+#   pingora-proxy: the WebSocket upgrade race (cloudflare/pingora#946, fix
+#                  proposed upstream in #947).
+#   pingora-core:  HTTP/1 body buffers: no 64 KiB allocation for a body that came
+#                  with its header, large body chunks passed on without a copy
+#                  (bench/README.md, issue #6).
+# Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 version=0.9.1
-patch_file="$root/patches/pingora-proxy-$version-websocket-upgrade.patch"
-dest="$root/target/patched/pingora-proxy"
-stamp="$dest/.gateway-patched-$(sha256sum "$patch_file" | cut -c1-16)"
-[ -f "$stamp" ] && exit 0
+crates=(pingora-proxy pingora-core)
 
-# Let cargo download the release into its registry cache, then find it there.
+# Let cargo download the releases into its registry cache, then find them there.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-mkdir -p "$scratch/src"
-: > "$scratch/src/lib.rs"
-cat > "$scratch/Cargo.toml" <<TOML
-[package]
-name = "fetch-pingora-proxy"
-version = "0.0.0"
-edition = "2021"
+fetched=0
+fetch_sources() {
+  [ "$fetched" = 1 ] && return
+  mkdir -p "$scratch/src"
+  : > "$scratch/src/lib.rs"
+  {
+    printf '[package]\nname = "fetch-pingora"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n'
+    for crate in "${crates[@]}"; do printf '%s = "=%s"\n' "$crate" "$version"; done
+    printf '\n[workspace]\n'
+  } > "$scratch/Cargo.toml"
+  cargo fetch --quiet --manifest-path "$scratch/Cargo.toml"
+  cargo metadata --format-version 1 --manifest-path "$scratch/Cargo.toml" > "$scratch/metadata.json"
+  fetched=1
+}
 
-[dependencies]
-pingora-proxy = "=$version"
+for crate in "${crates[@]}"; do
+  patches=("$root"/patches/"$crate-$version"-*.patch)
+  [ -e "${patches[0]}" ] || { echo "no patches for $crate in patches/" >&2; exit 1; }
+  dest="$root/target/patched/$crate"
+  stamp="$dest/.gateway-patched-$(cat "${patches[@]}" | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && continue
 
-[workspace]
-TOML
-cargo fetch --quiet --manifest-path "$scratch/Cargo.toml"
-manifest=$(cargo metadata --format-version 1 --manifest-path "$scratch/Cargo.toml" |
-  python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "pingora-proxy"))')
-src=$(dirname "$manifest")
-
-rm -rf "$dest"
-mkdir -p "$(dirname "$dest")"
-cp -r "$src" "$dest"
-chmod -R u+w "$dest"
-patch --quiet -d "$dest" -p1 < "$patch_file"
-touch "$stamp"
-echo "patched pingora-proxy $version into ${dest#"$root"/}"
+  fetch_sources
+  manifest=$(python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(open(sys.argv[1]))["packages"] if p["name"] == sys.argv[2]))' \
+    "$scratch/metadata.json" "$crate")
+  rm -rf "$dest"
+  mkdir -p "$(dirname "$dest")"
+  cp -r "$(dirname "$manifest")" "$dest"
+  chmod -R u+w "$dest"
+  for patch_file in "${patches[@]}"; do
+    patch --quiet -d "$dest" -p1 < "$patch_file"
+  done
+  touch "$stamp"
+  echo "patched $crate $version into ${dest#"$root"/}"
+done

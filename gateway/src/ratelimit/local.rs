@@ -18,7 +18,8 @@
 //! request of a window would be: under a flood of distinct ids every id is
 //! new anyway, and refusing unknown clients would let a flood lock everybody
 //! out. A key that keeps coming is admitted after a few requests and then
-//! counted exactly. Memory is about 100 bytes per slot plus a 1 MiB sketch,
+//! counted exactly. Memory is about 100 bytes per counter in use, at most
+//! `max_counters` of them, plus a 1 MiB sketch once the store first fills,
 //! whatever arrives.
 
 use super::algorithm::Counter;
@@ -26,7 +27,7 @@ use pingora_limits::estimator::Estimator;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 const SHARDS: usize = 64;
 /// Slots sampled to choose a victim.
@@ -148,7 +149,9 @@ pub struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: KeyHasher,
-    sketch: Estimator,
+    /// Made when the store first fills up: until then nothing needs it, and
+    /// it is the store's largest allocation.
+    sketch: OnceLock<Estimator>,
     sketch_events: AtomicU64,
     sketch_reset_every: u64,
     last_full_log: AtomicI64,
@@ -161,14 +164,13 @@ impl LocalStore {
         let seed = RandomState::new().hash_one(0u8) | 1;
         let shards = (0..SHARDS as u64)
             .map(|i| {
-                // Reserved up front so the tables never reallocate (and never
-                // hold two copies) while filling; untouched pages cost nothing.
+                // Tables grow with use: a reservation for every slot would be
+                // touched (hash table control bytes) at start-up, idle or not.
+                // Growing one shard at a time briefly holds two copies of that
+                // shard's table only, 1/64 of the store.
                 Mutex::new(Shard {
-                    index: HashMap::with_capacity_and_hasher(
-                        per_shard,
-                        BuildHasherDefault::default(),
-                    ),
-                    slots: Vec::with_capacity(per_shard),
+                    index: HashMap::default(),
+                    slots: Vec::new(),
                     rng: seed.rotate_left(i as u32) | 1,
                 })
             })
@@ -177,7 +179,7 @@ impl LocalStore {
             shards,
             per_shard,
             hasher: KeyHasher::default(),
-            sketch: Estimator::new(SKETCH_HASHES, SKETCH_SLOTS),
+            sketch: OnceLock::new(),
             sketch_events: AtomicU64::new(0),
             // Aging: forget old frequencies after ten times the capacity in
             // admissions, so the sketch reflects recent use.
@@ -204,12 +206,15 @@ impl LocalStore {
 
     /// Estimated recent use of `key` (counting this request).
     fn frequency(&self, key: Key) -> u64 {
+        let sketch = self
+            .sketch
+            .get_or_init(|| Estimator::new(SKETCH_HASHES, SKETCH_SLOTS));
         if self.sketch_events.fetch_add(1, Ordering::Relaxed) % self.sketch_reset_every
             == self.sketch_reset_every - 1
         {
-            self.sketch.reset();
+            sketch.reset();
         }
-        u64::try_from(self.sketch.incr(key, 1)).unwrap_or(0)
+        u64::try_from(sketch.incr(key, 1)).unwrap_or(0)
     }
 
     /// Runs `process` on the key's counter atomically and keeps the result
