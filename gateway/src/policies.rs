@@ -17,6 +17,7 @@ use ocelot_compat::model::{FileGlobalConfiguration, FileRoute};
 use ocelot_compat::{effective, effective_identity};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A route's compiled identity and transform policies.
 #[derive(Debug, Clone, Default)]
@@ -214,7 +215,9 @@ impl RoutePolicies {
     ) -> Result<(), u16> {
         if self.claims.adds_claims() {
             let mut principal = state.principal.take().unwrap_or_default();
-            let result = self.claims.apply_to_claims(&mut principal.claims);
+            let result = self
+                .claims
+                .apply_to_claims(Arc::make_mut(&mut principal.claims));
             state.principal = Some(principal);
             result.map_err(|e| {
                 log::debug!("claims to claims: {e}");

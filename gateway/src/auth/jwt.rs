@@ -2,13 +2,17 @@
 //! audience, algorithms, clock skew) and the check itself, with
 //! `jsonwebtoken`. Everything per key set (keys, `Validation`s) is built when
 //! the set is loaded; a request decodes its header, picks candidate keys and
-//! verifies.
+//! verifies, unless the set has verified the same token before
+//! ([`VerifiedTokens`]).
 
 use crate::claims::Claims;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 
 /// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list
 /// of a provider without an HMAC secret.
@@ -150,10 +154,76 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// Tokens a key set has accepted, with their claims. A client sends the same
+/// token for as long as it lives, and decoding it and checking its signature
+/// again on every request was most of the gateway's own work per
+/// authenticated request (bench/README.md). An entry answers only until the
+/// token's `exp` (plus the allowed clock skew) and only for the key set that
+/// verified it: a new set (key rotation, a settings reload) starts empty, so
+/// a removed key stops being trusted at once. Only accepted tokens are kept,
+/// compared in full, so a client cannot make the cache answer for a token it
+/// did not present.
+struct VerifiedTokens {
+    shards: Box<[Mutex<HashMap<Box<str>, Verified>>]>,
+    hasher: RandomState,
+}
+
+#[derive(Clone)]
+struct Verified {
+    claims: Arc<Claims>,
+    /// Unix seconds after which the token is expired, skew included.
+    valid_until: u64,
+}
+
+const TOKEN_CACHE_SHARDS: usize = 16;
+/// Per shard: 16,384 tokens in all, a few MiB at most.
+const TOKEN_CACHE_SHARD_CAPACITY: usize = 1024;
+
+impl VerifiedTokens {
+    fn new() -> VerifiedTokens {
+        VerifiedTokens {
+            shards: (0..TOKEN_CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Verified>> {
+        &self.shards[self.hasher.hash_one(token) as usize % TOKEN_CACHE_SHARDS]
+    }
+
+    fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
+        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
+        let verified = shard.get(token)?;
+        if now <= verified.valid_until {
+            return Some(verified.claims.clone());
+        }
+        // Expired: verifying again gives the client jsonwebtoken's reason.
+        shard.remove(token);
+        None
+    }
+
+    fn insert(&self, token: &str, verified: Verified, now: u64) {
+        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= TOKEN_CACHE_SHARD_CAPACITY {
+            shard.retain(|_, v| now <= v.valid_until);
+            if shard.len() >= TOKEN_CACHE_SHARD_CAPACITY {
+                // More live tokens than room: start over rather than track
+                // use; the busy ones come back with their next request.
+                shard.clear();
+            }
+        }
+        shard.insert(token.into(), verified);
+    }
+}
+
 /// A loaded key set with its validations, one per key family.
 pub struct KeySet {
     keys: Vec<VerifyKey>,
     validations: Vec<(AlgorithmFamily, Validation)>,
+    leeway: u64,
+    verified: VerifiedTokens,
 }
 
 impl KeySet {
@@ -162,6 +232,8 @@ impl KeySet {
         KeySet {
             keys: Vec::new(),
             validations: Vec::new(),
+            leeway: 0,
+            verified: VerifiedTokens::new(),
         }
     }
 
@@ -221,7 +293,12 @@ impl KeySet {
             v.set_required_spec_claims(&required);
             validations.push((family, v));
         }
-        Ok(KeySet { keys, validations })
+        Ok(KeySet {
+            keys,
+            validations,
+            leeway: policy.leeway,
+            verified: VerifiedTokens::new(),
+        })
     }
 
     /// How many keys the set has.
@@ -239,8 +316,15 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// The claims of `token` if this set accepted it before and it has not
+    /// expired since.
+    pub fn already_verified(&self, token: &str) -> Option<Arc<Claims>> {
+        self.verified
+            .get(token, jsonwebtoken::get_current_timestamp())
+    }
+
     /// Verifies `token` (whose header is `header`) and returns its claims.
-    pub fn verify(&self, token: &str, header: &Header) -> Result<Claims, Rejection> {
+    pub fn verify(&self, token: &str, header: &Header) -> Result<Arc<Claims>, Rejection> {
         let family = header.alg.family();
         let candidates = self.keys.iter().filter(|k| {
             k.key.family() == family
@@ -261,7 +345,22 @@ impl KeySet {
         for key in candidates {
             tried = true;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
-                Ok(data) => return Ok(Claims::from_json(&data.claims)),
+                Ok(data) => {
+                    let claims = Arc::new(Claims::from_json(&data.claims));
+                    // `exp` is required and was just checked, so it is there.
+                    if let Some(exp) = data.claims.get("exp").and_then(Value::as_u64) {
+                        let verified = Verified {
+                            claims: claims.clone(),
+                            valid_until: exp.saturating_add(self.leeway),
+                        };
+                        self.verified.insert(
+                            token,
+                            verified,
+                            jsonwebtoken::get_current_timestamp(),
+                        );
+                    }
+                    return Ok(claims);
+                }
                 // Another key with the same (or no) kid may have signed it.
                 Err(e)
                     if matches!(
@@ -335,7 +434,7 @@ mod tests {
         KeySet::new(vec![key], None, &policy()).unwrap()
     }
 
-    fn check(set: &KeySet, t: &str) -> Result<Claims, Rejection> {
+    fn check(set: &KeySet, t: &str) -> Result<Arc<Claims>, Rejection> {
         let header = allowed_header(t, &policy())?;
         set.verify(t, &header)
     }
@@ -388,6 +487,96 @@ mod tests {
         assert!(check(&s, &tampered).is_err());
         assert!(check(&s, "not-a-token").is_err());
         assert!(check(&s, "").is_err());
+    }
+
+    #[test]
+    fn accepted_tokens_are_remembered_by_their_key_set_only() {
+        let s = set(None);
+        let good = token(
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() + 60, "sub": "u"}),
+            None,
+        );
+        assert!(s.already_verified(&good).is_none());
+        let claims = check(&s, &good).unwrap();
+        let remembered = s
+            .already_verified(&good)
+            .expect("verified token remembered");
+        assert!(Arc::ptr_eq(&claims, &remembered));
+        // Only the exact token: a tampered copy is not answered from the cache
+        // and still fails verification.
+        let tampered = format!("{good}x");
+        assert!(s.already_verified(&tampered).is_none());
+        assert!(check(&s, &tampered).is_err());
+        assert!(s.already_verified(&tampered).is_none());
+        // Refused tokens are never remembered.
+        let expired = token(
+            json!({"iss": "https://issuer", "aud": "api", "exp": now() - 60}),
+            None,
+        );
+        assert!(check(&s, &expired).is_err());
+        assert!(s.already_verified(&expired).is_none());
+        // A new key set (rotation, reload) trusts nothing it did not verify.
+        let rotated = set(None);
+        assert!(rotated.already_verified(&good).is_none());
+    }
+
+    #[test]
+    fn remembered_tokens_expire_with_exp_and_skew() {
+        let cache = VerifiedTokens::new();
+        let verified = Verified {
+            claims: Arc::new(Claims::default()),
+            valid_until: 1_000,
+        };
+        cache.insert("t", verified, 900);
+        assert!(cache.get("t", 1_000).is_some());
+        assert!(cache.get("t", 1_001).is_none());
+        // Gone for good: a later (clock-skewed) lookup does not revive it.
+        assert!(cache.get("t", 999).is_none());
+
+        let mut p = policy();
+        p.leeway = 120;
+        let key = VerifyKey {
+            kid: None,
+            alg: None,
+            key: DecodingKey::from_secret(SECRET),
+        };
+        let s = KeySet::new(vec![key], None, &p).unwrap();
+        let exp = now() + 5;
+        let t = token(
+            json!({"iss": "https://issuer", "aud": "api", "exp": exp}),
+            None,
+        );
+        check(&s, &t).unwrap();
+        let shard = s.verified.shard(&t).lock().unwrap();
+        assert_eq!(
+            shard.get(t.as_str()).map(|v| v.valid_until),
+            Some(exp + 120)
+        );
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded() {
+        let cache = VerifiedTokens::new();
+        let live = |n: usize| Verified {
+            claims: Arc::new(Claims::default()),
+            valid_until: 10_000 + n as u64,
+        };
+        for n in 0..TOKEN_CACHE_SHARDS * TOKEN_CACHE_SHARD_CAPACITY * 3 {
+            cache.insert(&format!("token-{n}"), live(n), 0);
+        }
+        for shard in cache.shards.iter() {
+            assert!(shard.lock().unwrap().len() <= TOKEN_CACHE_SHARD_CAPACITY);
+        }
+        // Expired entries make room before live ones are dropped.
+        let cache = VerifiedTokens::new();
+        for n in 0..TOKEN_CACHE_SHARDS * TOKEN_CACHE_SHARD_CAPACITY * 2 {
+            let v = Verified {
+                claims: Arc::new(Claims::default()),
+                valid_until: if n == 0 { 1_000_000 } else { 10 },
+            };
+            cache.insert(&format!("token-{n}"), v, 100);
+        }
+        assert!(cache.get("token-0", 100).is_some());
     }
 
     #[test]

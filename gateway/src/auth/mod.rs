@@ -155,8 +155,9 @@ const MAX_CLOCK_SKEW_SECONDS: u64 = 86_400;
 pub struct Principal {
     /// The provider (scheme) that accepted the token.
     pub scheme: String,
-    /// The token's claims.
-    pub claims: Claims,
+    /// The token's claims, shared with the key set's cache of verified
+    /// tokens (copied only by routes that add claims).
+    pub claims: Arc<Claims>,
 }
 
 enum Keys {
@@ -282,12 +283,21 @@ impl JwtProvider {
     }
 
     /// Validates a bearer token and returns its claims.
-    pub async fn authenticate(&self, token: &str) -> Result<Claims, Rejection> {
-        let header = jwt::allowed_header(token, &self.policy)?;
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
         match &self.keys {
-            Keys::Static(set) => set.verify(token, &header),
+            Keys::Static(set) => {
+                if let Some(claims) = set.already_verified(token) {
+                    return Ok(claims);
+                }
+                let header = jwt::allowed_header(token, &self.policy)?;
+                set.verify(token, &header)
+            }
             Keys::Remote(remote) => {
                 let set = remote.current();
+                if let Some(claims) = set.already_verified(token) {
+                    return Ok(claims);
+                }
+                let header = jwt::allowed_header(token, &self.policy)?;
                 match set.verify(token, &header) {
                     // A key the set does not know: maybe the authority rotated.
                     // Only then is it worth a (rate-limited) fetch; a token whose
