@@ -5,9 +5,10 @@
 # both once a Pingora release carries its fixes.
 #   pingora-proxy: the WebSocket upgrade race (cloudflare/pingora#946, fix
 #                  proposed upstream in #947).
-#   pingora-core:  HTTP/1 body buffers: no 64 KiB allocation for a body that came
-#                  with its header, large body chunks passed on without a copy
-#                  (bench/README.md, issue #6).
+#   pingora-core:  the proxy's hot path (bench/README.md, issue #6): no 64 KiB
+#                  body buffer for a body that came with its header, large body
+#                  chunks passed on without a copy, no getpeername() per reuse
+#                  of a pooled upstream connection.
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
