@@ -1,6 +1,7 @@
 //! An Ocelot-compatible API gateway on Pingora: `ocelot.json` in, a Pingora
 //! `ProxyHttp` out. See `proxy` for the request pipeline.
 
+pub mod access_log;
 pub mod admin;
 pub mod aggregate;
 pub mod auth;

@@ -175,6 +175,14 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("environment", old.environment != new.environment);
     check("threads", old.threads != new.threads);
     check(
+        "access_log_buffer_kib",
+        old.access_log_buffer_kib != new.access_log_buffer_kib,
+    );
+    check(
+        "access_log_flush_ms",
+        old.access_log_flush_ms != new.access_log_flush_ms,
+    );
+    check(
         "upstream_ca_file",
         old.upstream_ca_file != new.upstream_ca_file,
     );

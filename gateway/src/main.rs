@@ -270,6 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    gateway::access_log::configure(settings.access_log_buffer_kib, settings.access_log_flush_ms);
 
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
     let readiness = Arc::new(Readiness::default());

@@ -772,10 +772,7 @@ impl ProxyHttp for Gateway {
                 client: session.client_addr().map(|a| a.to_string()),
                 error: error.map(|e| e.to_string()),
             };
-            match serde_json::to_string(&line) {
-                Ok(text) => println!("{text}"),
-                Err(e) => log::error!("cannot write the access log line: {e}"),
-            }
+            crate::access_log::write_line(&line);
         }
         // Ends the request's in-flight count for LeastConnection.
         ctx.selected = None;

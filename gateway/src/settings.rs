@@ -24,6 +24,12 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     /// One JSON access-log line per request on stdout.
     pub access_log: bool,
+    /// KiB of access-log lines gathered before they are written (0: each
+    /// line at once; default 64).
+    pub access_log_buffer_kib: usize,
+    /// Milliseconds after which gathered access-log lines are written anyway
+    /// (default 200).
+    pub access_log_flush_ms: u64,
     /// Seconds between checks of the configuration files, besides file-system
     /// events (which some volumes never send).
     pub config_poll_seconds: u64,
@@ -87,6 +93,8 @@ impl Default for Settings {
             admin_token: None,
             admin_token_file: None,
             access_log: true,
+            access_log_buffer_kib: crate::access_log::DEFAULT_BUFFER_KIB,
+            access_log_flush_ms: crate::access_log::DEFAULT_FLUSH_MS,
             config_poll_seconds: 5,
             drain_seconds: 5,
             threads: None,

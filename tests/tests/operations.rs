@@ -361,15 +361,26 @@ async fn metrics_and_access_log_name_the_route_not_the_path() {
             "raw paths must not become labels"
         );
 
-        let lines: Vec<Value> = gw
-            .stdout()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let hit = lines
-            .iter()
-            .find(|l| l["path"] == "/users/2")
-            .expect("an access log line for /users/2");
+        // Lines are written in blocks, at the latest after access_log_flush_ms.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (hit, miss) = loop {
+            let lines: Vec<Value> = gw
+                .stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let find = |path: &str| lines.iter().find(|l| l["path"] == path).cloned();
+            match (find("/users/2"), find("/nothing")) {
+                (Some(hit), Some(miss)) => break (hit, miss),
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => panic!(
+                    "no access log lines for /users/2 and /nothing:\n{}",
+                    gw.stdout()
+                ),
+            }
+        };
         assert_eq!(hit["route"], "/users/{id}");
         assert_eq!(hit["status"], 200);
         assert_eq!(hit["method"], "GET");
@@ -378,10 +389,6 @@ async fn metrics_and_access_log_name_the_route_not_the_path() {
             hit["duration_ms"].as_f64().is_some() && hit["client"].as_str().is_some(),
             "{hit}"
         );
-        let miss = lines
-            .iter()
-            .find(|l| l["path"] == "/nothing")
-            .expect("a line for the 404");
         assert_eq!(miss["status"], 404);
     })
     .await
@@ -486,6 +493,40 @@ fn endpoints_controller(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buffered_access_log_lines_are_written_by_the_exit() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        // A buffer and an interval the test never fills nor waits for: only
+        // the flush at exit can write these lines.
+        let settings = "drain_seconds: 0\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\naccess_log_buffer_kib: 1024\naccess_log_flush_ms: 600000\n";
+        let mut gw = Gateway::builder(config(vec![route("/logged/{id}", "/l/{id}", &[&up])]))
+            .settings(settings)
+            .start()
+            .await;
+        for id in 1..=5 {
+            assert_eq!(status_of(&gw.url(&format!("/logged/{id}"))).await, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let logged = |text: &str| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|l| l["route"] == "/logged/{id}")
+                .count()
+        };
+        assert_eq!(logged(&gw.stdout()), 0, "lines are held in the buffer");
+        signal(gw.pid(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gw.is_running() {
+            assert!(Instant::now() < deadline, "the gateway did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = gw.stdout();
+        assert_eq!(logged(&text), 5, "every line written at exit:\n{text}");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
