@@ -5,10 +5,9 @@
 # both once a Pingora release carries its fixes.
 #   pingora-proxy: the WebSocket upgrade race (cloudflare/pingora#946, fix
 #                  proposed upstream in #947).
-#   pingora-core:  the proxy's hot path (bench/README.md, issue #6): no 64 KiB
-#                  body buffer for a body that came with its header, large body
-#                  chunks passed on without a copy, no getpeername() per reuse
-#                  of a pooled upstream connection.
+#   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
+#                  buffer for a body that came with its header, large body
+#                  chunks passed on without a copy.
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -164,9 +164,12 @@ impl std::fmt::Display for Rejection {
 /// compared in full, so a client cannot make the cache answer for a token it
 /// did not present.
 struct VerifiedTokens {
-    shards: Box<[Mutex<HashMap<Box<str>, Verified>>]>,
+    shards: Box<[Mutex<TokenShard>]>,
     hasher: RandomState,
 }
+
+/// Accepted tokens, by their full text.
+type TokenShard = HashMap<Box<str>, Verified>;
 
 #[derive(Clone)]
 struct Verified {
@@ -189,7 +192,7 @@ impl VerifiedTokens {
         }
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Verified>> {
+    fn shard(&self, token: &str) -> &Mutex<TokenShard> {
         &self.shards[self.hasher.hash_one(token) as usize % TOKEN_CACHE_SHARDS]
     }
 
