@@ -7,7 +7,8 @@
 #                  proposed upstream in #947).
 #   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
 #                  buffer for a body that came with its header, large body
-#                  chunks passed on without a copy.
+#                  chunks passed on without a copy, the downstream write
+#                  buffer sized once for all the body it gathers.
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
