@@ -179,8 +179,9 @@ struct Verified {
 }
 
 const TOKEN_CACHE_SHARDS: usize = 16;
-/// Per shard: 16,384 tokens in all, a few MiB at most.
-const TOKEN_CACHE_SHARD_CAPACITY: usize = 1024;
+/// Per shard: 4,096 tokens in all; with typical 1–2 KiB tokens and their
+/// claims, under 10 MiB at worst.
+const TOKEN_CACHE_SHARD_CAPACITY: usize = 256;
 
 impl VerifiedTokens {
     fn new() -> VerifiedTokens {
