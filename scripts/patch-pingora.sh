@@ -21,11 +21,12 @@ trap 'rm -rf "$scratch"' EXIT
 fetched=0
 fetch_sources() {
   [ "$fetched" = 1 ] && return
+  local name
   mkdir -p "$scratch/src"
   : > "$scratch/src/lib.rs"
   {
     printf '[package]\nname = "fetch-pingora"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\n'
-    for crate in "${crates[@]}"; do printf '%s = "=%s"\n' "$crate" "$version"; done
+    for name in "${crates[@]}"; do printf '%s = "=%s"\n' "$name" "$version"; done
     printf '\n[workspace]\n'
   } > "$scratch/Cargo.toml"
   cargo fetch --quiet --manifest-path "$scratch/Cargo.toml"
