@@ -362,25 +362,22 @@ async fn metrics_and_access_log_name_the_route_not_the_path() {
         );
 
         // Lines are written in blocks, at the latest after access_log_flush_ms.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (hit, miss) = loop {
-            let lines: Vec<Value> = gw
-                .stdout()
+        let logged = |path: &str| {
+            gw.stdout()
                 .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            let find = |path: &str| lines.iter().find(|l| l["path"] == path).cloned();
-            match (find("/users/2"), find("/nothing")) {
-                (Some(hit), Some(miss)) => break (hit, miss),
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                _ => panic!(
-                    "no access log lines for /users/2 and /nothing:\n{}",
-                    gw.stdout()
-                ),
-            }
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["path"] == path)
         };
+        eventually(
+            Duration::from_secs(5),
+            "access log lines for /users/2 and /nothing",
+            || async { logged("/users/2").is_some() && logged("/nothing").is_some() },
+        )
+        .await;
+        let (hit, miss) = (
+            logged("/users/2").expect("line for /users/2"),
+            logged("/nothing").expect("line for /nothing"),
+        );
         assert_eq!(hit["route"], "/users/{id}");
         assert_eq!(hit["status"], 200);
         assert_eq!(hit["method"], "GET");

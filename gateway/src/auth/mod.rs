@@ -284,35 +284,31 @@ impl JwtProvider {
 
     /// Validates a bearer token and returns its claims.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
-        match &self.keys {
-            Keys::Static(set) => {
-                if let Some(claims) = set.already_verified(token) {
-                    return Ok(claims);
-                }
-                let header = jwt::allowed_header(token, &self.policy)?;
-                set.verify(token, &header)
-            }
+        let fetched;
+        let set = match &self.keys {
+            Keys::Static(set) => set,
             Keys::Remote(remote) => {
-                let set = remote.current();
-                if let Some(claims) = set.already_verified(token) {
-                    return Ok(claims);
-                }
-                let header = jwt::allowed_header(token, &self.policy)?;
-                match set.verify(token, &header) {
-                    // A key the set does not know: maybe the authority rotated.
-                    // Only then is it worth a (rate-limited) fetch; a token whose
-                    // kid is known but whose signature is wrong never causes one.
-                    Err(Rejection::NoKey)
-                        if header.kid.as_deref().is_none_or(|kid| !set.has_kid(kid)) =>
-                    {
-                        if !remote.refresh_for_unknown_key().await {
-                            return Err(Rejection::NoKey);
-                        }
-                        remote.current().verify(token, &header)
-                    }
-                    other => other,
-                }
+                fetched = remote.current();
+                &*fetched
             }
+        };
+        if let Some(claims) = set.already_verified(token) {
+            return Ok(claims);
+        }
+        let header = jwt::allowed_header(token, &self.policy)?;
+        match (set.verify(token, &header), &self.keys) {
+            // A key the set does not know: maybe the authority rotated. Only
+            // then is it worth a (rate-limited) fetch; a token whose kid is
+            // known but whose signature is wrong never causes one.
+            (Err(Rejection::NoKey), Keys::Remote(remote))
+                if header.kid.as_deref().is_none_or(|kid| !set.has_kid(kid)) =>
+            {
+                if !remote.refresh_for_unknown_key().await {
+                    return Err(Rejection::NoKey);
+                }
+                remote.current().verify(token, &header)
+            }
+            (verified, _) => verified,
         }
     }
 }
