@@ -8,7 +8,10 @@
 #   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
 #                  buffer for a body that came with its header, large body
 #                  chunks passed on without a copy, the downstream write
-#                  buffer sized once for all the body it gathers.
+#                  buffer sized once for all the body it gathers; and an L4
+#                  write buffer that sends what it holds together with a
+#                  write that does not fit, in one vectored write (a response
+#                  header and a large body leave in one system call).
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

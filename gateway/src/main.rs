@@ -13,6 +13,7 @@ use gateway::reload::{config_hash, ConfigSource, ConfigWatcher, Reloader};
 use gateway::routing::{BackendRefresher, Snapshot};
 use gateway::settings::Settings;
 use gateway::traffic::Traffic;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -296,8 +297,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     } else {
         settings.listen.clone()
     };
+    // Pingora gives every accepted connection a 64 KiB read buffer, which pays
+    // off under TLS (records are read in small pieces) but not for plain HTTP/1:
+    // request heads and bodies are read into the session's own buffers anyway.
+    // Without it 1,000 client connections take ~70 MiB less (bench/README.md).
+    let plain_buffers = L4BufferSettings::default().read(0);
     for addr in &listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(plain_buffers));
     }
     protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
     server.add_service(proxy);

@@ -4,7 +4,7 @@
 //! the gateway, nginx and HAProxy.
 //!
 //! Usage: `bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing]
-//! [--compression-module]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
+//! [--compression-module] [--l4-read BYTES] [--l4-write BYTES]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -52,7 +52,7 @@ impl ProxyHttp for Bare {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module]";
+        "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module] [--l4-read BYTES] [--l4-write BYTES]";
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -64,12 +64,15 @@ fn main() {
     let mut threads = 1;
     let mut work_stealing = false;
     let mut compression_module = false;
+    let mut l4_buffer = pingora_core::protocols::l4::stream::L4BufferSettings::default();
     let mut rest = args[2..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--threads" => threads = rest.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--work-stealing" => work_stealing = true,
             "--compression-module" => compression_module = true,
+            "--l4-read" => l4_buffer.read = rest.next().and_then(|n| n.parse().ok()),
+            "--l4-write" => l4_buffer.write = rest.next().and_then(|n| n.parse().ok()),
             other => {
                 eprintln!("unknown argument {other}\n{usage}");
                 std::process::exit(2);
@@ -100,7 +103,7 @@ fn main() {
             compression_module,
         },
     );
-    proxy.add_tcp(listen);
+    proxy.add_listener(pingora_core::listeners::ListenerConfig::tcp(listen).l4_buffer(l4_buffer));
     server.add_service(proxy);
     server.run_forever();
 }
