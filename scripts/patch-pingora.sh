@@ -7,8 +7,9 @@
 #                  proposed upstream in #947).
 #   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
 #                  buffer for a body that came with its header, large body
-#                  chunks passed on without a copy, the downstream write
-#                  buffer sized once for all the body it gathers; and an L4
+#                  chunks passed on without a copy, the body chunks gathered
+#                  for one downstream write sent with vectored writes instead
+#                  of being joined into one buffer first; and an L4
 #                  write buffer that sends what it holds together with a
 #                  write that does not fit, in one vectored write (a response
 #                  header and a large body leave in one system call).
