@@ -13,6 +13,8 @@
 
 use crate::balancing::BackendMeta;
 use async_trait::async_trait;
+use pingora_core::connectors::http::Connector as HttpConnector;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_error::{Error, ErrorType, Result};
@@ -22,6 +24,7 @@ use pingora_load_balancing::{Backend, HealthRegistry};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -267,13 +270,30 @@ fn split_service(service: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
+/// Pingora's checks verify TLS against the system roots unless given a
+/// connector: the one for a check over TLS trusts `upstream_ca_file` too, as
+/// the proxy does, or a backend signed by a private CA would never be healthy.
+fn connector_options(upstream_ca_file: Option<&Path>) -> Option<ConnectorOptions> {
+    upstream_ca_file.map(|ca| {
+        let mut options = ConnectorOptions::new(0);
+        options.ca_file = Some(ca.to_string_lossy().into_owned());
+        options
+    })
+}
+
 fn build_check(
     service: &str,
     c: &ServiceCheck,
+    upstream_ca_file: Option<&Path>,
 ) -> std::result::Result<Box<dyn HealthCheck + Send + Sync>, String> {
     let (host, _) = split_service(service)
         .ok_or_else(|| format!("health_checks.services: '{service}' is not host:port"))?;
     let timeout = Duration::from_millis(c.timeout_ms.max(1));
+    let options = if c.tls {
+        connector_options(upstream_ca_file)
+    } else {
+        None
+    };
     match c.kind {
         CheckKind::Tcp => {
             let mut check = if c.tls {
@@ -281,12 +301,16 @@ fn build_check(
             } else {
                 TcpHealthCheck::new()
             };
+            if options.is_some() {
+                check.set_connector(TransportConnector::new(options));
+            }
             check.peer_template.options.connection_timeout = Some(timeout);
             Ok(check)
         }
         CheckKind::Http => {
             let host_header = c.host.clone().unwrap_or_else(|| host.to_string());
-            let mut check = HttpHealthCheck::new(&host_header, c.tls);
+            let mut check =
+                HttpHealthCheck::new_custom(&host_header, c.tls, HttpConnector::new(options));
             if !c.path.starts_with('/') {
                 return Err(format!(
                     "health_checks.services.{service}.path: '{}' must start with /",
@@ -347,14 +371,21 @@ impl Default for HealthState {
 }
 
 impl HealthState {
-    /// Compiles the settings; errors name the offending key.
-    pub fn new(settings: &HealthCheckSettings) -> std::result::Result<HealthState, String> {
+    /// Compiles the settings; errors name the offending key. Checks over TLS
+    /// trust `upstream_ca_file` besides the system roots.
+    pub fn new(
+        settings: &HealthCheckSettings,
+        upstream_ca_file: Option<&Path>,
+    ) -> std::result::Result<HealthState, String> {
         let registry = HealthRegistry::new();
         let active = !settings.services.is_empty();
         if active {
             let mut by_service = HashMap::new();
             for (service, check) in &settings.services {
-                by_service.insert(service.clone(), build_check(service, check)?);
+                by_service.insert(
+                    service.clone(),
+                    build_check(service, check, upstream_ca_file)?,
+                );
             }
             registry.set_health_check(Box::new(ServiceChecks {
                 by_service,
@@ -433,7 +464,7 @@ mod tests {
     fn settings_defaults_and_shapes() {
         let s = settings("{}");
         assert_eq!(s, HealthCheckSettings::default());
-        assert!(!HealthState::new(&s).expect("ok").active());
+        assert!(!HealthState::new(&s, None).expect("ok").active());
         let s = settings(
             "interval_ms: 500\nservices:\n  'orders:80': {path: /healthz, expected_status: [200, 204]}\n  '10.0.0.1:9000': {type: tcp}\n",
         );
@@ -446,7 +477,7 @@ mod tests {
             s.services["10.0.0.1:9000"].expected_status.to_vec(),
             vec![200]
         );
-        assert!(HealthState::new(&s).expect("ok").active());
+        assert!(HealthState::new(&s, None).expect("ok").active());
         assert!(
             serde_yaml::from_str::<HealthCheckSettings>("services: {'a:1': {pth: /}}").is_err(),
             "typo"
@@ -462,7 +493,7 @@ mod tests {
             "services: {'a:1': {expected_status: 999}}",
             "interval_ms: 0",
         ] {
-            assert!(HealthState::new(&settings(bad)).is_err(), "{bad}");
+            assert!(HealthState::new(&settings(bad), None).is_err(), "{bad}");
         }
     }
 

@@ -144,12 +144,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     };
     let hash = config_hash(&loaded.value);
+    if let Some(ca) = &settings.upstream_ca_file {
+        check_ca_file(ca)?;
+    }
     // Before the first snapshot: routes take their breakers, counters and
     // health registry from it.
     let traffic = Traffic::from_settings(
         &settings.rate_limiting,
         &settings.health_checks,
         &settings.trusted_proxies,
+        settings.upstream_ca_file.as_deref(),
     )?
     .install();
     // Routes with a ServiceName take their provider from it.
@@ -396,4 +400,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }),
     });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pingora's TLS connectors (proxy and health checks) panic on a CA file
+/// OpenSSL cannot load; refuse to start with the file named instead.
+fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("upstream_ca_file {}: {e}", path.display()))?;
+    match pingora_core::tls::x509::X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) => Err(format!(
+            "upstream_ca_file {}: no PEM certificate in it",
+            path.display()
+        )),
+        Err(e) => Err(format!("upstream_ca_file {}: {e}", path.display())),
+    }
 }

@@ -155,11 +155,12 @@ impl Traffic {
         rate: &RateLimitSettings,
         health: &HealthCheckSettings,
         trusted: &TrustedProxiesSettings,
+        upstream_ca_file: Option<&std::path::Path>,
     ) -> Result<Traffic, String> {
         Ok(Traffic {
             breakers: BreakerStore::default(),
             limiter: RateLimiter::new(rate)?,
-            health: Arc::new(HealthState::new(health)?),
+            health: Arc::new(HealthState::new(health, upstream_ca_file)?),
             trusted_proxies: TrustedProxies::from_settings(trusted)?,
         })
     }
