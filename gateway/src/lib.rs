@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authorization;
 pub mod balancing;
 pub mod cache;
+pub mod certificates;
 pub mod claims;
 pub mod cors;
 pub mod discovery;

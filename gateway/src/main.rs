@@ -4,6 +4,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use gateway::admin::AdminApp;
 use gateway::balancing::StickySessions;
+use gateway::certificates::CertificateWatcher;
 use gateway::lifecycle::{Readiness, ReadinessService, ReloadHook, Signals};
 use gateway::live::{KeyRefresher, SettingsWatcher};
 use gateway::metrics::METRICS;
@@ -309,7 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(plain_buffers));
     }
-    protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
+    let certificates = protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
     server.add_service(proxy);
     if let Some(h2c) = h2c {
         log::info!(
@@ -385,9 +386,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
         },
     ));
+    server.add_service(background_service(
+        "certificate watch",
+        CertificateWatcher {
+            listeners: certificates.clone(),
+            poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
+        },
+    ));
     let on_reload: ReloadHook = Arc::new(move || {
         let reloader = reloader.clone();
+        let certificates = certificates.clone();
         Box::pin(async move {
+            for certificate in &certificates {
+                certificate.refresh_logged();
+            }
             let _ = reloader.reload_from_disk().await;
         })
     });

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub config_hash: IntGaugeVec,
     pub config_routes: IntGauge,
     pub build_info: IntGaugeVec,
+    pub certificate_reloads: IntCounterVec,
+    pub certificate_not_after: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -151,6 +153,18 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "gateway_build_info",
             "Build information",
             &["version"],
+        ),
+        certificate_reloads: counter(
+            &registry,
+            "gateway_tls_certificate_reloads_total",
+            "Changed certificate files of a TLS listener, by result",
+            &["listener", "result"],
+        ),
+        certificate_not_after: gauge(
+            &registry,
+            "gateway_tls_certificate_not_after_seconds",
+            "Expiry (Unix time) of the certificate a TLS listener serves",
+            &["listener"],
         ),
         registry,
     };

@@ -18,6 +18,7 @@
 //! `ClientWebSocket` does, and get their own idle timeout instead of the
 //! route's, so a quiet socket is not cut after `Timeout` seconds.
 
+use crate::certificates::ListenerCertificate;
 use crate::proxy::Gateway;
 use http::header::{self, HeaderValue};
 use http::Version;
@@ -30,6 +31,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::HttpProxy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Concurrent requests one HTTP/2 upstream connection carries before another
@@ -246,22 +248,25 @@ impl TlsListenSettings {
 }
 
 /// Adds the TLS listeners to the proxy service. The certificate and key are
-/// read now, so a missing or invalid file stops the gateway from starting.
+/// read now, so a missing or invalid file stops the gateway from starting;
+/// afterwards each listener serves what its returned slot holds (reloaded by
+/// `certificates::CertificateWatcher`).
 pub fn add_tls_listeners(
     proxy: &mut Service<HttpProxy<Gateway>>,
     listeners: &[TlsListenSettings],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<Arc<ListenerCertificate>>, String> {
+    let mut certificates = Vec::with_capacity(listeners.len());
     for l in listeners {
-        let cert = l.cert.to_string_lossy();
-        let key = l.key.to_string_lossy();
-        let mut tls = TlsSettings::intermediate(&cert, &key)
+        let certificate = ListenerCertificate::load(&l.addr, &l.cert, &l.key)?;
+        let mut tls = TlsSettings::with_callbacks(certificate.callbacks())
             .map_err(|e| format!("tls_listen {}: {e}", l.addr))?;
         if l.h2 {
             tls.enable_h2();
         }
         proxy.add_tls_with_settings(&l.addr, None, tls);
+        certificates.push(certificate);
     }
-    Ok(())
+    Ok(certificates)
 }
 
 /// A second proxy service for the `h2c_listen` addresses: Pingora's h2c

@@ -63,6 +63,28 @@ pub fn localhost_pki() -> TestPki {
     TestPki::generate(&["localhost", "127.0.0.1"])
 }
 
+/// A TLS handshake with `addr` as `localhost`, trusting only `ca_pem`: `Ok`
+/// when the certificate the server presents chains to that CA.
+pub async fn tls_handshake(addr: SocketAddr, ca_pem: &str) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Polls until something accepts TCP connections on `addr` (listeners other
 /// than the one `/readyz` is checked through come up at their own pace).
 pub async fn wait_listening(addr: SocketAddr) {

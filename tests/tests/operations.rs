@@ -1,10 +1,14 @@
 //! Operations (issue #5): hot reload, state kept across reloads, the admin
 //! API, metrics and access log, SIGTERM drain and `-u` upgrade under load.
 
+use e2e::pki::TestPki;
+use e2e::protocols_support::{localhost_pki, request, tls_handshake, wait_listening, Transport};
 use e2e::{
-    bounded, bounded_for, client, config, gateway_bin, get, route, with, EchoServer, Gateway,
+    bounded, bounded_for, client, config, free_port, gateway_bin, get, route, with, EchoServer,
+    Gateway,
 };
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -715,6 +719,125 @@ async fn a_changed_settings_file_swaps_cors_and_refuses_a_broken_one() {
         .await;
         assert_eq!(preflight().await.as_deref(), Some("https://app.example"));
         assert!(gw.stderr().contains("allowed_origns"), "{}", gw.stderr());
+    })
+    .await
+}
+
+/// A gateway with a TLS listener serving `pki`'s certificate from
+/// `gateway-cert.pem` / `gateway-key.pem` in its folder.
+async fn tls_gateway(up: &EchoServer, pki: &TestPki, poll_seconds: u64) -> (Gateway, SocketAddr) {
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let gw = Gateway::builder(config(vec![route("/a", "/a", &[up])]))
+        .file("gateway-cert.pem", pki.chain_pem.as_bytes())
+        .file("gateway-key.pem", pki.key_pem.as_bytes())
+        .settings(&format!(
+            "config_poll_seconds: {poll_seconds}\ntls_listen:\n  - addr: \"{tls}\"\n    cert: gateway-cert.pem\n    key: gateway-key.pem\n"
+        ))
+        .start()
+        .await;
+    wait_listening(tls).await;
+    (gw, tls)
+}
+
+async fn served_by(tls: SocketAddr, pki: &TestPki) -> bool {
+    tls_handshake(tls, &pki.ca_pem).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_tls_certificate_is_served_without_a_restart() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let (old, new) = (localhost_pki(), localhost_pki());
+        let (gw, tls) = tls_gateway(&up, &old, 1).await;
+        assert!(served_by(tls, &old).await);
+        assert!(!served_by(tls, &new).await);
+        let listener = format!("listener=\"{tls}\"");
+        let not_after = format!("gateway_tls_certificate_not_after_seconds{{{listener}}}");
+        assert!(sample(&metrics(&gw).await, &not_after) > 1.7e9);
+
+        // Renewal as a careless script does it: the key first, so for a while
+        // the key does not belong to the certificate. Refused, old one kept.
+        write_atomically(&gw.dir().join("gateway-key.pem"), new.key_pem.as_bytes());
+        eventually(
+            Duration::from_secs(10),
+            "mismatched pair refused",
+            || async { gw.stderr().contains("is not the key of the certificate") },
+        )
+        .await;
+        // Two more polls see the same refused pair.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            served_by(tls, &old).await,
+            "a half-written pair replaced the certificate"
+        );
+        let failures =
+            format!("gateway_tls_certificate_reloads_total{{{listener},result=\"failure\"}}");
+        assert_eq!(sample(&metrics(&gw).await, &failures), 1.0);
+
+        write_atomically(&gw.dir().join("gateway-cert.pem"), new.chain_pem.as_bytes());
+        eventually(
+            Duration::from_secs(10),
+            "new certificate served",
+            || async { served_by(tls, &new).await },
+        )
+        .await;
+        assert!(!served_by(tls, &old).await);
+        let text = metrics(&gw).await;
+        let successes =
+            format!("gateway_tls_certificate_reloads_total{{{listener},result=\"success\"}}");
+        assert_eq!(sample(&text, &successes), 1.0);
+        // Reported once, not at every poll while it lasted.
+        assert_eq!(sample(&text, &failures), 1.0);
+        assert_eq!(
+            gw.stderr()
+                .matches("is not the key of the certificate")
+                .count(),
+            1
+        );
+
+        // Requests through the renewed listener reach the upstream.
+        let h1 = Transport::Tls {
+            ca_pem: &new.ca_pem,
+            alpn: &["http/1.1"],
+        };
+        let r = request(tls, h1, http::Method::GET, "/a", &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.seen().target(), "/a");
+
+        // A broken file never replaces a working certificate.
+        write_atomically(
+            &gw.dir().join("gateway-cert.pem"),
+            b"-----BEGIN CERTIFICATE-----\nbroken\n",
+        );
+        eventually(
+            Duration::from_secs(10),
+            "broken certificate refused",
+            || async { sample(&metrics(&gw).await, &failures) == 2.0 },
+        )
+        .await;
+        assert!(served_by(tls, &new).await);
+        assert!(gw.stderr().contains("gateway-cert.pem"), "{}", gw.stderr());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_tls_certificate_at_once() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let (old, new) = (localhost_pki(), localhost_pki());
+        // A poll too slow to matter here: only the signal can bring it in.
+        let (gw, tls) = tls_gateway(&up, &old, 3600).await;
+        write_atomically(&gw.dir().join("gateway-key.pem"), new.key_pem.as_bytes());
+        write_atomically(&gw.dir().join("gateway-cert.pem"), new.chain_pem.as_bytes());
+        assert!(served_by(tls, &old).await);
+        signal(gw.pid(), "HUP");
+        eventually(
+            Duration::from_secs(10),
+            "new certificate served",
+            || async { served_by(tls, &new).await },
+        )
+        .await;
     })
     .await
 }
