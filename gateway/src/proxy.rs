@@ -165,6 +165,17 @@ async fn respond_empty_with(
     status: u16,
     extra: &[(HeaderName, HeaderValue)],
 ) -> Result<bool> {
+    let resp = empty_response(session, status, extra)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// A bodiless answer of the gateway's own, with `extra` headers.
+fn empty_response(
+    session: &mut Session,
+    status: u16,
+    extra: &[(HeaderName, HeaderValue)],
+) -> Result<ResponseHeader> {
     let has_body = session
         .req_header()
         .headers
@@ -186,8 +197,7 @@ async fn respond_empty_with(
     for (name, value) in extra {
         resp.append_header(name.clone(), value.clone())?;
     }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    Ok(resp)
 }
 
 /// Kestrel's default `MaxRequestHeadersTotalSize`.
@@ -409,7 +419,12 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Err(status) = self.identity(session, ctx).await {
-            return respond_empty_with(session, status, &ctx.cors).await;
+            // Past rate limiting every answer carries its headers, refusals
+            // too: Ocelot sets them when the response starts, whatever it is.
+            let mut resp = empty_response(session, status, &ctx.cors)?;
+            traffic::response_headers(&ctx.traffic, &mut resp)?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
         }
         // Ocelot's OutputCache comes after load balancing and URL creation:
         // its key names the chosen backend, so cached routes choose it here.
@@ -579,13 +594,15 @@ impl ProxyHttp for Gateway {
             ctx.route().map(|r| r.name.as_str()).unwrap_or("-")
         );
         if let Some(code) = code {
-            // Ocelot's error responses are the bare status: no body, no extra headers.
+            // Ocelot's error responses are the bare status: no body, and only the
+            // headers set when any response starts (CORS, rate limiting).
             match ResponseHeader::build(code, Some(1)) {
                 Ok(mut resp) => {
                     let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
                     for (name, value) in &ctx.cors {
                         let _ = resp.append_header(name.clone(), value.clone());
                     }
+                    let _ = traffic::response_headers(&ctx.traffic, &mut resp);
                     if let Err(write_error) = session
                         .write_error_response(resp, bytes::Bytes::new())
                         .await

@@ -413,6 +413,51 @@ fn is_round_trip_date(v: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_rate_limiting_carry_its_headers_refusals_too() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let dead = closed_addr();
+        let window = json!({ "Limit": 5, "Period": "1m" });
+        let secured = with(
+            limited("/secured", &up, window.clone()),
+            json!({ "AuthenticationOptions": { "AuthenticationProviderKey": "Static" } }),
+        );
+        let unreachable = json!({
+            "UpstreamPathTemplate": "/dead",
+            "DownstreamPathTemplate": "/dead",
+            "DownstreamScheme": "http",
+            "DownstreamHostAndPorts": [{ "Host": "127.0.0.1", "Port": dead.port() }],
+            "RateLimitOptions": window,
+        });
+        let gw = Gateway::builder(config(vec![secured, unreachable]))
+            .settings(
+                "health_checks:\n  passive_down_ms: 0\nauth_providers:\n  Static:\n    keys:\n      - secret: \"a-static-hmac-secret-of-32-bytes!\"\n    validate_issuer: false\n    validate_audience: false\n",
+            )
+            .start()
+            .await;
+        let alice = [("Oc-Client", "alice")];
+        // Counted, then refused by authentication: 401 with the headers.
+        let r = get(&gw.url("/secured"), &alice).await;
+        assert_eq!(r.status, 401);
+        assert!(r.body.is_empty(), "{:?}", r.text());
+        assert_eq!(r.header("X-RateLimit-Limit"), Some("5"));
+        assert_eq!(r.header("X-RateLimit-Remaining"), Some("4"));
+        assert!(is_round_trip_date(r.header("X-RateLimit-Reset").unwrap_or("")));
+        assert_eq!(up.count(), 0);
+        // Counted, then the downstream service cannot be reached: 502 with them.
+        let r = get(&gw.url("/dead"), &alice).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.header("X-RateLimit-Limit"), Some("5"));
+        assert_eq!(r.header("X-RateLimit-Remaining"), Some("4"));
+        // Not counted (no route): none.
+        let r = get(&gw.url("/nowhere"), &alice).await;
+        assert_eq!(r.status, 404);
+        assert!(r.header("X-RateLimit-Limit").is_none());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pass_the_fourth_is_429_and_the_window_resets() {
     bounded(async {
         let up = EchoServer::start("up");
