@@ -12,7 +12,12 @@
 #                  of being joined into one buffer first; and an L4
 #                  write buffer that sends what it holds together with a
 #                  write that does not fit, in one vectored write (a response
-#                  header and a large body leave in one system call).
+#                  header and a large body leave in one system call); and
+#                  pooled upstream connections taken out of their slot rather
+#                  than unwrapped, so a connection whose idle watcher (on
+#                  another thread) still holds its handle is reused instead of
+#                  being dropped with "ERROR failed to acquire reusable stream"
+#                  (cloudflare/pingora#201).
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

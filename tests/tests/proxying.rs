@@ -314,3 +314,49 @@ async fn absolute_form_request_target_is_routed_by_path() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_connections_are_reused_across_worker_threads() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::builder(config(vec![route("/r", "/r", &[&up])]))
+            .settings("threads: 2\n")
+            .start()
+            .await;
+        const CLIENTS: usize = 16;
+        const REQUESTS: usize = 150;
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let url = gw.url("/r");
+                tokio::spawn(async move {
+                    // A client of its own: its own connection to the gateway,
+                    // so requests arrive on both worker threads.
+                    let client = e2e::client();
+                    for _ in 0..REQUESTS {
+                        let r = client.get(&url).send().await.unwrap();
+                        assert_eq!(r.status(), 200);
+                        r.bytes().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(up.count(), CLIENTS * REQUESTS);
+        // Never more upstream connections than requests in flight at once
+        // (plus a few made while the pool filled): idle ones are reused
+        // whichever thread released them.
+        assert!(
+            up.connections() <= (2 * CLIENTS) as u64,
+            "{} upstream connections for {CLIENTS} clients",
+            up.connections()
+        );
+        assert!(
+            !gw.stderr().contains("failed to acquire reusable stream"),
+            "{}",
+            gw.stderr()
+        );
+    })
+    .await
+}
