@@ -21,7 +21,7 @@ use ocelot_compat::path::normalize_path;
 use ocelot_compat::table::{HeaderSource, Placeholders, RequestInfo, Target};
 use ocelot_compat::template::DownstreamTarget;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -759,6 +759,18 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("-");
         format!("{} {}, route: {route}", req.method, req.uri)
+    }
+
+    /// A client that went away mid-request (or timed out sending it) is not
+    /// a gateway failure: Pingora would log each one at ERROR, which under
+    /// load buries real errors. nginx logs them at info; here the access log
+    /// line carries the error, and debug logging shows it too.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        let from_client = error.esource() == &ErrorSource::Downstream;
+        if from_client {
+            log::debug!("client side: {error}");
+        }
+        from_client
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {

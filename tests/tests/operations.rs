@@ -841,3 +841,52 @@ async fn sighup_serves_a_renewed_tls_certificate_at_once() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_logged_in_the_access_log_not_as_an_error() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let gw = Gateway::builder(config(vec![route("/slow", "/slow", &[&up])]))
+            .settings("access_log: true\naccess_log_flush_ms: 50\n")
+            .start()
+            .await;
+        let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut conn,
+            format!(
+                "GET /slow HTTP/1.1\r\nHost: {}\r\nx-echo-hold: k\r\n\r\n",
+                gw.authority()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        up.wait_for_requests(1, Duration::from_secs(5)).await;
+        drop(conn);
+        let aborted = || {
+            gw.stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["path"] == "/slow")
+        };
+        eventually(
+            Duration::from_secs(10),
+            "access log line of the aborted request",
+            || async { aborted().is_some() },
+        )
+        .await;
+        up.release("k");
+        let line = aborted().unwrap();
+        assert_eq!(line["status"], 0, "{line}");
+        assert!(
+            line["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Downstream")),
+            "{line}"
+        );
+        assert!(!gw.stderr().contains("Fail to proxy"), "{}", gw.stderr());
+        // The gateway keeps serving.
+        assert_eq!(get(&gw.url("/slow"), &[]).await.status, 200);
+    })
+    .await
+}
