@@ -4,7 +4,8 @@
 # order. The workspace uses them through [patch.crates-io]; drop a crate from
 # both once a Pingora release carries its fixes.
 #   pingora-proxy: the WebSocket upgrade race (cloudflare/pingora#946, fix
-#                  proposed upstream in #947).
+#                  proposed upstream in #947); a client that closes before its
+#                  request head is complete logged at debug, not ERROR.
 #   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
 #                  buffer for a body that came with its header, large body
 #                  chunks passed on without a copy, the body chunks gathered

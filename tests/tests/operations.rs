@@ -884,7 +884,15 @@ async fn a_client_that_goes_away_is_logged_in_the_access_log_not_as_an_error() {
                 .is_some_and(|e| e.contains("Downstream")),
             "{line}"
         );
+        // A client that hangs up halfway through its request head.
+        let mut half = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Par")
+            .await
+            .unwrap();
+        drop(half);
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!gw.stderr().contains("Fail to proxy"), "{}", gw.stderr());
+        assert!(!gw.stderr().contains("ERROR"), "{}", gw.stderr());
         // The gateway keeps serving.
         assert_eq!(get(&gw.url("/slow"), &[]).await.status, 200);
     })
