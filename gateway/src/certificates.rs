@@ -227,9 +227,6 @@ pub struct CertificateWatcher {
 #[async_trait]
 impl BackgroundService for CertificateWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if self.listeners.is_empty() {
-            return;
-        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,

@@ -386,13 +386,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
         },
     ));
-    server.add_service(background_service(
-        "certificate watch",
-        CertificateWatcher {
-            listeners: certificates.clone(),
-            poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
-        },
-    ));
+    if !certificates.is_empty() {
+        server.add_service(background_service(
+            "certificate watch",
+            CertificateWatcher {
+                listeners: certificates.clone(),
+                poll: Duration::from_secs(settings.config_poll_seconds.max(1)),
+            },
+        ));
+    }
     let on_reload: ReloadHook = Arc::new(move || {
         let reloader = reloader.clone();
         let certificates = certificates.clone();
