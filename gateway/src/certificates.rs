@@ -138,6 +138,12 @@ impl ListenerCertificate {
         }
         let loaded = parse(&self.cert_path, &self.key_path, &cert_pem, &key_pem)
             .map_err(|e| (Some(content), e))?;
+        // Counted before it is served, so whoever sees the new certificate
+        // also sees the count.
+        METRICS
+            .certificate_reloads
+            .with_label_values(&[self.addr.as_str(), "success"])
+            .inc();
         self.current.store(Arc::new(loaded));
         self.export_expiry();
         Ok(true)
@@ -158,10 +164,6 @@ impl ListenerCertificate {
         match outcome {
             Ok(false) => {}
             Ok(true) => {
-                METRICS
-                    .certificate_reloads
-                    .with_label_values(&[self.addr.as_str(), "success"])
-                    .inc();
                 log::info!(
                     "tls_listen {}: serving the new certificate from {}",
                     self.addr,

@@ -233,6 +233,12 @@ pub struct RouteMetrics {
     requests: OnceLock<Box<[[OnceLock<IntCounter>; 6]; 7]>>,
 }
 
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").finish_non_exhaustive()
+    }
+}
+
 const COMMON_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 impl RouteMetrics {

@@ -80,6 +80,8 @@ pub struct Ctx {
     cache: Option<crate::cache::RequestCache>,
     /// The aggregate this request matched, answered by `request_filter`.
     aggregate: Option<crate::aggregate::Matched>,
+    /// Its index once answered, for the access log and metrics.
+    answered_aggregate: Option<usize>,
 }
 
 impl Ctx {
@@ -382,6 +384,7 @@ impl ProxyHttp for Gateway {
             preselected: None,
             cache: None,
             aggregate: None,
+            answered_aggregate: None,
         }
     }
 
@@ -404,6 +407,7 @@ impl ProxyHttp for Gateway {
             return respond_empty_with(session, status, &ctx.cors).await;
         }
         if let Some(matched) = ctx.aggregate.take() {
+            ctx.answered_aggregate = Some(matched.index);
             let env = crate::aggregate::Env {
                 snapshot: ctx.snapshot.clone(),
                 auth: self.live.load().auth.clone(),
@@ -775,7 +779,14 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route().map(|r| r.name.as_str()).unwrap_or("");
+        let aggregate = ctx
+            .answered_aggregate
+            .and_then(|i| ctx.snapshot.aggregates.get(i));
+        let route = match (ctx.route(), aggregate) {
+            (Ok(compiled), _) => compiled.name.as_str(),
+            (Err(_), Some(aggregate)) => aggregate.name.as_str(),
+            (Err(_), None) => "",
+        };
         let method = session.req_header().method.as_str();
         let elapsed = ctx.started.elapsed();
         if !route.is_empty() {
@@ -783,6 +794,10 @@ impl ProxyHttp for Gateway {
                 compiled
                     .metrics
                     .record(route, method, status, elapsed, ctx.upstream_elapsed);
+            } else if let Some(aggregate) = aggregate {
+                aggregate
+                    .metrics
+                    .record(route, method, status, elapsed, None);
             }
         }
         if self.live.load().access_log {

@@ -434,3 +434,61 @@ async fn the_abp_corpus_configuration_serves_its_five_aggregates() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_have_their_own_metrics_and_access_log_name() {
+    bounded(async {
+        let tom = JsonServer::start();
+        tom.serve("/tom", 200, r#"{"Age": 19}"#);
+        let gw = Gateway::builder(ocelot(
+            vec![
+                keyed("Tom", "/tom", "/tom", &tom),
+                keyed("Tim", "/tim", "/tom", &tom),
+            ],
+            vec![aggregate("/family", &["Tom", "Tim"])],
+        ))
+        .settings("access_log: true\naccess_log_flush_ms: 50\n")
+        .start()
+        .await;
+        for _ in 0..2 {
+            assert_eq!(get(&gw.url("/family"), &[]).await.status, 200);
+        }
+        // Metrics are recorded after the response has gone out: poll.
+        let wanted = [
+            "gateway_requests_total{method=\"GET\",route=\"/family\",status_class=\"2xx\"} 2",
+            "gateway_request_duration_seconds_count{route=\"/family\"} 2",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = e2e::client()
+                .get(gw.admin_url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if wanted.iter().all(|w| text.contains(w)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{wanted:?} not in {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let line = gw
+                .stdout()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["path"] == "/family");
+            if let Some(line) = line {
+                assert_eq!(line["route"], "/family", "{line}");
+                assert_eq!(line["status"], 200, "{line}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no access log line for /family");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}

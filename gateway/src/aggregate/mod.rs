@@ -183,7 +183,7 @@ pub struct FanOut {
 }
 
 /// An aggregate, compiled with its snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CompiledAggregate {
     /// The upstream template, for logs.
     pub name: String,
@@ -196,6 +196,8 @@ pub struct CompiledAggregate {
     /// `RouteKeysConfig` is not empty: the first route is called first.
     pub chained: bool,
     pub aggregator: Option<String>,
+    /// The aggregate's own requests (its sub-requests count for their routes).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// Compiles every aggregate of `config`; problems Ocelot would only meet
@@ -253,6 +255,7 @@ pub fn compile(config: &FileConfiguration) -> (Vec<CompiledAggregate>, Vec<Diagn
                 fan_out,
                 chained: !a.route_keys_config.is_empty(),
                 aggregator,
+                metrics: Default::default(),
             }
         })
         .collect();
@@ -329,7 +332,8 @@ async fn aggregate(session: &mut Session, env: Env, matched: Matched) -> Result<
         content_type: None,
         body: Bytes::new(),
     };
-    let Some(aggregate) = env.snapshot.aggregates.get(matched.index).cloned() else {
+    let snapshot = env.snapshot.clone();
+    let Some(aggregate) = snapshot.aggregates.get(matched.index) else {
         return Ok(empty(404));
     };
     let Some(routes) = aggregate.routes.clone() else {
