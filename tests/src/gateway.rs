@@ -361,6 +361,18 @@ impl Gateway {
         format!("http://{}{}", self.admin_addr, path)
     }
 
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        crate::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

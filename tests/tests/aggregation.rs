@@ -460,14 +460,7 @@ async fn aggregates_have_their_own_metrics_and_access_log_name() {
         ];
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let text = e2e::client()
-                .get(gw.admin_url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = gw.metrics().await;
             if wanted.iter().all(|w| text.contains(w)) {
                 break;
             }

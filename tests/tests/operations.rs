@@ -52,14 +52,7 @@ async fn status_of(url: &str) -> u16 {
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    gw.metrics().await
 }
 
 /// The value of one sample line of the exposition format, 0 if absent.
