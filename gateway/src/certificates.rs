@@ -61,6 +61,7 @@ fn parse(
     key_path: &Path,
     cert_pem: &[u8],
     key_pem: &[u8],
+    content: u64,
 ) -> Result<CertifiedKey, String> {
     let mut chain = X509::stack_from_pem(cert_pem)
         .map_err(|e| format!("{}: {e}", cert_path.display()))?
@@ -86,7 +87,7 @@ fn parse(
         leaf,
         intermediates: chain.collect(),
         key,
-        content: content_hash(cert_pem, key_pem),
+        content,
     })
 }
 
@@ -102,7 +103,9 @@ impl ListenerCertificate {
         let in_listener = |e: String| format!("tls_listen {addr}: {e}");
         let cert_pem = read_file(cert_path).map_err(in_listener)?;
         let key_pem = read_file(key_path).map_err(in_listener)?;
-        let loaded = parse(cert_path, key_path, &cert_pem, &key_pem).map_err(in_listener)?;
+        let content = content_hash(&cert_pem, &key_pem);
+        let loaded =
+            parse(cert_path, key_path, &cert_pem, &key_pem, content).map_err(in_listener)?;
         let listener = ListenerCertificate {
             addr: addr.to_string(),
             cert_path: cert_path.to_path_buf(),
@@ -126,44 +129,24 @@ impl ListenerCertificate {
         Box::new(ServeCurrent(self.clone()))
     }
 
-    /// Re-reads the files and serves them from the next handshake on when
-    /// they changed and are a valid pair. `Ok(true)` when it swapped; a
-    /// refusal comes with the content it refused (if the files could be read).
-    pub fn refresh(&self) -> Result<bool, (Option<u64>, String)> {
-        let cert_pem = read_file(&self.cert_path).map_err(|e| (None, e))?;
-        let key_pem = read_file(&self.key_path).map_err(|e| (None, e))?;
-        let content = content_hash(&cert_pem, &key_pem);
-        if content == self.current.load().content {
-            return Ok(false);
-        }
-        let loaded = parse(&self.cert_path, &self.key_path, &cert_pem, &key_pem)
-            .map_err(|e| (Some(content), e))?;
-        // Counted before it is served, so whoever sees the new certificate
-        // also sees the count.
-        METRICS
-            .certificate_reloads
-            .with_label_values(&[self.addr.as_str(), "success"])
-            .inc();
-        self.current.store(Arc::new(loaded));
-        self.export_expiry();
-        Ok(true)
-    }
-
-    /// `refresh` with its outcome logged and counted; a refused pair is
-    /// reported once, until its files change again.
-    pub fn refresh_logged(&self) {
-        let outcome = self.refresh();
-        let refused_now = match &outcome {
-            Err((content, _)) => Some(*content),
-            Ok(_) => None,
-        };
-        let previously_refused = match self.refused.lock() {
+    /// Re-reads the files; a changed pair that loads is served from the next
+    /// handshake on. A refused pair is logged and counted once, until its
+    /// files change again.
+    pub fn refresh(&self) {
+        let outcome = self.changed_pair();
+        let refused_now = outcome.as_ref().err().map(|(content, _)| *content);
+        let refused_before = match self.refused.lock() {
             Ok(mut refused) => std::mem::replace(&mut *refused, refused_now),
             Err(_) => None,
         };
         match outcome {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(None) => {}
+            Ok(Some(loaded)) => {
+                // Counted before it is served, so whoever sees the new
+                // certificate also sees the count.
+                self.count("success");
+                self.current.store(Arc::new(loaded));
+                self.export_expiry();
                 log::info!(
                     "tls_listen {}: serving the new certificate from {}",
                     self.addr,
@@ -171,11 +154,8 @@ impl ListenerCertificate {
                 );
             }
             Err((content, e)) => {
-                if previously_refused != Some(content) {
-                    METRICS
-                        .certificate_reloads
-                        .with_label_values(&[self.addr.as_str(), "failure"])
-                        .inc();
+                if refused_before != Some(content) {
+                    self.count("failure");
                     log::error!(
                         "tls_listen {}: keeping the certificate it serves: {e}",
                         self.addr
@@ -183,6 +163,33 @@ impl ListenerCertificate {
                 }
             }
         }
+    }
+
+    /// The files' pair when it is not the one served. A refusal comes with
+    /// the content it refused (`None` when a file could not be read).
+    fn changed_pair(&self) -> Result<Option<CertifiedKey>, (Option<u64>, String)> {
+        let cert_pem = read_file(&self.cert_path).map_err(|e| (None, e))?;
+        let key_pem = read_file(&self.key_path).map_err(|e| (None, e))?;
+        let content = content_hash(&cert_pem, &key_pem);
+        if content == self.current.load().content {
+            return Ok(None);
+        }
+        parse(
+            &self.cert_path,
+            &self.key_path,
+            &cert_pem,
+            &key_pem,
+            content,
+        )
+        .map(Some)
+        .map_err(|e| (Some(content), e))
+    }
+
+    fn count(&self, result: &str) {
+        METRICS
+            .certificate_reloads
+            .with_label_values(&[self.addr.as_str(), result])
+            .inc();
     }
 
     fn export_expiry(&self) {
@@ -235,7 +242,7 @@ impl BackgroundService for CertificateWatcher {
                 _ = tokio::time::sleep(self.poll) => {}
             }
             for listener in &self.listeners {
-                listener.refresh_logged();
+                listener.refresh();
             }
         }
     }

@@ -301,9 +301,7 @@ fn build_check(
             } else {
                 TcpHealthCheck::new()
             };
-            if options.is_some() {
-                check.set_connector(TransportConnector::new(options));
-            }
+            check.set_connector(TransportConnector::new(options));
             check.peer_template.options.connection_timeout = Some(timeout);
             Ok(check)
         }

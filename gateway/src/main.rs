@@ -400,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         let certificates = certificates.clone();
         Box::pin(async move {
             for certificate in &certificates {
-                certificate.refresh_logged();
+                certificate.refresh();
             }
             let _ = reloader.reload_from_disk().await;
         })

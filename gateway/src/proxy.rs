@@ -159,9 +159,8 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
 ];
 
-/// Answers the request with `status` and an empty body, as Ocelot does for its
-/// own errors, keeping the connection when the request carried no body.
-/// `extra` are the CORS headers (`ctx.cors`), so a browser can read a 401.
+/// Answers the request with `status`, an empty body and `extra` headers (a
+/// CORS preflight's).
 async fn respond_empty_with(
     session: &mut Session,
     status: u16,
@@ -172,7 +171,27 @@ async fn respond_empty_with(
     Ok(true)
 }
 
-/// A bodiless answer of the gateway's own, with `extra` headers.
+/// A refusal of the gateway's own (empty body), with the headers every such
+/// answer carries.
+async fn refuse(session: &mut Session, status: u16, ctx: &Ctx) -> Result<bool> {
+    let mut resp = empty_response(session, status, &[])?;
+    add_answer_headers(&mut resp, ctx)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// What the gateway's own answers carry: the CORS headers, so a browser can
+/// read a 401, and once the request was counted the rate-limit headers, as
+/// Ocelot adds them when any response starts.
+fn add_answer_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    for (name, value) in &ctx.cors {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    traffic::response_headers(&ctx.traffic, resp)
+}
+
+/// A bodiless answer of the gateway's own, as Ocelot gives for its errors,
+/// keeping the connection when the request carried no body.
 fn empty_response(
     session: &mut Session,
     status: u16,
@@ -404,7 +423,7 @@ impl ProxyHttp for Gateway {
             routed = route_dynamic(session.req_header(), ctx).await;
         }
         if let Err(status) = routed {
-            return respond_empty_with(session, status, &ctx.cors).await;
+            return refuse(session, status, ctx).await;
         }
         if let Some(matched) = ctx.aggregate.take() {
             ctx.answered_aggregate = Some(matched.index);
@@ -423,12 +442,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Err(status) = self.identity(session, ctx).await {
-            // Past rate limiting every answer carries its headers, refusals
-            // too: Ocelot sets them when the response starts, whatever it is.
-            let mut resp = empty_response(session, status, &ctx.cors)?;
-            traffic::response_headers(&ctx.traffic, &mut resp)?;
-            session.write_response_header(Box::new(resp), true).await?;
-            return Ok(true);
+            return refuse(session, status, ctx).await;
         }
         // Ocelot's OutputCache comes after load balancing and URL creation:
         // its key names the chosen backend, so cached routes choose it here.
@@ -603,10 +617,7 @@ impl ProxyHttp for Gateway {
             match ResponseHeader::build(code, Some(1)) {
                 Ok(mut resp) => {
                     let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
-                    for (name, value) in &ctx.cors {
-                        let _ = resp.append_header(name.clone(), value.clone());
-                    }
-                    let _ = traffic::response_headers(&ctx.traffic, &mut resp);
+                    let _ = add_answer_headers(&mut resp, ctx);
                     if let Err(write_error) = session
                         .write_error_response(resp, bytes::Bytes::new())
                         .await
