@@ -16,6 +16,11 @@ use std::collections::HashMap;
 
 use crate::template::{HeaderTemplate, UpstreamTemplate};
 
+/// Kept at this path for callers that name it with the rest of a match
+/// ([`RouteMatch`]); it lives in `template/placeholders.rs` because the
+/// templates fill and read it and the table only hands it on.
+pub use crate::template::Placeholders;
+
 /// The upstream side of one route or aggregate, as configured.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpstreamSpec {
@@ -97,67 +102,6 @@ pub struct RequestInfo<'a> {
     pub query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a dyn HeaderSource,
-}
-
-/// Placeholder values of a match: names with braces (`"{id}"`) in Ocelot's order
-/// (path placeholders, then header placeholders). Several entries may share a name;
-/// lookups and downstream rendering use the first, as Ocelot's replacer does.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placeholders(Vec<(String, String)>);
-
-impl Placeholders {
-    /// No placeholders.
-    pub fn new() -> Placeholders {
-        Placeholders(Vec::new())
-    }
-
-    /// Value of the first placeholder with this name (braces included).
-    pub fn get(&self, name_with_braces: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name_with_braces)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// All (name, value) pairs in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
-    }
-
-    /// Replace-or-add, as `ChangeDownstreamPathTemplate` does it: every entry with
-    /// this name is removed and the new one goes last.
-    pub fn insert(&mut self, name: String, value: String) {
-        self.0.retain(|(n, _)| *n != name);
-        self.0.push((name, value));
-    }
-
-    /// Appends an entry even if the name is already present (Ocelot appends header
-    /// placeholders after the path ones without de-duplicating).
-    pub fn push(&mut self, name: String, value: String) {
-        self.0.push((name, value));
-    }
-
-    /// Sets the value of an entry named `name` at index `from` or later; false if
-    /// there is none. Lets extraction keep one entry per regex group name.
-    pub(crate) fn set_from(&mut self, from: usize, name: &str, value: &str) -> bool {
-        match self.0.iter_mut().skip(from).find(|(n, _)| n == name) {
-            Some((_, v)) => {
-                value.clone_into(v);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The winning route or aggregate and its placeholder values.

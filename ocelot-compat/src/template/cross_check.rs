@@ -9,8 +9,8 @@ use super::dotnet_regex::{
     path_template_literal_metachars,
 };
 use super::placeholders::placeholder_ranges;
+use super::placeholders::Placeholders;
 use super::{DownstreamTemplate, HeaderTemplate, UpstreamTemplate};
-use crate::table::Placeholders;
 
 struct Rng(u64);
 impl Rng {

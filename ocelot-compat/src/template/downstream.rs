@@ -9,9 +9,9 @@
 use std::borrow::Cow;
 
 use super::placeholders::placeholder_names;
+use super::placeholders::Placeholders;
 use super::query::{is_pct_triplet, merge_queries, remove_used_parameters};
 use crate::path::{is_segment_char, push_pct, remove_dot_segments};
-use crate::table::Placeholders;
 
 /// A `DownstreamPathTemplate`, ready to render per request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! and the `{name}` placeholders it yields, as one [`super::vm`] program.
 
 use super::placeholders::push_groups;
+use super::placeholders::Placeholders;
 use super::vm::{Builder, Class, Inst, Program};
-use crate::table::Placeholders;
 
 /// `{header:name}` occurrences: (start, end, name), Ocelot's `(\{header:.*?\})`
 /// with IgnoreCase.

@@ -36,5 +36,5 @@ pub use dotnet_regex::{
 };
 pub use downstream::{DownstreamTarget, DownstreamTemplate};
 pub use header::HeaderTemplate;
-pub use placeholders::placeholder_names;
+pub use placeholders::{placeholder_names, Placeholders};
 pub use upstream::UpstreamTemplate;

@@ -7,10 +7,10 @@
 //! slash). The two can disagree, and users see the difference, so extraction is
 //! its own program rather than captures of the matcher.
 
+use super::placeholders::Placeholders;
 use super::placeholders::{placeholder_ranges, push_groups};
 use super::upstream::with_subject;
 use super::vm::{Builder, Class, Program};
-use crate::table::Placeholders;
 
 #[derive(Clone, Debug)]
 pub(super) struct Extractor {
@@ -111,7 +111,7 @@ fn is_catch_all_path(template: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::table::Placeholders;
+    use crate::template::Placeholders;
     use crate::template::UpstreamTemplate;
 
     fn extract(template: &str, path: &str, query: Option<&str>) -> Vec<(String, String)> {

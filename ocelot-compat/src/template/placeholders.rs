@@ -1,13 +1,75 @@
-//! Finding `{…}` placeholders in a template and collecting their values.
+//! Finding `{…}` placeholders in a template, and [`Placeholders`], the values a
+//! match collects for them.
 //!
 //! Every other template module asks the same question ("where are the
 //! placeholders?") and must get Ocelot's answer: each `{` up to the next `}`,
 //! as `UpstreamTemplatePatternCreator` and `UrlPathPlaceholderNameAndValueFinder`
 //! (Ocelot's `src/DownstreamRouteFinder/UrlMatcher/`) both scan it. Keeping the
 //! scan in one place keeps the matcher, the extractor, the downstream renderer
-//! and validation (`crate::validate`) in agreement.
+//! and validation (`crate::validate`) in agreement. [`Placeholders`] lives here
+//! rather than in `table.rs` because every template module fills or reads it,
+//! so the table depends on the templates and never the other way round.
 
-use crate::table::Placeholders;
+/// Placeholder values of a match: names with braces (`"{id}"`) in Ocelot's order
+/// (path placeholders, then header placeholders). Several entries may share a name;
+/// lookups and downstream rendering use the first, as Ocelot's replacer does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placeholders(Vec<(String, String)>);
+
+impl Placeholders {
+    /// No placeholders.
+    pub fn new() -> Placeholders {
+        Placeholders(Vec::new())
+    }
+
+    /// Value of the first placeholder with this name (braces included).
+    pub fn get(&self, name_with_braces: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name_with_braces)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All (name, value) pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Replace-or-add, as `ChangeDownstreamPathTemplate` does it: every entry with
+    /// this name is removed and the new one goes last.
+    pub fn insert(&mut self, name: String, value: String) {
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value));
+    }
+
+    /// Appends an entry even if the name is already present (Ocelot appends header
+    /// placeholders after the path ones without de-duplicating).
+    pub fn push(&mut self, name: String, value: String) {
+        self.0.push((name, value));
+    }
+
+    /// Sets the value of an entry named `name` at index `from` or later; false if
+    /// there is none. Lets extraction keep one entry per regex group name.
+    pub(super) fn set_from(&mut self, from: usize, name: &str, value: &str) -> bool {
+        match self.0.iter_mut().skip(from).find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                value.clone_into(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Byte ranges (`start..end`, braces included) of the `{…}` placeholders in a
 /// template: each `{` up to the next `}`, scanning on after that `}`. An unclosed

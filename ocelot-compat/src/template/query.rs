@@ -8,8 +8,8 @@
 //! characters stay unescaped), and the downstream query is observable, so they
 //! are reproduced here rather than delegated.
 
+use super::placeholders::Placeholders;
 use crate::path::{hex_val, push_pct};
-use crate::table::Placeholders;
 
 /// Whether `bytes[i]` opens a `%XX` escape (two hex digits follow).
 pub(super) fn is_pct_triplet(bytes: &[u8], i: usize) -> bool {

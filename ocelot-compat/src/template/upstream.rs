@@ -10,8 +10,8 @@
 
 use super::path_values::Extractor;
 use super::placeholders::placeholder_ranges;
+use super::placeholders::Placeholders;
 use super::vm::{Builder, Class, Inst, Program};
-use crate::table::Placeholders;
 
 /// Builds `path` or `path + "?" + query` without allocating when it fits on the
 /// stack, then hands it to `f`.

@@ -415,7 +415,7 @@ impl Program {
 
 #[cfg(test)]
 mod tests {
-    use crate::table::Placeholders;
+    use crate::template::Placeholders;
     use crate::template::UpstreamTemplate;
 
     #[test]
