@@ -13,17 +13,27 @@
 //! section, else from Ocelot's default.
 
 mod authentication;
+mod cache;
 mod header_transforms;
+mod http_handler;
 mod load_balancer;
+mod qos;
+mod rate_limiting;
 mod request_id;
+mod security;
 mod timeout;
 
 pub use authentication::{authentication, authentication_schemes};
+pub use cache::cache;
 pub use header_transforms::{
     base_url, downstream_header_transform, merge_header_transform, upstream_header_transform,
 };
+pub use http_handler::http_handler;
 pub use load_balancer::load_balancer;
+pub use qos::qos;
+pub use rate_limiting::{rate_limiting, rate_limiting_legacy};
 pub use request_id::request_id_key;
+pub use security::security;
 pub use timeout::{timeout, DEFAULT_TIMEOUT_SECONDS};
 
 /// Whether a global section with these `RouteKeys` applies to a route with
@@ -39,4 +49,9 @@ fn applies(route_keys: Option<&Vec<String>>, route_key: Option<&str>) -> bool {
 /// A string that is not empty or whitespace.
 fn non_blank(s: &Option<String>) -> Option<String> {
     s.as_ref().filter(|v| !v.trim().is_empty()).cloned()
+}
+
+/// A string that is not empty (whitespace counts as a value).
+fn non_empty(s: &Option<String>) -> Option<String> {
+    s.as_ref().filter(|v| !v.is_empty()).cloned()
 }

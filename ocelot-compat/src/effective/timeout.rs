@@ -1,6 +1,6 @@
-//! `Timeout` (Ocelot's `src/Configuration/Creator/TimeoutCreator.cs`): the
-//! route's if positive, else the global one if positive, else Ocelot's
-//! `DownstreamRoute.DefaultTimeoutSeconds`.
+//! `Timeout`: the route's if positive, else the global one if positive, else
+//! Ocelot's `DownstreamRoute.DefaultTimeoutSeconds` (`src/Configuration/DownstreamRoute.cs`),
+//! as Ocelot's route creators in `src/Configuration/Creator/` resolve it.
 
 use crate::model::{FileGlobalConfiguration, FileRoute};
 use std::time::Duration;
