@@ -3,9 +3,10 @@
 //! env)` merge of `ocelot.*.json` ([`merge_folder`]), and the two together
 //! ([`load`]).
 //!
-//! Behaviour follows Ocelot 25.0 `ConfigurationBuilderExtensions` (see the
-//! spec, §1.8). Where Ocelot depends on the file system's enumeration order we
-//! sort file names instead, so a merge is reproducible.
+//! Behaviour follows Ocelot 25.0's
+//! `src/DependencyInjection/ConfigurationBuilderExtensions.cs`. Where Ocelot
+//! depends on the file system's enumeration order we sort file names instead,
+//! so a merge is reproducible.
 
 use std::cmp::Ordering;
 use std::fs;
