@@ -4,6 +4,5 @@
 //! compiling.
 
 pub use crate::effective::{
-    base_url, downstream_header_transform, merge_header_transform, request_id_key,
-    upstream_header_transform,
+    base_url, downstream_header_transform, request_id_key, upstream_header_transform,
 };

@@ -234,7 +234,7 @@ fn has_dot_segment(path: &str) -> bool {
 /// RFC 3986 `remove_dot_segments` for an already-escaped path that starts with
 /// `/`; only literal `.`/`..` segments count. Used on rendered downstream paths,
 /// where .NET's `System.Uri` would do the same before the request leaves Ocelot.
-pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+pub(crate) fn remove_dot_segments(path: &str) -> Cow<'_, str> {
     if !path.starts_with('/') || !has_dot_segment(path) {
         return Cow::Borrowed(path);
     }

@@ -8,7 +8,7 @@ use crate::model::{FileAggregateRoute, FileConfiguration, FileRateLimitOptions, 
 use crate::template::{path_template_literal_metachars, placeholder_names};
 
 /// Balancers Ocelot ships; its lookup is exact and case-sensitive.
-pub const KNOWN_BALANCERS: [&str; 4] = [
+pub(crate) const KNOWN_BALANCERS: [&str; 4] = [
     "NoLoadBalancer",
     "RoundRobin",
     "LeastConnection",
@@ -16,7 +16,7 @@ pub const KNOWN_BALANCERS: [&str; 4] = [
 ];
 
 /// Every problem in the file model. The caller decides what to do with warnings.
-pub fn validate(config: &FileConfiguration) -> Vec<Diagnostic> {
+pub(crate) fn validate(config: &FileConfiguration) -> Vec<Diagnostic> {
     let mut d = Vec::new();
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(route, &route.describe(i), &mut d);
@@ -259,7 +259,7 @@ fn validate_http_version(
 
 /// Parses an Ocelot rate-limit duration: a number (decimals allowed) and an
 /// optional unit `ms`, `s`, `m`, `h` or `d`; no unit means milliseconds.
-pub fn parse_duration_ms(text: &str) -> Option<f64> {
+pub(crate) fn parse_duration_ms(text: &str) -> Option<f64> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -8,7 +8,7 @@ use crate::model::{Dict, FileGlobalConfiguration, FileRoute};
 
 /// Route entries first, then global entries whose key the route does not
 /// have (compared case-insensitively, as header names are).
-pub fn merge_header_transform(route: &Dict, global: &Dict) -> Dict {
+pub(crate) fn merge_header_transform(route: &Dict, global: &Dict) -> Dict {
     let mut out = route.clone();
     for (k, v) in global {
         if !route.iter().any(|(rk, _)| rk.eq_ignore_ascii_case(k)) {

@@ -25,16 +25,14 @@ mod timeout;
 
 pub use authentication::{authentication, authentication_schemes};
 pub use cache::cache;
-pub use header_transforms::{
-    base_url, downstream_header_transform, merge_header_transform, upstream_header_transform,
-};
+pub use header_transforms::{base_url, downstream_header_transform, upstream_header_transform};
 pub use http_handler::http_handler;
 pub use load_balancer::load_balancer;
 pub use qos::qos;
 pub use rate_limiting::{rate_limiting, rate_limiting_legacy};
 pub use request_id::request_id_key;
 pub use security::security;
-pub use timeout::{timeout, DEFAULT_TIMEOUT_SECONDS};
+pub use timeout::timeout;
 
 /// Whether a global section with these `RouteKeys` applies to a route with
 /// this `Key`: absent or empty keys apply to every route.

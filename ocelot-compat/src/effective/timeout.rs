@@ -6,7 +6,7 @@ use crate::model::{FileGlobalConfiguration, FileRoute};
 use std::time::Duration;
 
 /// Ocelot's `DownstreamRoute.DefaultTimeoutSeconds`.
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 90;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 90;
 
 /// Route `Timeout` if > 0, else global `Timeout` if > 0, else 90 s.
 pub fn timeout(route: &FileRoute, global: &FileGlobalConfiguration) -> Duration {

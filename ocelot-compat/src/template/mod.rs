@@ -35,6 +35,7 @@ pub use dotnet_regex::{
     path_template_literal_metachars, OcelotRegex,
 };
 pub use downstream::{DownstreamTarget, DownstreamTemplate};
-pub use header::HeaderTemplate;
-pub use placeholders::{placeholder_names, Placeholders};
-pub use upstream::UpstreamTemplate;
+pub(crate) use header::HeaderTemplate;
+pub(crate) use placeholders::placeholder_names;
+pub use placeholders::Placeholders;
+pub(crate) use upstream::UpstreamTemplate;

@@ -57,7 +57,6 @@ enum UTok {
 /// extraction, both as VM programs.
 #[derive(Clone, Debug)]
 pub struct UpstreamTemplate {
-    original: String,
     catch_all: bool,
     contains_query: bool,
     matcher: Program,
@@ -80,7 +79,6 @@ impl UpstreamTemplate {
         }
         let matcher = b.finish(!case_sensitive);
         UpstreamTemplate {
-            original: template.to_string(),
             catch_all,
             contains_query,
             matcher,
@@ -93,18 +91,14 @@ impl UpstreamTemplate {
         }
     }
 
-    /// The template as configured.
-    pub fn template(&self) -> &str {
-        &self.original
-    }
-
     /// The `/{everything}` special case: matches every path, priority forced to 0.
     pub fn is_catch_all(&self) -> bool {
         self.catch_all
     }
 
     /// Whether the template has a query part (it is then matched against
-    /// `path + "?" + query`).
+    /// `path + "?" + query`). Only the cross-checks ask; matching reads the field.
+    #[cfg(test)]
     pub fn contains_query(&self) -> bool {
         self.contains_query
     }
