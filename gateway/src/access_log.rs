@@ -14,6 +14,43 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
+/// One access-log line. Serialized straight from this struct (fields in this
+/// order, `None` as `null`), without building a map of strings first.
+#[derive(Serialize)]
+pub struct Line<'a> {
+    #[serde(serialize_with = "display")]
+    pub time: humantime::Rfc3339Timestamp,
+    pub request_id: Option<&'a str>,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    #[serde(serialize_with = "display_opt")]
+    pub upstream: Option<std::net::SocketAddr>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub client: Option<String>,
+    /// Why the gateway answered itself, when it did (`Refusal::name`).
+    pub refusal: Option<&'static str>,
+    pub error: Option<String>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
 /// Buffer size and flush interval when the settings do not say.
 pub const DEFAULT_BUFFER_KIB: usize = 64;
 pub const DEFAULT_FLUSH_MS: u64 = 200;

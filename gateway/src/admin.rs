@@ -30,6 +30,8 @@ pub struct AdminApp {
     pub reloader: Arc<Reloader>,
     /// `/admin/*` is disabled (404) without a token.
     pub token: Option<String>,
+    /// The output cache, for region purges.
+    pub cache: &'static crate::cache::store::MemoryStore,
 }
 
 fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -109,7 +111,7 @@ impl AdminApp {
                     "loadBalancer": format!("{:?}", compiled.pool.kind),
                     "backends": compiled.pool.backend_count(),
                     "timeoutSeconds": compiled.timeout.as_secs(),
-                    "authenticationProviderKeys": compiled.auth_schemes,
+                    "authenticationProviderKeys": compiled.authentication,
                 })
             })
             .collect();
@@ -163,7 +165,7 @@ impl ServeHttp for AdminApp {
             (Method::GET, "/readyz") if self.readiness.is_ready() => text(200, "ready\n"),
             (Method::GET, "/readyz") => text(503, "not ready\n"),
             (Method::GET, "/metrics") => {
-                metrics::observe(&self.reloader.state.load_full());
+                self.reloader.state.load_full().observe();
                 respond(200, "text/plain; version=0.0.4", metrics::render())
             }
             (method, p) if p.starts_with("/admin/") => {
@@ -181,7 +183,7 @@ impl ServeHttp for AdminApp {
                     (Method::DELETE, p) if p.starts_with(OUTPUT_CACHE) => {
                         match crate::cache::decode_region(&p[OUTPUT_CACHE.len()..]) {
                             Some(region) => {
-                                let purged = crate::cache::purge_region(&region);
+                                let purged = self.cache.purge_region(&region);
                                 log::info!("admin API: purged {purged} cached responses of region '{region}'");
                                 respond(204, "text/plain; charset=utf-8", Vec::new())
                             }

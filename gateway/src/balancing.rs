@@ -207,6 +207,17 @@ impl StickySessions {
     }
 }
 
+/// Where a pool fed by service discovery takes its backends from (the
+/// `discovery` module implements it), and when they are due again.
+pub trait DiscoveredService: Send + Sync {
+    /// The `ServiceDiscovery` to give Pingora's `Backends`.
+    fn boxed(self: Arc<Self>) -> Box<dyn ServiceDiscovery + Send + Sync>;
+    /// Whether the pool should be rebuilt now.
+    fn needs_refresh(&self, now: std::time::Instant) -> bool;
+    /// When the next refresh is due, if known.
+    fn next_due(&self) -> Option<std::time::Instant>;
+}
+
 /// A route's backends and its balancer.
 pub struct Pool {
     pub kind: BalancerKind,
@@ -216,7 +227,7 @@ pub struct Pool {
     inflight: OnceLock<Inflight>,
     /// The registry behind the pool when its backends come from service
     /// discovery (`ServiceName`), for the refresher to know when to rebuild.
-    discovery: Option<Arc<crate::discovery::PoolDiscovery>>,
+    discovery: Option<Arc<dyn DiscoveredService>>,
 }
 
 impl Pool {
@@ -250,10 +261,10 @@ impl Pool {
     /// A pool fed by service discovery instead of `DownstreamHostAndPorts`.
     pub fn with_discovery(
         kind: BalancerKind,
-        discovery: Arc<crate::discovery::PoolDiscovery>,
+        discovery: Arc<dyn DiscoveredService>,
         registry: Arc<HealthRegistry>,
     ) -> Pool {
-        let backends = Backends::new_with_health_registry(discovery.boxed(), registry);
+        let backends = Backends::new_with_health_registry(discovery.clone().boxed(), registry);
         Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
@@ -263,7 +274,7 @@ impl Pool {
     }
 
     /// The service discovery behind the pool, if any.
-    pub fn discovery(&self) -> Option<&Arc<crate::discovery::PoolDiscovery>> {
+    pub fn discovery(&self) -> Option<&Arc<dyn DiscoveredService>> {
         self.discovery.as_ref()
     }
 

@@ -99,7 +99,7 @@ fn claim_text(value: &Value) -> Option<String> {
 
 /// Why a claims transform refused the request. Each maps to Ocelot's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ClaimsError {
     /// `CannotFindClaimError`: the claim, or the indexed part of it, is
     /// missing → 403.
     MissingClaim(String),
@@ -112,26 +112,26 @@ pub enum Refusal {
     UnknownPlaceholder(String),
 }
 
-impl Refusal {
+impl ClaimsError {
     /// The status Ocelot answers with.
     pub fn status(&self) -> u16 {
         match self {
-            Refusal::MissingClaim(_) => 403,
-            Refusal::InvalidHeaderValue(_) => 400,
-            Refusal::UnknownPlaceholder(_) => 404,
+            ClaimsError::MissingClaim(_) => 403,
+            ClaimsError::InvalidHeaderValue(_) => 400,
+            ClaimsError::UnknownPlaceholder(_) => 404,
         }
     }
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for ClaimsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::MissingClaim(what) => write!(f, "cannot find claim {what}"),
-            Refusal::InvalidHeaderValue(name) => write!(
+            ClaimsError::MissingClaim(what) => write!(f, "cannot find claim {what}"),
+            ClaimsError::InvalidHeaderValue(name) => write!(
                 f,
                 "claim value for header {name} is not a valid header value"
             ),
-            Refusal::UnknownPlaceholder(name) => {
+            ClaimsError::UnknownPlaceholder(name) => {
                 write!(f, "downstream path template has no placeholder {{{name}}}")
             }
         }
@@ -184,10 +184,10 @@ impl ClaimToThing {
     }
 
     /// The value this instruction takes from `claims` (`ClaimsParser.GetValue`).
-    pub fn value(&self, claims: &Claims) -> Result<String, Refusal> {
+    pub fn value(&self, claims: &Claims) -> Result<String, ClaimsError> {
         let joined = claims
             .joined(&self.claim_type)
-            .ok_or_else(|| Refusal::MissingClaim(self.claim_type.clone()))?;
+            .ok_or_else(|| ClaimsError::MissingClaim(self.claim_type.clone()))?;
         if self.delimiters.is_empty() {
             return Ok(joined);
         }
@@ -196,7 +196,7 @@ impl ClaimToThing {
             .and_then(|i| joined.split(&self.delimiters[..]).nth(i))
             .map(str::to_string)
             .ok_or_else(|| {
-                Refusal::MissingClaim(format!("{} (index {})", self.claim_type, self.index))
+                ClaimsError::MissingClaim(format!("{} (index {})", self.claim_type, self.index))
             })
     }
 }
@@ -325,7 +325,7 @@ impl ClaimsTransforms {
     }
 
     /// `AddClaimsToRequest` (ClaimsToClaims, before authorization).
-    pub fn apply_to_claims(&self, claims: &mut Claims) -> Result<(), Refusal> {
+    pub fn apply_to_claims(&self, claims: &mut Claims) -> Result<(), ClaimsError> {
         for c in &self.to_claims {
             let value = c.value(claims)?;
             claims.set(&c.key, value);
@@ -336,14 +336,14 @@ impl ClaimsTransforms {
     /// `AddHeadersToRequest`: the headers to set (replacing any the client
     /// sent). A value that is not a clean header value is refused rather
     /// than forwarded, so a claim can never smuggle a header line.
-    pub fn headers(&self, claims: &Claims) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
+    pub fn headers(&self, claims: &Claims) -> Result<Vec<(HeaderName, HeaderValue)>, ClaimsError> {
         let mut out = Vec::with_capacity(self.to_headers.len());
         for (name, c) in &self.to_headers {
             let value = c.value(claims)?;
             out.push((
                 name.clone(),
                 safe_header_value(&value)
-                    .ok_or_else(|| Refusal::InvalidHeaderValue(name.to_string()))?,
+                    .ok_or_else(|| ClaimsError::InvalidHeaderValue(name.to_string()))?,
             ));
         }
         Ok(out)
@@ -357,7 +357,7 @@ impl ClaimsTransforms {
         &self,
         claims: &Claims,
         query: Option<&str>,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Option<String>, ClaimsError> {
         if self.to_queries.is_empty() {
             return Ok(query.map(str::to_string));
         }
@@ -407,12 +407,12 @@ impl ClaimsTransforms {
     /// `ChangeDownstreamPathTemplate`: the placeholder values (names with
     /// braces, `{userId}`) that replace the matched ones when the downstream
     /// path is rendered.
-    pub fn path_placeholders(&self, claims: &Claims) -> Result<Vec<(String, String)>, Refusal> {
+    pub fn path_placeholders(&self, claims: &Claims) -> Result<Vec<(String, String)>, ClaimsError> {
         let mut out = Vec::with_capacity(self.to_path.len());
         for (c, present) in &self.to_path {
             let value = c.value(claims)?;
             if !present {
-                return Err(Refusal::UnknownPlaceholder(c.key.clone()));
+                return Err(ClaimsError::UnknownPlaceholder(c.key.clone()));
             }
             out.push((format!("{{{}}}", c.key), value));
         }

@@ -259,6 +259,23 @@ impl Cors {
     }
 }
 
+/// Puts the gateway's CORS headers on a proxied response. The gateway owns
+/// CORS: its headers replace the service's (two `Access-Control-Allow-Origin`
+/// values make browsers refuse), but `Vary` only grows.
+pub fn apply_to_response(
+    response: &mut pingora_http::ResponseHeader,
+    headers: &[(HeaderName, HeaderValue)],
+) -> pingora_error::Result<()> {
+    for (name, value) in headers {
+        if name == header::VARY {
+            response.append_header(name.clone(), value.clone())?;
+        } else {
+            response.insert_header(name.clone(), value.clone())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,6 +139,8 @@ pub trait Headers {
     fn set(&mut self, name: &HeaderName, value: HeaderValue);
     /// Removes every value of a header.
     fn remove(&mut self, name: &HeaderName);
+    /// Every header.
+    fn map(&self) -> &HeaderMap;
 }
 
 impl Headers for HeaderMap {
@@ -150,6 +152,9 @@ impl Headers for HeaderMap {
     }
     fn remove(&mut self, name: &HeaderName) {
         HeaderMap::remove(self, name);
+    }
+    fn map(&self) -> &HeaderMap {
+        self
     }
 }
 
@@ -165,6 +170,9 @@ impl Headers for pingora_http::RequestHeader {
     fn remove(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
+    fn map(&self) -> &HeaderMap {
+        &self.headers
+    }
 }
 
 impl Headers for pingora_http::ResponseHeader {
@@ -178,6 +186,9 @@ impl Headers for pingora_http::ResponseHeader {
     }
     fn remove(&mut self, name: &HeaderName) {
         self.remove_header(name);
+    }
+    fn map(&self) -> &HeaderMap {
+        &self.headers
     }
 }
 

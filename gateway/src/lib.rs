@@ -1,9 +1,38 @@
 //! An Ocelot-compatible API gateway on Pingora: `ocelot.json` in, a Pingora
-//! `ProxyHttp` out. See `proxy` for the request pipeline.
+//! `ProxyHttp` out.
+//!
+//! # Words
+//! Ocelot and Pingora use *upstream* and *downstream* the opposite way round:
+//!
+//! | | the client side | the service side |
+//! |---|---|---|
+//! | Ocelot (`ocelot.json`, `UpstreamPathTemplate`, `DownstreamHostAndPorts`) | upstream | downstream |
+//! | Pingora (`upstream_peer`, `upstream_request_filter`, `Session::downstream_session`) | downstream | upstream |
+//!
+//! Code that reads the configuration speaks Ocelot; code in `ProxyHttp` hooks
+//! speaks Pingora. A *route* is one entry of `Routes`; a *backend* one
+//! address of a route's service; a *refusal* a request the gateway answers
+//! itself (`answer.rs`).
+//!
+//! # Where things are
+//! - `snapshot/`: the configuration compiled for serving (`Snapshot::build`),
+//!   each feature's own policy per route, and the [`snapshot::Env`] of stores
+//!   that outlive reloads.
+//! - `pipeline.rs`: Ocelot's request order, once, for the proxy and for
+//!   aggregate sub-requests (`multiplexer.rs`).
+//! - `answer.rs`: every response of the gateway's own and the refusal →
+//!   status map.
+//! - `proxy.rs`: the Pingora `ProxyHttp`, a few calls per phase.
+//! - One module per Ocelot feature: `security`, `headers`, `ratelimit/`,
+//!   `request_id`, `auth/`, `claims`, `authorization`, `balancing`, `qos`,
+//!   `health`, `cache/`, `aggregate/`, `discovery/`, `cors`, `protocols`.
+//! - Around them: `main.rs` (wiring), `settings`, `listeners`, `reload/`,
+//!   `admin`, `metrics`, `access_log`, `lifecycle`, `certificates`.
 
 pub mod access_log;
 pub mod admin;
 pub mod aggregate;
+pub mod answer;
 pub mod auth;
 pub mod authorization;
 pub mod balancing;
@@ -12,20 +41,20 @@ pub mod certificates;
 pub mod claims;
 pub mod cors;
 pub mod discovery;
-pub mod errors;
 pub mod headers;
 pub mod health;
 pub mod lifecycle;
-pub mod live;
+pub mod listeners;
 pub mod metrics;
-pub mod policies;
+pub mod multiplexer;
+pub mod pipeline;
 pub mod protocols;
 pub mod proxy;
 pub mod qos;
 pub mod ratelimit;
 pub mod reload;
 pub mod request_id;
-pub mod routing;
+pub mod request_mapper;
 pub mod security;
 pub mod settings;
-pub mod traffic;
+pub mod snapshot;

@@ -38,6 +38,21 @@ impl Readiness {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// While draining, tells a keep-alive client to reconnect (to another
+    /// replica or the new process) instead of having the connection closed
+    /// under its next request.
+    pub fn close_when_draining(
+        &self,
+        session: &mut pingora_proxy::Session,
+        response: &mut pingora_http::ResponseHeader,
+    ) -> pingora_error::Result<()> {
+        if self.is_draining() {
+            session.set_keepalive(None);
+            response.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }

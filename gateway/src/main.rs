@@ -6,14 +6,14 @@ use gateway::admin::AdminApp;
 use gateway::balancing::StickySessions;
 use gateway::certificates::CertificateWatcher;
 use gateway::lifecycle::{Readiness, ReadinessService, ReloadHook, Signals};
-use gateway::live::{KeyRefresher, SettingsWatcher};
+use gateway::listeners;
 use gateway::metrics::METRICS;
-use gateway::protocols;
-use gateway::proxy::{Gateway, LiveSettings};
-use gateway::reload::{config_hash, ConfigSource, ConfigWatcher, Reloader};
-use gateway::routing::{BackendRefresher, Snapshot};
+use gateway::proxy::Gateway;
+use gateway::reload::{
+    config_hash, ConfigSource, ConfigWatcher, KeyRefresher, LiveSettings, Reloader, SettingsWatcher,
+};
 use gateway::settings::Settings;
-use gateway::traffic::Traffic;
+use gateway::snapshot::{BackendRefresher, Env, Snapshot};
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
@@ -148,30 +148,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     if let Some(ca) = &settings.upstream_ca_file {
         check_ca_file(ca)?;
     }
-    // Before the first snapshot: routes take their breakers, counters and
-    // health registry from it.
-    let traffic = Traffic::from_settings(
-        &settings.rate_limiting,
-        &settings.health_checks,
-        &settings.trusted_proxies,
-        settings.upstream_ca_file.as_deref(),
-    )?
-    .install();
+    // Breakers, counters, health, output cache, aggregation client: what
+    // every snapshot is built with and what outlives them.
+    let env = Arc::new(Env::from_settings(&settings)?);
     // Routes with a ServiceName take their provider from it.
     gateway::discovery::install(&settings.discovery)?;
-    // Aggregators and the output cache, before the snapshot names them.
-    gateway::aggregate::Aggregation::from_settings(
-        &settings.aggregators,
-        settings.aggregate_max_body_bytes,
-        settings.upstream_ca_file.as_deref(),
-    )?
-    .install();
-    gateway::cache::install(&settings.cache);
-    // Published before the first snapshot: its warnings name the routes whose
-    // providers are missing.
     let auth = gateway::auth::Authenticator::from_settings(&settings.auth_providers)?;
-    auth.publish_names();
-    let snapshot = Snapshot::build(loaded, None);
+    let snapshot = Snapshot::build(loaded, None, &env, &auth);
     for warning in &snapshot.warnings {
         log::warn!("{warning}");
     }
@@ -197,7 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime.block_on(snapshot.refresh_backends());
     // And check their health once, so no request goes to a backend already known down.
-    runtime.block_on(traffic.health.check_now());
+    runtime.block_on(env.health.check_now());
     drop(runtime);
     METRICS.config_loaded(&hash, snapshot.routes.len());
     log::info!(
@@ -247,17 +230,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // while another process answers there; refuse to start instead. An
     // upgrade (-u) receives its sockets from the running process, so skips it.
     if !cli.upgrade {
-        let mut addresses = if settings.listen.is_empty() {
-            vec!["0.0.0.0:8080".to_string()]
-        } else {
-            settings.listen.clone()
-        };
-        addresses.push(
-            settings
-                .admin_listen
-                .clone()
-                .unwrap_or_else(|| "0.0.0.0:9901".to_string()),
-        );
+        let mut addresses = settings.listen_addresses();
+        addresses.push(settings.admin_address().to_string());
         addresses.extend(settings.tls_listen.iter().map(|l| l.addr.clone()));
         addresses.extend(settings.h2c_listen.iter().cloned());
         for addr in &addresses {
@@ -286,22 +260,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             path: ocelot,
             environment,
         },
+        env.clone(),
+        live.clone(),
     ));
     let gateway = Gateway {
         state: state.clone(),
+        env: env.clone(),
         sticky: Arc::new(StickySessions::default()),
         websocket_idle_timeout: Duration::from_secs(settings.websocket_idle_timeout_seconds.max(1)),
         readiness: readiness.clone(),
         live: live.clone(),
     };
-    let h2c = protocols::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
+    let h2c = listeners::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
-    let listen = if settings.listen.is_empty() {
-        vec!["0.0.0.0:8080".to_string()]
-    } else {
-        settings.listen.clone()
-    };
+    let listen = settings.listen_addresses();
     // Pingora gives every accepted connection a 64 KiB read buffer, which pays
     // off under TLS (records are read in small pieces) but not for plain HTTP/1:
     // request heads and bodies are read into the session's own buffers anyway.
@@ -310,7 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(plain_buffers));
     }
-    let certificates = protocols::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
+    let certificates = listeners::add_tls_listeners(&mut proxy, &settings.tls_listen)?;
     server.add_service(proxy);
     if let Some(h2c) = h2c {
         log::info!(
@@ -333,9 +306,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             readiness: readiness.clone(),
             reloader: reloader.clone(),
             token: admin_token,
+            cache: env.cache,
         },
     );
-    admin.add_tcp(settings.admin_listen.as_deref().unwrap_or("0.0.0.0:9901"));
+    admin.add_tcp(settings.admin_address());
     server.add_service(admin);
     server.add_service(background_service(
         "readiness",
@@ -363,13 +337,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     server.add_service(background_service(
         "health checks",
         gateway::health::HealthChecker {
-            health: traffic.health.clone(),
+            health: env.health.clone(),
         },
     ));
     server.add_service(background_service(
         "service discovery",
         gateway::discovery::DiscoveryRefresher {
-            state: state.clone(),
+            pools: Box::new({
+                let state = state.clone();
+                move || state.load().discovery_pools()
+            }),
         },
     ));
     server.add_service(background_service(

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub breaker_rejected: IntCounterVec,
+    pub refused: IntCounterVec,
     pub breaker_open: IntGaugeVec,
     pub backend_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
@@ -117,6 +118,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Requests refused by an open circuit breaker",
             &["route"],
         ),
+        refused: counter(
+            &registry,
+            "gateway_refused_requests_total",
+            "Requests the gateway answered itself instead of sending them on, by route and reason",
+            &["route", "reason"],
+        ),
         breaker_open: gauge(
             &registry,
             "gateway_breaker_open",
@@ -186,28 +193,6 @@ impl Metrics {
         self.config_hash.reset();
         self.config_hash.with_label_values(&[hash]).set(1);
         self.config_routes.set(routes as i64);
-    }
-}
-
-/// Sets the gauges that describe the current state (breakers, backend health)
-/// from the snapshot being served, just before a scrape.
-pub fn observe(snapshot: &crate::routing::Snapshot) {
-    METRICS.breaker_open.reset();
-    METRICS.backend_healthy.reset();
-    for route in &snapshot.routes {
-        if let Some(breaker) = &route.traffic.breaker {
-            let open = breaker.state() != crate::qos::CircuitState::Closed;
-            METRICS
-                .breaker_open
-                .with_label_values(&[&route.name])
-                .set(i64::from(open));
-        }
-        for (backend, ready) in route.pool.backend_health() {
-            METRICS
-                .backend_healthy
-                .with_label_values(&[&route.name, &backend])
-                .set(i64::from(ready));
-        }
     }
 }
 

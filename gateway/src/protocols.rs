@@ -1,7 +1,8 @@
-//! Protocols on both sides of the gateway (issue 7): the HTTP version spoken
+//! Protocols on both sides of the gateway: the HTTP version spoken
 //! to the downstream service (`DownstreamHttpVersion`,
 //! `DownstreamHttpVersionPolicy`), WebSocket upgrades, gRPC, and the
-//! client-facing TLS and h2c listeners.
+//! client-facing TLS listener settings (the listeners themselves are wired
+//! in `listeners.rs`).
 //!
 //! Ocelot hands the version and policy to .NET's `HttpClient`; the table
 //! below is what `HttpClient` does with them, expressed as the ALPN offer of
@@ -18,20 +19,15 @@
 //! `ClientWebSocket` does, and get their own idle timeout instead of the
 //! route's, so a quiet socket is not cut after `Timeout` seconds.
 
-use crate::certificates::ListenerCertificate;
-use crate::proxy::Gateway;
+use crate::balancing::Selected;
 use http::header::{self, HeaderValue};
 use http::Version;
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ALPN;
-use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::HttpProxy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Concurrent requests one HTTP/2 upstream connection carries before another
@@ -149,10 +145,40 @@ impl UpstreamProtocol {
         }
     }
 
+    /// The peer for one call to `selected`: SNI (none for an address), the
+    /// route's timeout on every phase (Ocelot bounds the whole call), and
+    /// the protocol options.
+    pub fn peer(
+        &self,
+        selected: &Selected,
+        tls: bool,
+        verify_cert: bool,
+        timeout: Duration,
+        upgrade: bool,
+        websocket_idle: Duration,
+    ) -> HttpPeer {
+        let sni = if selected.meta.host.parse::<std::net::IpAddr>().is_ok() {
+            String::new()
+        } else {
+            selected.meta.host.to_string()
+        };
+        let mut peer = HttpPeer::new(selected.addr, tls, sni);
+        let opts = &mut peer.options;
+        opts.connection_timeout = Some(timeout);
+        opts.total_connection_timeout = Some(timeout);
+        opts.read_timeout = Some(timeout);
+        opts.write_timeout = Some(timeout);
+        opts.idle_timeout = Some(Duration::from_secs(60));
+        opts.verify_cert = verify_cert;
+        opts.verify_hostname = verify_cert;
+        self.configure_peer(&mut peer, upgrade, websocket_idle);
+        peer
+    }
+
     /// Sets the peer's protocol options for one request. Upgrades stay on
     /// HTTP/1.1 (Pingora cannot carry a WebSocket over an h2 stream) and get
     /// `idle` as their read and write timeout.
-    pub fn configure_peer(&self, peer: &mut HttpPeer, upgrade: bool, idle: Duration) {
+    fn configure_peer(&self, peer: &mut HttpPeer, upgrade: bool, idle: Duration) {
         let opts = &mut peer.options;
         // Part of the connection-reuse key: the same for every request, so
         // upgrades and ordinary requests share the HTTP/1.1 pool.
@@ -247,53 +273,6 @@ impl TlsListenSettings {
     }
 }
 
-/// Adds the TLS listeners to the proxy service. The certificate and key are
-/// read now, so a missing or invalid file stops the gateway from starting;
-/// afterwards each listener serves what its returned slot holds (reloaded by
-/// `certificates::CertificateWatcher`).
-pub fn add_tls_listeners(
-    proxy: &mut Service<HttpProxy<Gateway>>,
-    listeners: &[TlsListenSettings],
-) -> std::result::Result<Vec<Arc<ListenerCertificate>>, String> {
-    let mut certificates = Vec::with_capacity(listeners.len());
-    for l in listeners {
-        let certificate = ListenerCertificate::load(&l.addr, &l.cert, &l.key)?;
-        let mut tls = TlsSettings::with_callbacks(certificate.callbacks())
-            .map_err(|e| format!("tls_listen {}: {e}", l.addr))?;
-        if l.h2 {
-            tls.enable_h2();
-        }
-        proxy.add_tls_with_settings(&l.addr, None, tls);
-        certificates.push(certificate);
-    }
-    Ok(certificates)
-}
-
-/// A second proxy service for the `h2c_listen` addresses: Pingora's h2c
-/// switch belongs to a service, not to a listener, and it makes the listener
-/// wait for 24 bytes (the HTTP/2 preface) before choosing a protocol — fine
-/// for real HTTP/1.1 clients, whose requests are longer, but not something to
-/// impose on every plain listener. `None` without such addresses.
-pub fn h2c_service(
-    conf: &std::sync::Arc<pingora_core::server::configuration::ServerConf>,
-    gateway: Gateway,
-    addrs: &[String],
-) -> Option<Service<HttpProxy<Gateway>>> {
-    if addrs.is_empty() {
-        return None;
-    }
-    let mut service = pingora_proxy::http_proxy_service_with_name(conf, gateway, "gateway h2c");
-    if let Some(app) = service.app_logic_mut() {
-        let mut options = pingora_core::apps::HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
-    for addr in addrs {
-        service.add_tcp(addr);
-    }
-    Some(service)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +360,7 @@ mod tests {
         let e = proto
             .finish_request(&down, &mut h1, false, false)
             .unwrap_err();
-        assert_eq!(crate::errors::status_for(&e), Some(502));
+        assert_eq!(crate::answer::status_for(&e), Some(502));
         // An upgrade is always HTTP/1.1, whatever the route asks.
         proto.finish_request(&down, &mut h1, true, false).unwrap();
     }

@@ -9,7 +9,7 @@
 //! [`BreakerStore`] keyed by route identity and options, so a reload that
 //! leaves a route unchanged keeps its breaker (and its open circuit).
 
-use ocelot_compat::model::{FileGlobalConfiguration, FileQoSOptions, FileRoute};
+use ocelot_compat::model::FileQoSOptions;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -48,38 +48,6 @@ const DEFAULT_SAMPLING_DURATION_MS: i64 = 10_000;
 const LOW_TIMEOUT_MS: i64 = 10;
 const DEFAULT_TIMEOUT_MS: i64 = 30_000;
 const HIGH_TIMEOUT_MS: i64 = 86_400_000;
-
-/// Route and global `QoSOptions` merged as Ocelot's `QoSOptionsCreator` does:
-/// the global section applies when its `RouteKeys` is empty or names the
-/// route's `Key`; then each property is the route's if set, else the global
-/// one. Legacy names were already folded in by the model (they win).
-pub fn merged_options(route: &FileRoute, global: &FileGlobalConfiguration) -> FileQoSOptions {
-    let applies = |g: &FileQoSOptions| match &g.route_keys {
-        None => true,
-        Some(keys) if keys.is_empty() => true,
-        Some(keys) => route
-            .key
-            .as_deref()
-            .is_some_and(|k| keys.iter().any(|rk| rk == k)),
-    };
-    let global = global.qos_options.as_ref().filter(|g| applies(g));
-    match (&route.qos_options, global) {
-        (None, None) => FileQoSOptions::default(),
-        (Some(r), None) => r.clone(),
-        (None, Some(g)) => FileQoSOptions {
-            route_keys: None,
-            ..g.clone()
-        },
-        (Some(r), Some(g)) => FileQoSOptions {
-            minimum_throughput: r.minimum_throughput.or(g.minimum_throughput),
-            break_duration: r.break_duration.or(g.break_duration),
-            failure_ratio: r.failure_ratio.or(g.failure_ratio),
-            sampling_duration: r.sampling_duration.or(g.sampling_duration),
-            timeout: r.timeout.or(g.timeout),
-            route_keys: None,
-        },
-    }
-}
 
 /// How the breaker decides to open.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,11 +148,25 @@ impl QosPolicy {
         }
     }
 
+    /// The timeout of the downstream call: the QoS `Timeout` when it is the
+    /// shorter one, else the route timeout as Ocelot adjusts it.
+    pub fn downstream_timeout(&self, route_timeout: Duration) -> Duration {
+        let route_timeout = self.route_timeout(route_timeout);
+        self.timeout.map_or(route_timeout, |t| t.min(route_timeout))
+    }
+
     /// Whether a timeout after `elapsed`-bounded waiting is the QoS one: it is
     /// whenever the QoS timeout is the shorter of the two.
     pub fn timeout_is_qos(&self, route_timeout: Duration) -> bool {
         self.timeout.is_some_and(|t| t <= route_timeout)
     }
+}
+
+/// A route's QoS: its policy and its circuit breaker (shared by every
+/// snapshot that has the same route).
+pub struct RouteQos {
+    pub policy: QosPolicy,
+    pub breaker: Arc<CircuitBreaker>,
 }
 
 /// Which downstream statuses the breaker counts as failures: 500–508.
@@ -543,7 +525,7 @@ mod tests {
     fn policy(v: serde_json::Value) -> Option<QosPolicy> {
         let (c, d) = from_value(&json!({"Routes": [{"QoSOptions": v}]}));
         assert!(d.iter().all(|d| !d.is_error()), "{d:?}");
-        QosPolicy::from_options(&merged_options(&c.routes[0], &c.global))
+        QosPolicy::from_options(&ocelot_compat::effective::qos(&c.routes[0], &c.global))
     }
 
     fn count_breaker(min: u32, break_ms: u64, clock: Arc<ManualClock>) -> Arc<CircuitBreaker> {
@@ -617,7 +599,9 @@ mod tests {
             "Routes": [{"Key": "a"}, {"Key": "b"}, {"Key": "a", "QoSOptions": {"Timeout": 250}}],
             "GlobalConfiguration": {"QoSOptions": {"MinimumThroughput": 4, "Timeout": 900, "RouteKeys": ["a"]}}
         }));
-        let p = |i: usize| QosPolicy::from_options(&merged_options(&c.routes[i], &c.global));
+        let p = |i: usize| {
+            QosPolicy::from_options(&ocelot_compat::effective::qos(&c.routes[i], &c.global))
+        };
         assert_eq!(p(0).expect("global").breaker.minimum_throughput, 4);
         assert_eq!(p(1), None, "not in the group");
         let merged = p(2).expect("merged");

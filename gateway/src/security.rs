@@ -236,23 +236,11 @@ pub struct IpPolicy {
 }
 
 impl IpPolicy {
-    /// The policy for a route: its own `SecurityOptions` when either list is
-    /// non-empty, else the global ones (Ocelot's `SecurityOptionsCreator`).
-    /// `None` when nothing is configured. Invalid entries are returned for a
-    /// warning; Ocelot drops them silently.
-    pub fn for_route(
-        route: Option<&FileSecurityOptions>,
-        global: Option<&FileSecurityOptions>,
-    ) -> (Option<IpPolicy>, Vec<String>) {
-        let is_empty =
-            |o: &FileSecurityOptions| o.ip_allowed_list.is_empty() && o.ip_blocked_list.is_empty();
-        let chosen = match route {
-            Some(r) if !is_empty(r) => Some(r),
-            _ => global.filter(|g| !is_empty(g)),
-        };
-        let Some(options) = chosen else {
-            return (None, Vec::new());
-        };
+    /// The policy of a route's effective `SecurityOptions` (chosen by
+    /// `ocelot_compat::effective::security`); `None` when it restricts
+    /// nothing. Invalid entries are returned for a warning; Ocelot drops them
+    /// silently.
+    pub fn compile(options: &FileSecurityOptions) -> (Option<IpPolicy>, Vec<String>) {
         let (allowed, mut invalid) =
             IpSet::parse(options.ip_allowed_list.iter().map(String::as_str));
         let (blocked, invalid_blocked) =
@@ -466,7 +454,7 @@ mod tests {
     fn ocelot_acceptance_cases() {
         // SecurityOptionsTests: allowed 192.168.1.30-50, blocked 192.168.1.1-100.
         let o = options(&["192.168.1.30-50"], &["192.168.1.1-100"], false);
-        let (p, _) = IpPolicy::for_route(None, Some(&o));
+        let (p, _) = IpPolicy::compile(&o);
         let p = p.expect("policy");
         assert!(
             !p.permits(ip("192.168.1.35")),
@@ -474,7 +462,7 @@ mod tests {
         );
         assert!(!p.permits(ip("192.168.1.55")));
         let o = options(&["192.168.1.30-50"], &["192.168.1.1-100"], true);
-        let p = IpPolicy::for_route(None, Some(&o)).0.expect("policy");
+        let p = IpPolicy::compile(&o).0.expect("policy");
         assert!(
             p.permits(ip("192.168.1.35")),
             "allowed is excluded from blocked"
@@ -484,32 +472,15 @@ mod tests {
     }
 
     #[test]
-    fn route_wins_when_either_list_is_set() {
-        let global = options(&[], &["127.0.0.1"], false);
-        let route = options(&["10.0.0.1"], &[], false);
-        let p = IpPolicy::for_route(Some(&route), Some(&global))
-            .0
-            .expect("policy");
-        assert!(p.permits(ip("10.0.0.1")));
-        assert!(!p.permits(ip("127.0.0.1")));
-        let empty_route = options(&[], &[], true);
-        let p = IpPolicy::for_route(Some(&empty_route), Some(&global))
-            .0
-            .expect("global");
-        assert!(!p.permits(ip("127.0.0.1")) && p.permits(ip("10.0.0.1")));
-        assert_eq!(IpPolicy::for_route(Some(&empty_route), None).0, None);
-    }
-
-    #[test]
     fn invalid_entries_are_reported_and_ignored() {
         let o = options(&["bogus", "10.0.0.1"], &["also bogus"], false);
-        let (p, invalid) = IpPolicy::for_route(Some(&o), None);
+        let (p, invalid) = IpPolicy::compile(&o);
         assert_eq!(invalid, vec!["bogus", "also bogus"]);
         let p = p.expect("policy");
         assert!(p.permits(ip("10.0.0.1")) && !p.permits(ip("10.0.0.2")));
         let o = options(&["bogus"], &[], false);
         assert_eq!(
-            IpPolicy::for_route(Some(&o), None).0,
+            IpPolicy::compile(&o).0,
             None,
             "nothing valid: no restriction"
         );
@@ -518,7 +489,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_clients_match_ipv4_entries() {
         let o = options(&[], &["127.0.0.1"], false);
-        let p = IpPolicy::for_route(Some(&o), None).0.expect("policy");
+        let p = IpPolicy::compile(&o).0.expect("policy");
         assert!(!p.permits(ip("::ffff:127.0.0.1")));
         assert!(p.permits(ip("::ffff:127.0.0.2")));
     }

@@ -122,7 +122,26 @@ impl Default for Settings {
     }
 }
 
+/// The proxy listener when neither the settings nor `--listen` name one.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The admin listener when neither the settings nor `--admin-listen` name one.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
+
 impl Settings {
+    /// The proxy's plain HTTP listeners.
+    pub fn listen_addresses(&self) -> Vec<String> {
+        if self.listen.is_empty() {
+            vec![DEFAULT_LISTEN.to_string()]
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// The admin listener.
+    pub fn admin_address(&self) -> &str {
+        self.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN)
+    }
+
     /// The admin token from `$GATEWAY_ADMIN_TOKEN`, `admin_token_file` or
     /// `admin_token`, in that order; `None` (API off) when none is set.
     pub fn resolve_admin_token(&self) -> Result<Option<String>, String> {

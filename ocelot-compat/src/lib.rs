@@ -18,7 +18,6 @@
 mod config;
 mod diag;
 pub mod effective;
-pub mod effective_identity;
 pub(crate) mod merge;
 pub mod model;
 pub mod path;

@@ -3,6 +3,7 @@
 //! move inside this crate cannot break them without a failing build in this
 //! crate's own tests.
 
+use ocelot_compat::effective;
 use ocelot_compat::model::{
     from_value, Dict, FileAggregateRoute, FileAggregateRouteConfig, FileAuthenticationOptions,
     FileCacheOptions, FileConfiguration, FileDynamicRoute, FileGlobalConfiguration,
@@ -15,7 +16,6 @@ use ocelot_compat::table::{
     HeaderSource, NoHeaders, Placeholders, RequestInfo, RouteTable, Target, UpstreamSpec,
 };
 use ocelot_compat::template::{DownstreamTarget, DownstreamTemplate};
-use ocelot_compat::{effective, effective_identity};
 use ocelot_compat::{
     from_json, load, route_table, Diagnostic, Diagnostics, LoadedConfig, Severity,
 };
@@ -60,13 +60,10 @@ fn gateway_paths_resolve_and_work_together() {
     let auth = effective::authentication(route, global);
     assert!(effective::authentication_schemes(&auth).is_empty());
     assert_eq!(effective::load_balancer(route, global).r#type, None);
-    assert_eq!(
-        effective_identity::request_id_key(route, global),
-        Some("X-Req")
-    );
-    assert_eq!(effective_identity::base_url(global), Some("http://gw"));
-    let _: Dict = effective_identity::upstream_header_transform(route, global);
-    let _: Dict = effective_identity::downstream_header_transform(route, global);
+    assert_eq!(effective::request_id_key(route, global), Some("X-Req"));
+    assert_eq!(effective::base_url(global), Some("http://gw"));
+    let _: Dict = effective::upstream_header_transform(route, global);
+    let _: Dict = effective::downstream_header_transform(route, global);
 
     let _ = UpstreamSpec::default();
     let _ = ocelot_compat::read::parse(b"{}", Path::new("x.json")).expect("json");

@@ -2,6 +2,7 @@
 //! gateway's built-in kinds that replace .NET `IDefinedAggregator` classes
 //! (`abp_merge`: what abp-next-admin's `AbpResponseMergeAggregator` does).
 
+use crate::answer::{Answer, Refusal};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -16,16 +17,14 @@ pub enum Outcome {
     Error(SubError),
 }
 
-/// An Ocelot pipeline error: the status it maps to and, for a rate-limit
-/// rejection, the response Ocelot writes for it.
+/// An Ocelot pipeline error: the status it maps to and, when the pipeline
+/// refused the sub-request, the refusal (whose answer the aggregate gives).
 #[derive(Debug, Clone)]
 pub struct SubError {
     pub status: u16,
     /// What went wrong, for logs and the `abp_merge` error body.
     pub message: String,
-    /// Headers and body answered as they are (rate limiting); `None`: an
-    /// empty body, as for every other Ocelot error.
-    pub reply: Option<(Vec<(&'static str, String)>, String)>,
+    pub refusal: Option<Refusal>,
 }
 
 impl SubError {
@@ -33,7 +32,17 @@ impl SubError {
         SubError {
             status,
             message: message.into(),
-            reply: None,
+            refusal: None,
+        }
+    }
+
+    /// How Ocelot's responder answers a pipeline error: the status, an
+    /// empty body, except where the refusal has an answer of its own (the
+    /// rate limiter's).
+    pub fn answer(&self) -> Answer {
+        match &self.refusal {
+            Some(refusal) => refusal.answer(),
+            None => Answer::empty(self.status),
         }
     }
 }
@@ -45,46 +54,11 @@ pub struct Part {
     pub outcome: Outcome,
 }
 
-/// The aggregate's response.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub content_type: Option<&'static str>,
-    pub body: Bytes,
-}
-
-impl Answer {
-    fn json(status: u16, body: impl Into<Bytes>) -> Answer {
-        Answer {
-            status,
-            headers: Vec::new(),
-            content_type: Some("application/json"),
-            body: body.into(),
-        }
-    }
-
-    fn empty(status: u16) -> Answer {
-        Answer {
-            status,
-            headers: Vec::new(),
-            content_type: None,
-            body: Bytes::new(),
-        }
-    }
-
-    /// How Ocelot's responder answers a pipeline error: the status, an empty
-    /// body, except the rate limiter's own response.
-    pub fn error(e: &SubError) -> Answer {
-        match &e.reply {
-            Some((headers, body)) => Answer {
-                status: e.status,
-                headers: headers.clone(),
-                content_type: None,
-                body: Bytes::copy_from_slice(body.as_bytes()),
-            },
-            None => Answer::empty(e.status),
-        }
+fn json(status: u16, body: impl Into<Bytes>) -> Answer {
+    Answer {
+        content_type: Some("application/json"),
+        body: body.into(),
+        ..Answer::empty(status)
     }
 }
 
@@ -120,14 +94,14 @@ pub fn simple(parts: &[Part]) -> Answer {
         out.extend_from_slice(b"\":");
         if let [single] = group.as_slice() {
             match single {
-                Outcome::Error(e) => return Answer::error(e),
+                Outcome::Error(e) => return e.answer(),
                 Outcome::Response { body, .. } => out.extend_from_slice(body),
             }
         } else {
             out.push(b'[');
             for (i, outcome) in group.iter().enumerate() {
                 let body = match outcome {
-                    Outcome::Error(e) => return Answer::error(e),
+                    Outcome::Error(e) => return e.answer(),
                     Outcome::Response { body, .. } => body,
                 };
                 if String::from_utf8_lossy(body).trim().is_empty() {
@@ -145,7 +119,7 @@ pub fn simple(parts: &[Part]) -> Answer {
         }
     }
     out.push(b'}');
-    Answer::json(200, out)
+    json(200, out)
 }
 
 fn body_len(o: &Outcome) -> usize {
@@ -180,11 +154,16 @@ pub fn abp_merge(parts: &[Part], ignore_errors: bool) -> Answer {
                 continue;
             }
             Outcome::Error(e) => {
-                let body = match &e.reply {
-                    Some((_, body)) => body.clone(),
-                    None => e.message.clone(),
+                let body = match &e.refusal {
+                    // The rate limiter's refusals keep the limiter's own body.
+                    Some(
+                        refusal @ (Refusal::QuotaExceeded(_)
+                        | Refusal::UnidentifiedClient(_)
+                        | Refusal::RateLimitUnavailable),
+                    ) => refusal.answer().body,
+                    _ => Bytes::from(e.message.clone()),
                 };
-                return Answer::json(e.status, body);
+                return json(e.status, body);
             }
             Outcome::Response { body, .. } => body,
         };
@@ -219,7 +198,7 @@ pub fn abp_merge(parts: &[Part], ignore_errors: bool) -> Answer {
     }
     match merged {
         Some(object) => match serde_json::to_vec_pretty(&Value::Object(object)) {
-            Ok(body) => Answer::json(200, body),
+            Ok(body) => json(200, body),
             Err(_) => Answer::empty(500),
         },
         None => Answer::empty(404),

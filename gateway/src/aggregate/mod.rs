@@ -2,11 +2,11 @@
 //! `src/Multiplexer/*`).
 //!
 //! An aggregate is matched like a route. With one route key Ocelot simply
-//! proxies that route (the proxy does the same, see [`single_route`]).
-//! Otherwise the gateway answers by itself from `request_filter`: it calls
-//! every route of `RouteKeys` in parallel through its own HTTP client, each
-//! as Ocelot's pipeline would (see [`subrequest`]), then builds one response
-//! with the aggregator. With `RouteKeysConfig` the first route is called
+//! proxies that route (the proxy does the same, see [`CompiledAggregate::single_route`]).
+//! Otherwise the gateway answers by itself (the `multiplexer` module): it
+//! calls every route of `RouteKeys` in parallel through its own HTTP client,
+//! each through the same pipeline as a direct request, then builds one
+//! response with the aggregator. With `RouteKeysConfig` the first route is called
 //! first and its JSON drives one call per distinct `JsonPath` value to the
 //! configured routes (`{Parameter}` set to the value).
 //!
@@ -23,27 +23,13 @@
 
 pub mod aggregators;
 pub mod jsonpath;
-mod subrequest;
 
-use crate::auth::Authenticator;
-use crate::balancing::StickySessions;
-use crate::routing::Snapshot;
-use aggregators::{Answer, Outcome, Part};
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
 use jsonpath::JsonPath;
 use ocelot_compat::model::FileConfiguration;
-use ocelot_compat::table::Placeholders;
 use ocelot_compat::Diagnostic;
-use pingora_error::Result;
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The name abp-next-admin's gateway gives its aggregator.
@@ -51,11 +37,6 @@ pub const ABP_AGGREGATOR: &str = "AbpResponseMergeAggregator";
 
 /// Default for `aggregate_max_body_bytes`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-/// Sub-requests of one aggregate in flight at once. Ocelot starts them all;
-/// a `JsonPath` over a long array would otherwise open that many
-/// connections together.
-const MAX_PARALLEL: usize = 64;
 
 /// What an aggregator does with the responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,14 +65,12 @@ pub type AggregatorSettings = BTreeMap<String, AggregatorConfig>;
 /// clients for sub-requests, the body bound.
 pub struct Aggregation {
     named: HashMap<String, AggregatorConfig>,
-    max_body_bytes: usize,
+    pub max_body_bytes: usize,
     /// Verifies certificates (with `upstream_ca_file`).
     verifying: reqwest::Client,
     /// For `DangerousAcceptAnyServerCertificateValidator` routes.
     insecure: reqwest::Client,
 }
-
-static CURRENT: OnceLock<Arc<Aggregation>> = OnceLock::new();
 
 fn client(ca_file: Option<&Path>, insecure: bool) -> Result<reqwest::Client, String> {
     crate::auth::install_crypto_providers();
@@ -138,32 +117,13 @@ impl Aggregation {
         })
     }
 
-    /// Makes this the process-wide service (once; later calls keep the first).
-    pub fn install(self) -> Arc<Aggregation> {
-        CURRENT.get_or_init(|| Arc::new(self)).clone()
-    }
-
-    /// The installed service, or the defaults if none was installed (`None`
-    /// only if not even a default HTTP client can be built).
-    pub fn current() -> Option<&'static Arc<Aggregation>> {
-        if let Some(a) = CURRENT.get() {
-            return Some(a);
-        }
-        match Aggregation::from_settings(&AggregatorSettings::new(), DEFAULT_MAX_BODY_BYTES, None) {
-            Ok(a) => Some(CURRENT.get_or_init(|| Arc::new(a))),
-            Err(e) => {
-                log::error!("{e}");
-                None
-            }
-        }
-    }
-
     /// The aggregator configured under `name` (exact, as .NET type names are).
     pub fn aggregator(&self, name: &str) -> Option<AggregatorConfig> {
         self.named.get(name).copied()
     }
 
-    fn http(&self, verify: bool) -> &reqwest::Client {
+    /// The HTTP client for a route that does (or does not) verify certificates.
+    pub fn http(&self, verify: bool) -> &reqwest::Client {
         if verify {
             &self.verifying
         } else {
@@ -200,11 +160,24 @@ pub struct CompiledAggregate {
     pub metrics: crate::metrics::RouteMetrics,
 }
 
+impl CompiledAggregate {
+    /// Ocelot proxies an aggregate with a single route key as that route:
+    /// its index, if so.
+    pub fn single_route(&self) -> Option<usize> {
+        match self.routes.as_deref() {
+            Some([only]) => Some(*only),
+            _ => None,
+        }
+    }
+}
+
 /// Compiles every aggregate of `config`; problems Ocelot would only meet
 /// per request are returned as warnings.
-pub fn compile(config: &FileConfiguration) -> (Vec<CompiledAggregate>, Vec<Diagnostic>) {
+pub fn compile(
+    config: &FileConfiguration,
+    aggregation: &Aggregation,
+) -> (Vec<CompiledAggregate>, Vec<Diagnostic>) {
     let mut warnings = Vec::new();
-    let aggregation = CURRENT.get();
     let aggregates = config
         .aggregates
         .iter()
@@ -239,8 +212,8 @@ pub fn compile(config: &FileConfiguration) -> (Vec<CompiledAggregate>, Vec<Diagn
                 })
                 .collect();
             let aggregator = a.aggregator.clone().filter(|n| !n.is_empty());
-            if let (Some(name), Some(registry)) = (&aggregator, aggregation) {
-                if registry.aggregator(name).is_none() {
+            if let Some(name) = &aggregator {
+                if aggregation.aggregator(name).is_none() {
                     warnings.push(Diagnostic::warning(
                         location.clone(),
                         "Aggregator",
@@ -262,271 +235,6 @@ pub fn compile(config: &FileConfiguration) -> (Vec<CompiledAggregate>, Vec<Diagn
     (aggregates, warnings)
 }
 
-/// Ocelot proxies an aggregate with a single route key as that route: its
-/// index, if so.
-pub fn single_route(snapshot: &Snapshot, aggregate: usize) -> Option<usize> {
-    match snapshot.aggregates.get(aggregate)?.routes.as_deref() {
-        Some([only]) => Some(*only),
-        _ => None,
-    }
-}
-
-/// A request that matched an aggregate.
-#[derive(Debug, Clone)]
-pub struct Matched {
-    pub index: usize,
-    pub placeholders: Placeholders,
-    /// The normalized request path.
-    pub path: String,
-}
-
-/// What sub-requests share (owned, so they can run as tasks).
-struct Shared {
-    snapshot: Arc<Snapshot>,
-    auth: Arc<Authenticator>,
-    sticky: Arc<StickySessions>,
-    aggregation: Arc<Aggregation>,
-    /// The client's request as it arrived.
-    req: pingora_http::RequestHeader,
-    path: String,
-    peer: Option<IpAddr>,
-    body: Option<Bytes>,
-    /// Bytes of sub-responses this aggregate may still buffer.
-    budget: AtomicUsize,
-    /// Bounds the sub-requests in flight ([`MAX_PARALLEL`]).
-    parallel: Arc<tokio::sync::Semaphore>,
-}
-
-/// One sub-request: a route with the placeholders to render it with.
-struct Job {
-    route: usize,
-    key: String,
-    placeholders: Placeholders,
-}
-
-/// What the proxy hands over.
-pub struct Env {
-    pub snapshot: Arc<Snapshot>,
-    pub auth: Arc<Authenticator>,
-    pub sticky: Arc<StickySessions>,
-}
-
-/// Answers an aggregate request: the sub-requests, the aggregator, the
-/// response (with `extra` headers: CORS). Always `Ok(true)` unless the
-/// response cannot be written.
-pub async fn respond(
-    session: &mut Session,
-    env: Env,
-    matched: Matched,
-    extra: &[(HeaderName, HeaderValue)],
-) -> Result<bool> {
-    let answer = aggregate(session, env, matched).await?;
-    write(session, answer, extra).await?;
-    Ok(true)
-}
-
-async fn aggregate(session: &mut Session, env: Env, matched: Matched) -> Result<Answer> {
-    let empty = |status| Answer {
-        status,
-        headers: Vec::new(),
-        content_type: None,
-        body: Bytes::new(),
-    };
-    let snapshot = env.snapshot.clone();
-    let Some(aggregate) = snapshot.aggregates.get(matched.index) else {
-        return Ok(empty(404));
-    };
-    let Some(routes) = aggregate.routes.clone() else {
-        log::debug!("aggregate {}: a route key names no route", aggregate.name);
-        return Ok(empty(404));
-    };
-    let Some(aggregation) = Aggregation::current().cloned() else {
-        return Ok(empty(500));
-    };
-    let kind = match &aggregate.aggregator {
-        None => None,
-        Some(name) => match aggregation.aggregator(name) {
-            Some(config) => Some(config),
-            None => {
-                log::warn!("aggregate {}: no aggregator named '{name}'", aggregate.name);
-                return Ok(empty(404));
-            }
-        },
-    };
-    let body = match read_body(session, aggregation.max_body_bytes).await? {
-        Ok(body) => body,
-        Err(status) => return Ok(empty(status)),
-    };
-    let shared = Arc::new(Shared {
-        snapshot: env.snapshot.clone(),
-        auth: env.auth,
-        sticky: env.sticky,
-        aggregation: aggregation.clone(),
-        req: session.req_header().clone(),
-        path: matched.path,
-        peer: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        body,
-        budget: AtomicUsize::new(aggregation.max_body_bytes),
-        parallel: Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL)),
-    });
-    let job = |position: usize, placeholders: Placeholders| Job {
-        route: routes[position],
-        key: aggregate.keys[position].clone(),
-        placeholders,
-    };
-    let parts = if aggregate.chained {
-        let first = run(&shared, vec![job(0, matched.placeholders.clone())]).await;
-        let Some(main) = first.into_iter().next() else {
-            return Ok(empty(500));
-        };
-        let json = match &main.outcome {
-            Outcome::Error(e) => return Ok(Answer::error(e)),
-            Outcome::Response { body, .. } => serde_json::from_slice::<serde_json::Value>(body),
-        };
-        let Ok(json) = json else {
-            log::warn!(
-                "aggregate {}: the first route's body is not JSON; cannot apply RouteKeysConfig",
-                aggregate.name
-            );
-            return Ok(empty(500));
-        };
-        let mut jobs = Vec::new();
-        for position in 1..routes.len() {
-            match &aggregate.fan_out[position] {
-                None => jobs.push(job(position, matched.placeholders.clone())),
-                Some(fan_out) => {
-                    let Ok(path) = &fan_out.path else {
-                        return Ok(empty(500));
-                    };
-                    let mut values: Vec<String> = Vec::new();
-                    for v in path.select(&json) {
-                        let v = jsonpath::token_string(v);
-                        if !values.contains(&v) {
-                            values.push(v);
-                        }
-                    }
-                    for value in values {
-                        let mut placeholders = matched.placeholders.clone();
-                        placeholders.push(fan_out.placeholder.clone(), value);
-                        jobs.push(job(position, placeholders));
-                    }
-                }
-            }
-        }
-        let mut parts = vec![main];
-        parts.extend(run(&shared, jobs).await);
-        parts
-    } else {
-        let jobs = (0..routes.len())
-            .map(|p| job(p, matched.placeholders.clone()))
-            .collect();
-        run(&shared, jobs).await
-    };
-    Ok(match kind {
-        Some(AggregatorConfig {
-            kind: AggregatorKind::AbpMerge,
-            ignore_errors,
-        }) => aggregators::abp_merge(&parts, ignore_errors),
-        _ => aggregators::simple(&parts),
-    })
-}
-
-/// Runs the jobs in parallel; results in job order.
-async fn run(shared: &Arc<Shared>, jobs: Vec<Job>) -> Vec<Part> {
-    let mut tasks = tokio::task::JoinSet::new();
-    let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
-    for (i, job) in jobs.into_iter().enumerate() {
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            // The semaphore is never closed, so this waits for a slot.
-            let _slot = shared.parallel.clone().acquire_owned().await;
-            (i, subrequest::call(&shared, &job).await)
-        });
-    }
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; keys.len()];
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok((i, outcome)) => outcomes[i] = Some(outcome),
-            Err(e) => log::error!("aggregate sub-request failed: {e}"),
-        }
-    }
-    keys.into_iter()
-        .zip(outcomes)
-        .map(|(key, outcome)| Part {
-            key,
-            outcome: outcome.unwrap_or_else(|| {
-                Outcome::Error(aggregators::SubError::new(500, "sub-request failed"))
-            }),
-        })
-        .collect()
-}
-
-/// The request body, copied to every sub-request as Ocelot does when it
-/// has a `Content-Length` (without one it is not copied). `Err(413)` when it
-/// is larger than the aggregation bound.
-async fn read_body(
-    session: &mut Session,
-    limit: usize,
-) -> Result<std::result::Result<Option<Bytes>, u16>> {
-    let headers = &session.req_header().headers;
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    if chunked {
-        // Unread: the connection cannot be reused for another request.
-        session.set_keepalive(None);
-        return Ok(Ok(None));
-    }
-    let Some(length) = length.filter(|l| *l > 0) else {
-        return Ok(Ok(None));
-    };
-    if length > limit {
-        session.set_keepalive(None);
-        return Ok(Err(413));
-    }
-    let mut body = Vec::with_capacity(length);
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            session.set_keepalive(None);
-            return Ok(Err(413));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Ok(Some(Bytes::from(body))))
-}
-
-async fn write(
-    session: &mut Session,
-    answer: Answer,
-    extra: &[(HeaderName, HeaderValue)],
-) -> Result<()> {
-    let mut resp =
-        ResponseHeader::build(answer.status, Some(answer.headers.len() + extra.len() + 2))?;
-    for (name, value) in &answer.headers {
-        resp.insert_header(*name, value.as_str())?;
-    }
-    if let Some(content_type) = answer.content_type {
-        resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
-    for (name, value) in extra {
-        resp.append_header(name.clone(), value.clone())?;
-    }
-    let head_only = answer.body.is_empty() || session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(answer.body), true).await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,7 +251,9 @@ mod tests {
                 {"UpstreamPathTemplate": "/c", "RouteKeys": ["user"], "RouteKeysConfig": [{"RouteKey": "user", "JsonPath": "$[?(@.x)]"}]},
             ]
         }));
-        let (a, warnings) = compile(&c);
+        let aggregation =
+            Aggregation::from_settings(&AggregatorSettings::new(), 1024, None).unwrap();
+        let (a, warnings) = compile(&c, &aggregation);
         assert_eq!(a[0].routes.as_deref(), Some(&[0, 1][..]));
         assert!(a[0].chained && a[0].fan_out[0].is_none());
         assert_eq!(

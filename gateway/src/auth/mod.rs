@@ -413,20 +413,6 @@ pub(crate) fn install_crypto_providers() {
     });
 }
 
-// Replaced when a settings reload brings new providers.
-static PROVIDER_NAMES: std::sync::RwLock<Option<std::collections::BTreeSet<String>>> =
-    std::sync::RwLock::new(None);
-
-/// Whether `name` is a configured provider; `None` before the providers are
-/// published (unit tests, `--check` without settings).
-pub fn is_configured(name: &str) -> Option<bool> {
-    PROVIDER_NAMES
-        .read()
-        .ok()?
-        .as_ref()
-        .map(|names| names.contains(name))
-}
-
 /// Every configured provider, by name.
 #[derive(Default)]
 pub struct Authenticator {
@@ -463,14 +449,6 @@ impl Authenticator {
     /// names) exists.
     pub fn has(&self, name: &str) -> bool {
         self.providers.contains_key(name)
-    }
-
-    /// Makes the provider names known to route compilation, so a route (also
-    /// one arriving by reload) naming a missing provider is reported.
-    pub fn publish_names(&self) {
-        if let Ok(mut names) = PROVIDER_NAMES.write() {
-            *names = Some(self.providers.keys().cloned().collect());
-        }
     }
 
     /// The sources that fetch keys, for the refresh task.

@@ -22,16 +22,15 @@
 pub mod store;
 
 use crate::balancing::Selected;
-use crate::routing::CompiledRoute;
 use http::Method;
-use ocelot_compat::model::{FileCacheOptions, FileConfiguration, FileRoute};
+use ocelot_compat::model::{FileConfiguration, FileRoute};
 use ocelot_compat::template::DownstreamTarget;
 use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde::Deserialize;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use store::MemoryStore;
 
@@ -61,28 +60,6 @@ impl Default for CacheSettings {
             max_object_bytes: 8 * 1024 * 1024,
         }
     }
-}
-
-static STORE: OnceLock<MemoryStore> = OnceLock::new();
-
-/// Creates the process-wide store from the settings (once; later calls keep
-/// the first). Without it the defaults apply.
-pub fn install(settings: &CacheSettings) {
-    let _ = STORE.get_or_init(|| MemoryStore::new(settings.max_bytes, settings.max_object_bytes));
-}
-
-/// The process-wide store.
-pub fn store() -> &'static MemoryStore {
-    STORE.get_or_init(|| {
-        let d = CacheSettings::default();
-        MemoryStore::new(d.max_bytes, d.max_object_bytes)
-    })
-}
-
-/// Drops every cached response of `region` (Ocelot's `ClearRegion`); returns
-/// how many there were.
-pub fn purge_region(region: &str) -> usize {
-    store().purge_region(region)
 }
 
 /// The region named by a URL path segment (percent-decoded, UTF-8, not
@@ -119,59 +96,26 @@ pub struct CachePolicy {
     pub content_hashing: bool,
 }
 
-fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().filter(|v| !v.is_empty())
-}
-
 impl CachePolicy {
     /// Ocelot's `CacheOptionsCreator`: the route's options, the global ones
     /// (when their `RouteKeys` include the route), or both merged property by
     /// property. `region_default` is the route's load-balancer key.
-    pub fn compile(route: &FileRoute, config: &FileConfiguration) -> Option<CachePolicy> {
-        let global = config.global.cache_options.as_ref();
-        let applies = global.is_some_and(|g| match &g.route_keys {
-            None => true,
-            Some(keys) => keys.is_empty() || route.key.as_ref().is_some_and(|k| keys.contains(k)),
-        });
-        let (ttl, region, header, hashing) = match (route.cache_options.as_ref(), global) {
-            (None, Some(g)) if applies => (
-                g.ttl_seconds,
-                non_empty(&g.region),
-                non_empty(&g.header),
-                g.enable_content_hashing,
-            ),
-            (Some(r), Some(g)) if applies => (
-                r.ttl_seconds.or(g.ttl_seconds),
-                non_empty(&r.region).or(non_empty(&g.region)),
-                non_empty(&r.header).or(non_empty(&g.header)),
-                r.enable_content_hashing.or(g.enable_content_hashing),
-            ),
-            (Some(r), _) => Self::own(r),
-            (None, _) => return None,
-        };
-        let ttl = ttl.filter(|t| *t > 0)?;
+    pub fn compile(
+        route: &FileRoute,
+        config: &FileConfiguration,
+        identity: &str,
+    ) -> Option<CachePolicy> {
+        let options = ocelot_compat::effective::cache(route, &config.global);
+        let ttl = options.ttl_seconds.filter(|t| *t > 0)?;
         Some(CachePolicy {
             ttl: Duration::from_secs(ttl as u64),
-            region: match region {
-                Some(r) => r.into(),
-                None => crate::traffic::route_identity(route, config).into(),
-            },
-            header: header.unwrap_or(DEFAULT_HEADER).to_string(),
-            content_hashing: hashing.unwrap_or(false),
+            region: options.region.as_deref().unwrap_or(identity).into(),
+            header: options.header.unwrap_or_else(|| DEFAULT_HEADER.to_string()),
+            content_hashing: options.enable_content_hashing.unwrap_or(false),
         })
-    }
-
-    fn own(r: &FileCacheOptions) -> (Option<i64>, Option<&str>, Option<&str>, Option<bool>) {
-        (
-            r.ttl_seconds,
-            non_empty(&r.region),
-            non_empty(&r.header),
-            r.enable_content_hashing,
-        )
     }
 }
 
-/// What a cacheable request carries through the proxy phases.
 #[derive(Debug, Clone)]
 pub struct RequestCache {
     key: Vec<u8>,
@@ -185,19 +129,18 @@ pub struct RequestCache {
 /// a `GET` upstream), upgrades, and bodies too large or unsized to hash.
 pub async fn request_key(
     session: &mut Session,
-    route: &CompiledRoute,
+    policy: &CachePolicy,
+    downstream_method: Option<&Method>,
+    tls: bool,
     downstream: &DownstreamTarget,
     selected: &Selected,
 ) -> Result<Option<RequestCache>> {
-    let Some(policy) = &route.cache else {
-        return Ok(None);
-    };
     let req = session.req_header();
     if req.method == Method::HEAD || session.is_upgrade_req() {
         return Ok(None);
     }
-    let method = route.method.as_ref().unwrap_or(&req.method);
-    let scheme = if route.tls { "https" } else { "http" };
+    let method = downstream_method.unwrap_or(&req.method);
+    let scheme = if tls { "https" } else { "http" };
     let mut key = format!(
         "{method}-{scheme}://{}:{}{}",
         selected.meta.host,
@@ -214,7 +157,7 @@ pub async fn request_key(
         key.push_str(&String::from_utf8_lossy(value.as_bytes()));
     }
     let mut key = key.into_bytes();
-    if policy.content_hashing && has_body(session) {
+    if policy.content_hashing && crate::answer::has_body(session.req_header()) {
         match read_small_body(session).await? {
             Some(body) => {
                 key.push(b'-');
@@ -228,14 +171,6 @@ pub async fn request_key(
         region: policy.region.clone(),
         ttl: policy.ttl,
     }))
-}
-
-fn has_body(session: &Session) -> bool {
-    let headers = &session.req_header().headers;
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Reads the whole request body when its `Content-Length` fits Pingora's
@@ -268,11 +203,10 @@ async fn read_small_body(session: &mut Session) -> Result<Option<Vec<u8>>> {
 }
 
 /// `request_cache_filter`: turns the cache on for a request with a key.
-pub fn enable(session: &mut Session, cache: Option<&RequestCache>) {
+pub fn enable(session: &mut Session, cache: Option<&RequestCache>, store: &'static MemoryStore) {
     if cache.is_none() {
         return;
     }
-    let store = store();
     session.cache.enable(store, None, None, None, None);
     session
         .cache
@@ -314,7 +248,7 @@ mod tests {
         let (c, _) = from_value(&v);
         c.routes
             .iter()
-            .map(|r| CachePolicy::compile(r, &c))
+            .map(|r| CachePolicy::compile(r, &c, &crate::snapshot::route_identity(r, &c)))
             .collect()
     }
 

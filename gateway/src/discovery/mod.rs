@@ -20,12 +20,10 @@
 
 pub mod consul;
 pub mod dns;
-pub mod dynamic;
 pub mod eureka;
 pub mod kube;
 
-use crate::balancing::BackendMeta;
-use crate::routing::Snapshot;
+use crate::balancing::{BackendMeta, DiscoveredService, Pool};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ocelot_compat::model::{
@@ -280,6 +278,16 @@ pub fn install(settings: &DiscoverySettings) -> Result<(), String> {
     settings.validate()?;
     SETTINGS.store(Arc::new((settings.clone(), Environment::detect())));
     Ok(())
+}
+
+/// What dynamic routing may keep: at most this many services, and how long
+/// a service without instances is remembered as such (one polling interval).
+pub fn dynamic_route_limits() -> (usize, Duration) {
+    let settings = SETTINGS.load();
+    (
+        settings.0.max_dynamic_services.max(1),
+        Duration::from_millis(settings.0.poll_interval_ms).max(MIN_INTERVAL),
+    )
 }
 
 /// Which registry, as Ocelot names its provider types (matched ignoring case).
@@ -964,19 +972,16 @@ pub struct PoolDiscovery {
     seen: AtomicU64,
 }
 
-impl PoolDiscovery {
-    /// The `ServiceDiscovery` to give Pingora's `Backends`.
-    pub fn boxed(self: &Arc<Self>) -> Box<dyn ServiceDiscovery + Send + Sync> {
-        Box::new(SharedDiscovery(self.clone()))
+impl DiscoveredService for PoolDiscovery {
+    fn boxed(self: Arc<Self>) -> Box<dyn ServiceDiscovery + Send + Sync> {
+        Box::new(SharedDiscovery(self))
     }
 
-    /// Whether the pool should run discovery now.
-    pub fn needs_refresh(&self, now: Instant) -> bool {
+    fn needs_refresh(&self, now: Instant) -> bool {
         self.source.due(now) || self.seen.load(Ordering::Acquire) != self.source.generation()
     }
 
-    /// When the registry is next due, if on a schedule.
-    pub fn next_due(&self) -> Option<Instant> {
+    fn next_due(&self) -> Option<Instant> {
         self.source.next_due()
     }
 }
@@ -1073,7 +1078,8 @@ fn spawn_on_discovery_runtime(
 /// due (or a watch brought news) and rebuilds the pools concerned, so a
 /// route's balancer sees instances come and go without a restart.
 pub struct DiscoveryRefresher {
-    pub state: Arc<ArcSwap<Snapshot>>,
+    /// The pools fed by discovery in the snapshot being served.
+    pub pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
 }
 
 /// At most this many pools refresh at once.
@@ -1084,12 +1090,12 @@ impl BackgroundService for DiscoveryRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_REFRESHES));
         loop {
-            let snapshot = self.state.load_full();
+            let pools = (self.pools)();
             let now = Instant::now();
             // Also the longest sleep, so a reload's new pools are picked up.
             let mut wake = now + Duration::from_secs(1);
             let mut refreshes = tokio::task::JoinSet::new();
-            for pool in snapshot.discovery_pools() {
+            for pool in pools {
                 let Some(discovery) = pool.discovery().cloned() else {
                     continue;
                 };
@@ -1104,7 +1110,6 @@ impl BackgroundService for DiscoveryRefresher {
                     wake = wake.min(due);
                 }
             }
-            drop(snapshot);
             while refreshes.join_next().await.is_some() {}
             let wake = wake.max(Instant::now() + Duration::from_millis(20));
             tokio::select! {

@@ -28,7 +28,7 @@ pub mod redis;
 use algorithm::{current, legacy, Counter, SECOND};
 use format::{dotnet_double, dotnet_format, round_trip_date};
 use local::{LocalStore, Stored};
-use ocelot_compat::model::{FileGlobalConfiguration, FileRateLimitOptions, FileRoute};
+use ocelot_compat::model::{FileGlobalConfiguration, FileRoute};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -262,56 +262,6 @@ fn header_name(name: &str) -> Result<http::HeaderName, String> {
         .map_err(|_| format!("ClientIdHeader '{name}' is not a valid header name"))
 }
 
-/// The rule of Ocelot 24.1+ (`RateLimitOptionsCreator`): `None` when rate
-/// limiting is off for the route.
-fn merged_current(
-    route: &FileRoute,
-    global: &FileGlobalConfiguration,
-) -> Option<FileRateLimitOptions> {
-    let g = global.rate_limit_options.as_ref();
-    let applies = g.is_none_or(|g| match &g.route_keys {
-        None => true,
-        Some(keys) if keys.is_empty() => true,
-        Some(keys) => route
-            .key
-            .as_deref()
-            .is_some_and(|k| keys.iter().any(|rk| rk == k)),
-    });
-    let r = route.rate_limit_options.as_ref();
-    if r.is_some_and(|r| r.enable_rate_limiting == Some(false))
-        || (applies && g.is_some_and(|g| g.enable_rate_limiting == Some(false)))
-    {
-        return None;
-    }
-    match (r, g.filter(|_| applies)) {
-        (None, None) => None,
-        (None, Some(g)) => Some(g.clone()),
-        (Some(r), None) => Some(r.clone()),
-        (Some(r), Some(g)) => {
-            let or_else = |a: &Option<String>, b: &Option<String>| {
-                non_empty(a).or(non_empty(b)).map(str::to_string)
-            };
-            Some(FileRateLimitOptions {
-                enable_rate_limiting: r.enable_rate_limiting.or(g.enable_rate_limiting),
-                enable_headers: r.enable_headers.or(g.enable_headers),
-                limit: r.limit.or(g.limit),
-                period: or_else(&r.period, &g.period),
-                wait: or_else(&r.wait, &g.wait),
-                period_timespan: r.period_timespan.or(g.period_timespan),
-                status_code: r.status_code.or(g.status_code),
-                quota_message: or_else(&r.quota_message, &g.quota_message),
-                key_prefix: or_else(&r.key_prefix, &g.key_prefix),
-                client_id_header: or_else(&r.client_id_header, &g.client_id_header),
-                client_whitelist: match &r.client_whitelist {
-                    Some(list) if !list.is_empty() => Some(list.clone()),
-                    _ => g.client_whitelist.clone(),
-                },
-                route_keys: None,
-            })
-        }
-    }
-}
-
 /// Wall-clock now in microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     SystemTime::now()
@@ -324,8 +274,12 @@ pub fn now_micros() -> i64 {
 pub enum Decision {
     /// Go on; add these headers to the response (possibly none).
     Allow(Vec<(&'static str, String)>),
-    /// Answer now with this response.
+    /// The client used up its quota: answer with this response.
     Reject(Rejection),
+    /// The client sent no usable `ClientIdHeader`: answer with this response.
+    Unidentified(Rejection),
+    /// The counter store cannot be reached and the failure policy refuses.
+    Unavailable,
 }
 
 /// A response that ends the request: status, headers, body (no
@@ -444,7 +398,7 @@ impl RateLimiter {
                     rule.route_name,
                     rule.rule_text
                 );
-                return Decision::Reject(Rejection {
+                return Decision::Unidentified(Rejection {
                     status: 503,
                     headers: if rule.enable_headers { vec![("Retry-After", "-1".to_string())] } else { Vec::new() },
                     body: format!(
@@ -528,11 +482,7 @@ impl RateLimiter {
             FailurePolicy::Closed => {
                 METRICS.failed_closed.fetch_add(1, Ordering::Relaxed);
                 log::debug!("rate limiting: Redis unavailable; refusing a request to {} (failure_policy: closed)", rule.route_name);
-                Decision::Reject(Rejection {
-                    status: 503,
-                    headers: Vec::new(),
-                    body: String::new(),
-                })
+                Decision::Unavailable
             }
         }
     }
@@ -650,7 +600,7 @@ fn compile_current(
     route_key: &str,
     route_name: &str,
 ) -> Result<Option<RouteRule>, String> {
-    let Some(o) = merged_current(route, global) else {
+    let Some(o) = ocelot_compat::effective::rate_limiting(route, global) else {
         return Ok(None);
     };
     if o.enable_rate_limiting == Some(false) {
@@ -701,19 +651,14 @@ fn compile_legacy(
     route_key: &str,
     route_name: &str,
 ) -> Result<Option<RouteRule>, String> {
-    let Some(r) = route
-        .rate_limit_options
-        .as_ref()
-        .filter(|r| r.enable_rate_limiting == Some(true))
-    else {
+    let Some(o) = ocelot_compat::effective::rate_limiting_legacy(route, global) else {
         return Ok(None);
     };
-    let g = global.rate_limit_options.clone().unwrap_or_default();
-    let period_text = r.period.clone().unwrap_or_default();
+    let period_text = o.period.clone().unwrap_or_default();
     let period = parse_timespan(&period_text).ok_or_else(|| {
         format!("RateLimitOptions.Period: '{period_text}' is not a period such as 1s")
     })?;
-    let ban_seconds = r.period_timespan.unwrap_or(0.0);
+    let ban_seconds = o.period_timespan.unwrap_or(0.0);
     let ban = (ban_seconds * SECOND as f64).round();
     let ban = if ban.is_finite() {
         ban.clamp(0.0, i64::MAX as f64) as i64
@@ -721,12 +666,12 @@ fn compile_legacy(
         0
     };
     // A 24.0 Limit of 0 or less counts nothing (the headers are still sent).
-    let limit = u64::try_from(r.limit.unwrap_or(0)).unwrap_or(0);
-    let quota_body = match non_empty(&g.quota_message) {
+    let limit = u64::try_from(o.limit.unwrap_or(0)).unwrap_or(0);
+    let quota_body = match non_empty(&o.quota_message) {
         Some(message) => message.to_string(),
         None => format!("API calls quota exceeded! maximum admitted {limit} per {period_text}."),
     };
-    let status = g.status_code.unwrap_or(429);
+    let status = o.status_code.unwrap_or(429);
     let status = u16::try_from(status)
         .ok()
         .filter(|s| (100..=999).contains(s))
@@ -736,12 +681,12 @@ fn compile_legacy(
     Ok(Some(RouteRule {
         route_name: route_name.to_string(),
         route_key: route_key.to_string(),
-        client_header: header_name(non_empty(&g.client_id_header).unwrap_or(LEGACY_CLIENT_HEADER))?,
-        whitelist: r.client_whitelist.clone().unwrap_or_default(),
-        enable_headers: g.enable_headers.unwrap_or(true),
+        client_header: header_name(non_empty(&o.client_id_header).unwrap_or(LEGACY_CLIENT_HEADER))?,
+        whitelist: o.client_whitelist.clone().unwrap_or_default(),
+        enable_headers: o.enable_headers.unwrap_or(true),
         status,
         quota_body,
-        key_prefix: non_empty(&g.key_prefix)
+        key_prefix: non_empty(&o.key_prefix)
             .unwrap_or(LEGACY_KEY_PREFIX)
             .to_string(),
         rule_text: format!("{limit}/{period_text}/w{ban_seconds}s"),
@@ -812,7 +757,8 @@ mod tests {
     fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
         let list = match d {
             Decision::Allow(h) => h,
-            Decision::Reject(r) => &r.headers,
+            Decision::Reject(r) | Decision::Unidentified(r) => &r.headers,
+            Decision::Unavailable => return None,
         };
         list.iter()
             .find(|(n, _)| *n == name)
@@ -911,7 +857,7 @@ mod tests {
         let d = send(&l, &r, &[("bla-bla-header", "spy")]).await;
         assert_eq!(
             d,
-            Decision::Reject(Rejection {
+            Decision::Unidentified(Rejection {
                 status: 503,
                 headers: vec![("Retry-After", "-1".to_string())],
                 body: "Rate limiting client could not be identified for the route '/ClientRateLimit' due to a missing or unknown client ID header required by rule '3/1s/w1s'!".into(),
@@ -919,7 +865,7 @@ mod tests {
         );
         assert!(matches!(
             send(&l, &r, &[("Oc-Client", "")]).await,
-            Decision::Reject(Rejection { status: 503, .. })
+            Decision::Unidentified(Rejection { status: 503, .. })
         ));
         for _ in 0..10 {
             assert_eq!(
@@ -1064,14 +1010,7 @@ mod tests {
                     "served, uncounted, no headers"
                 );
             } else {
-                assert_eq!(
-                    d,
-                    Decision::Reject(Rejection {
-                        status: 503,
-                        headers: Vec::new(),
-                        body: String::new()
-                    })
-                );
+                assert_eq!(d, Decision::Unavailable);
             }
         }
     }

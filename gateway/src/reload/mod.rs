@@ -1,9 +1,15 @@
-//! Configuration at runtime: load → validate → compile → swap, off the request
-//! path. A configuration that fails validation is refused with its errors and
-//! the running one keeps serving (Ocelot would be left with none).
+//! Hot reload, off the request path: the configuration (here: load →
+//! validate → compile → swap; a configuration that fails validation is
+//! refused with its errors and the running one keeps serving, where Ocelot
+//! would be left with none) and the settings that change without a restart
+//! (`live.rs`).
+
+mod live;
+
+pub use live::{KeyRefresher, LiveSettings, SettingsWatcher};
 
 use crate::metrics::METRICS;
-use crate::routing::Snapshot;
+use crate::snapshot::{Env, Snapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
@@ -27,6 +33,10 @@ pub struct ConfigSource {
 pub struct Reloader {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub source: ConfigSource,
+    /// What snapshots are built with.
+    env: Arc<Env>,
+    /// For the providers routes may name.
+    live: Arc<ArcSwap<LiveSettings>>,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -39,10 +49,17 @@ pub fn config_hash(value: &serde_json::Value) -> String {
 }
 
 impl Reloader {
-    pub fn new(state: Arc<ArcSwap<Snapshot>>, source: ConfigSource) -> Reloader {
+    pub fn new(
+        state: Arc<ArcSwap<Snapshot>>,
+        source: ConfigSource,
+        env: Arc<Env>,
+        live: Arc<ArcSwap<LiveSettings>>,
+    ) -> Reloader {
         Reloader {
             state,
             source,
+            env,
+            live,
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -98,7 +115,8 @@ impl Reloader {
             Ok(loaded) => {
                 let hash = config_hash(&loaded.value);
                 let previous = self.state.load_full();
-                let snapshot = Snapshot::build(loaded, Some(&previous));
+                let auth = self.live.load().auth.clone();
+                let snapshot = Snapshot::build(loaded, Some(&previous), &self.env, &auth);
                 snapshot.refresh_new_backends(&previous).await;
                 for warning in &snapshot.warnings {
                     log::warn!("{warning}");

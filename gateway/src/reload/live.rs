@@ -6,13 +6,12 @@
 //! health checks are read at start: a change to them is logged as needing a
 //! restart.
 
+use super::hash_files;
 use crate::auth::Authenticator;
 use crate::cors::Cors;
 use crate::metrics::METRICS;
-use crate::proxy::LiveSettings;
-use crate::reload::hash_files;
-use crate::routing::Snapshot;
 use crate::settings::Settings;
+use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -20,6 +19,17 @@ use pingora_core::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Settings that take effect without a restart: swapped whole when the
+/// settings file changes.
+pub struct LiveSettings {
+    /// Write one JSON access-log line per request on stdout.
+    pub access_log: bool,
+    /// JWT providers named by the routes' `AuthenticationProviderKey(s)`.
+    pub auth: Arc<Authenticator>,
+    /// The gateway's CORS policy, if any.
+    pub cors: Option<Arc<Cors>>,
+}
 
 impl LiveSettings {
     /// Builds the live part of `settings`, refusing providers that the routes
@@ -43,7 +53,7 @@ impl LiveSettings {
         // does the gateway once `auth_providers` is configured. Without any
         // provider the routes only warn (and answer 401), so an Ocelot file can
         // be tried before its providers are set up.
-        let unknown = crate::policies::unknown_schemes(snapshot, &auth);
+        let unknown = snapshot.unknown_schemes(&auth);
         if !unknown.is_empty() && !auth.is_empty() {
             return Err(unknown.join("\n"));
         }
@@ -140,7 +150,6 @@ impl SettingsWatcher {
         (self.overrides)(&mut settings);
         let live = LiveSettings::build(&settings, &self.state.load_full())
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        live.auth.publish_names();
         self.live.store(Arc::new(live));
         let restart = restart_needed(&self.started_with, &settings);
         if !restart.is_empty() {

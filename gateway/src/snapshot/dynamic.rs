@@ -11,9 +11,9 @@
 //! one polling interval; and at most 100 unknown names a second are looked up,
 //! so a flood of made-up names cannot flood the registry.
 
-use super::{Provider, SETTINGS};
+use super::{CompiledRoute, Env, Warnings};
 use crate::balancing::Pool;
-use crate::routing::CompiledRoute;
+use crate::discovery::Provider;
 use ocelot_compat::model::{FileConfiguration, FileDynamicRoute, FileRoute};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,25 +82,25 @@ impl DynamicRoutes {
         config: &FileConfiguration,
         base: usize,
         previous: Option<&DynamicRoutes>,
+        env: &Env,
     ) -> Option<DynamicRoutes> {
         if !enabled(config) {
             return None;
         }
-        let settings = SETTINGS.load();
+        let (capacity, miss_ttl) = crate::discovery::dynamic_route_limits();
         let mut compiled = config.clone();
         compiled.routes.clear();
         compiled.aggregates.clear();
         compiled.global.security_options = None;
         compiled.global.upstream_header_transform.clear();
         compiled.global.downstream_header_transform.clear();
-        let capacity = settings.0.max_dynamic_services.max(1);
         let routes = DynamicRoutes {
             config: compiled,
             base,
             slots: (0..capacity).map(|_| OnceLock::new()).collect(),
             index: Mutex::new((HashMap::new(), 0)),
             misses: Mutex::new(HashMap::new()),
-            miss_ttl: Duration::from_millis(settings.0.poll_interval_ms).max(super::MIN_INTERVAL),
+            miss_ttl,
             lookups: Mutex::new((Instant::now(), 0)),
         };
         if let Some(previous) = previous {
@@ -119,7 +119,7 @@ impl DynamicRoutes {
                     Some((_, service)) => (None, service),
                     None => (None, key.as_str()),
                 };
-                let route = routes.compile(namespace, service, &pools);
+                let route = routes.compile(namespace, service, &pools, env);
                 routes.insert(&key, route);
             }
         }
@@ -141,7 +141,12 @@ impl DynamicRoutes {
 
     /// The route number for a request to `service` (in `namespace`), making
     /// the route on first use. `Err` is the status to answer.
-    pub async fn route(&self, namespace: Option<&str>, service: &str) -> Result<usize, u16> {
+    pub async fn route(
+        &self,
+        namespace: Option<&str>,
+        service: &str,
+        env: &Env,
+    ) -> Result<usize, u16> {
         if service.is_empty() {
             return Err(404);
         }
@@ -161,7 +166,7 @@ impl DynamicRoutes {
             log::debug!("dynamic routing: more than {NEW_LOOKUPS_PER_SECOND} new services a second; '{key}' gets 404");
             return Err(404);
         }
-        let route = self.compile(namespace, service, &HashMap::new());
+        let route = self.compile(namespace, service, &HashMap::new(), env);
         route.pool.refresh().await;
         if route.pool.backend_count() == 0 {
             log::debug!(
@@ -225,6 +230,7 @@ impl DynamicRoutes {
         namespace: Option<&str>,
         service: &str,
         previous: &HashMap<&str, Arc<Pool>>,
+        env: &Env,
     ) -> CompiledRoute {
         let global = &self.config.global;
         let entry = self.config.dynamic_routes.iter().find(|d| {
@@ -258,7 +264,10 @@ impl DynamicRoutes {
             metadata: d.metadata.clone(),
             ..FileRoute::default()
         };
-        CompiledRoute::compile(&route, &self.config, previous)
+        // Problems of the global options were reported with the snapshot.
+        let mut ignored = Vec::new();
+        let mut warnings = Warnings::new(String::new(), &mut ignored);
+        CompiledRoute::compile(&route, &self.config, previous, env, None, &mut warnings)
     }
 }
 
@@ -281,7 +290,8 @@ mod tests {
         let (config, _) = ocelot_compat::model::from_value(
             &json!({"Routes": [], "GlobalConfiguration": {"ServiceDiscoveryProvider": {"Port": 8500}}}),
         );
-        let routes = DynamicRoutes::new(&config, 0, None).expect("dynamic routing");
+        let env = Env::from_settings(&crate::settings::Settings::default()).unwrap();
+        let routes = DynamicRoutes::new(&config, 0, None, &env).expect("dynamic routing");
         let now = Instant::now();
         assert!((0..NEW_LOOKUPS_PER_SECOND).all(|_| routes.may_look_up(now)));
         assert!(!routes.may_look_up(now));

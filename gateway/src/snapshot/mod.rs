@@ -1,0 +1,248 @@
+//! A loaded configuration compiled for serving: the route table plus, per
+//! route, each feature's own compiled policy (`route.rs`), resolved once. A
+//! [`Snapshot`] never changes; a reload builds a new one with
+//! [`Snapshot::build`], the same function start-up uses.
+//!
+//! What must outlive a snapshot (breaker states, rate-limit counters,
+//! backend health, cached responses, the aggregation client) lives in the
+//! [`Env`] that every build is given, keyed by the route's identity, so an
+//! unchanged route keeps its state across reloads.
+
+pub mod dynamic;
+mod refresh;
+mod route;
+
+pub use refresh::BackendRefresher;
+pub use route::{route_identity, route_name, CompiledRoute};
+
+use crate::aggregate::{Aggregation, CompiledAggregate};
+use crate::auth::Authenticator;
+use crate::balancing::Pool;
+use crate::cache::store::MemoryStore;
+use crate::health::HealthState;
+use crate::metrics::METRICS;
+use crate::qos::{BreakerStore, CircuitState};
+use crate::ratelimit::RateLimiter;
+use crate::security::TrustedProxies;
+use crate::settings::Settings;
+use ocelot_compat::table::RouteTable;
+use ocelot_compat::{Diagnostic, LoadedConfig};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What snapshots are built with and what outlives them: built once from the
+/// settings at start-up and handed to every build and every request.
+pub struct Env {
+    pub breakers: BreakerStore,
+    pub limiter: RateLimiter,
+    pub health: Arc<HealthState>,
+    pub trusted_proxies: TrustedProxies,
+    pub aggregation: Arc<Aggregation>,
+    /// The output cache's storage; Pingora's cache phases take it `'static`.
+    pub cache: &'static MemoryStore,
+}
+
+impl Env {
+    /// Builds the stores the settings describe.
+    pub fn from_settings(settings: &Settings) -> Result<Env, String> {
+        let ca_file = settings.upstream_ca_file.as_deref();
+        Ok(Env {
+            breakers: BreakerStore::default(),
+            limiter: RateLimiter::new(&settings.rate_limiting)?,
+            health: Arc::new(HealthState::new(&settings.health_checks, ca_file)?),
+            trusted_proxies: TrustedProxies::from_settings(&settings.trusted_proxies)?,
+            aggregation: Arc::new(Aggregation::from_settings(
+                &settings.aggregators,
+                settings.aggregate_max_body_bytes,
+                ca_file,
+            )?),
+            // One store for the life of the process: Pingora's cache API
+            // holds `'static` storage.
+            cache: Box::leak(Box::new(MemoryStore::new(
+                settings.cache.max_bytes,
+                settings.cache.max_object_bytes,
+            ))),
+        })
+    }
+
+    /// The client address for IP security and `{RemoteIpAddress}`: the
+    /// socket peer, or what a trusted proxy says in `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        self.trusted_proxies.client_ip(peer, forwarded)
+    }
+}
+
+/// Collects what Ocelot would silently ignore while a route compiles, as
+/// diagnostics that name the route.
+pub(crate) struct Warnings<'a> {
+    location: String,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl<'a> Warnings<'a> {
+    pub(crate) fn new(location: String, out: &'a mut Vec<Diagnostic>) -> Warnings<'a> {
+        Warnings { location, out }
+    }
+
+    pub(crate) fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Diagnostic::warning(
+            self.location.clone(),
+            field.into(),
+            message.into(),
+        ));
+    }
+
+    /// Every `(field, message)` pair a feature's compile returned.
+    pub(crate) fn extend(&mut self, pairs: impl IntoIterator<Item = (String, String)>) {
+        for (field, message) in pairs {
+            self.warn(field, message);
+        }
+    }
+}
+
+/// An immutable, compiled configuration. Requests hold the snapshot they
+/// started with, whatever reloads happen meanwhile.
+pub struct Snapshot {
+    pub table: RouteTable,
+    pub routes: Vec<CompiledRoute>,
+    /// The merged configuration as Ocelot JSON.
+    pub value: serde_json::Value,
+    pub config: ocelot_compat::model::FileConfiguration,
+    pub warnings: Vec<Diagnostic>,
+    /// `Aggregates`, in the order of `config.aggregates` (the table's indexes).
+    pub aggregates: Vec<CompiledAggregate>,
+    /// Dynamic routing (service discovery without static routes): routes
+    /// made per service on first use, numbered after `routes`.
+    pub dynamic: Option<dynamic::DynamicRoutes>,
+}
+
+impl Snapshot {
+    /// Compiles a loaded configuration: a pure function of its inputs. Pools
+    /// of routes that did not change are taken over from `previous`, so their
+    /// state survives the reload; `auth` names the providers routes may use.
+    pub fn build(
+        loaded: LoadedConfig,
+        previous: Option<&Snapshot>,
+        env: &Env,
+        auth: &Authenticator,
+    ) -> Snapshot {
+        let LoadedConfig {
+            value,
+            config,
+            mut warnings,
+            ..
+        } = loaded;
+        let reusable: HashMap<&str, Arc<Pool>> = previous
+            .map(|p| {
+                p.routes
+                    .iter()
+                    .map(|r| (r.pool_key.as_str(), r.pool.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let routes: Vec<CompiledRoute> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut sink = Warnings::new(r.describe(i), &mut warnings);
+                CompiledRoute::compile(r, &config, &reusable, env, Some(auth), &mut sink)
+            })
+            .collect();
+        let (aggregates, aggregate_warnings) = crate::aggregate::compile(&config, &env.aggregation);
+        warnings.extend(aggregate_warnings);
+        let dynamic = dynamic::DynamicRoutes::new(
+            &config,
+            routes.len(),
+            previous.and_then(|p| p.dynamic.as_ref()),
+            env,
+        );
+        Snapshot {
+            table: ocelot_compat::route_table(&config),
+            routes,
+            value,
+            config,
+            warnings,
+            aggregates,
+            dynamic,
+        }
+    }
+
+    /// Route number `index`: a static route, or a dynamic one made since.
+    pub fn route(&self, index: usize) -> Option<&CompiledRoute> {
+        self.routes
+            .get(index)
+            .or_else(|| self.dynamic.as_ref()?.get(index))
+    }
+
+    /// The pools fed by service discovery, static and dynamic routes'.
+    pub fn discovery_pools(&self) -> Vec<Arc<Pool>> {
+        let dynamic = self.dynamic.iter().flat_map(|d| d.routes());
+        self.routes
+            .iter()
+            .chain(dynamic)
+            .filter(|r| r.pool.discovery().is_some())
+            .map(|r| r.pool.clone())
+            .collect()
+    }
+
+    /// Resolves the hosts of the pools that `previous` did not already have.
+    pub async fn refresh_new_backends(&self, previous: &Snapshot) {
+        let new = self.routes.iter().filter(|route| {
+            !previous
+                .routes
+                .iter()
+                .any(|p| Arc::ptr_eq(&p.pool, &route.pool))
+        });
+        refresh::refresh_all(new.map(|r| r.pool.clone()).collect()).await;
+    }
+
+    /// Resolves every route's downstream hosts (again).
+    pub async fn refresh_backends(&self) {
+        refresh::refresh_all(self.routes.iter().map(|r| r.pool.clone()).collect()).await;
+    }
+
+    /// One message per route scheme that is not a configured provider (Ocelot
+    /// refuses to start on an unregistered scheme).
+    pub fn unknown_schemes(&self, auth: &Authenticator) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (route, file)) in self.routes.iter().zip(&self.config.routes).enumerate() {
+            for scheme in &route.authentication {
+                if !auth.has(scheme) {
+                    out.push(format!(
+                        "{}: AuthenticationOptions: provider \"{scheme}\" is not configured in the settings' auth_providers",
+                        file.describe(i)
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets the gauges that describe the current state (breakers, backend
+    /// health) just before a scrape.
+    pub fn observe(&self) {
+        METRICS.breaker_open.reset();
+        METRICS.backend_healthy.reset();
+        for route in &self.routes {
+            if let Some(qos) = &route.qos {
+                let open = qos.breaker.state() != CircuitState::Closed;
+                METRICS
+                    .breaker_open
+                    .with_label_values(&[&route.name])
+                    .set(i64::from(open));
+            }
+            for (backend, ready) in route.pool.backend_health() {
+                METRICS
+                    .backend_healthy
+                    .with_label_values(&[&route.name, &backend])
+                    .set(i64::from(ready));
+            }
+        }
+    }
+}
