@@ -5,7 +5,7 @@
 //! off the worker threads and keeps the last good address of a host whose
 //! lookup fails. Pingora's round robin serves `RoundRobin`; the balancers
 //! Pingora lacks (`NoLoadBalancer`, `LeastConnection`, `CookieStickySessions`)
-//! pick among the same backends, so health state (issue 3) applies to all.
+//! pick among the same backends, so health state (`health.rs`) applies to all.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;

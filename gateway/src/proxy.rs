@@ -589,3 +589,195 @@ impl ProxyHttp for Gateway {
         ctx.selected = None;
     }
 }
+
+/// The hooks over a Pingora session on an in-memory stream: what each phase
+/// writes and decides, without sockets.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::settings::Settings;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn gateway(ocelot: serde_json::Value, settings: &str) -> Gateway {
+        let settings: Settings = serde_yaml::from_str(settings).expect("settings");
+        let env = Arc::new(Env::from_settings(&settings).expect("env"));
+        let loaded =
+            ocelot_compat::from_json(ocelot, std::path::Path::new("ocelot.json")).expect("config");
+        let auth = Authenticator::from_settings(&settings.auth_providers).expect("auth");
+        let snapshot = Snapshot::build(loaded, None, &env, &auth);
+        let live = LiveSettings::assemble(&settings, &snapshot, auth).expect("live");
+        Gateway {
+            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            env,
+            sticky: Arc::new(StickySessions::default()),
+            readiness: Arc::new(Readiness::default()),
+            websocket_idle_timeout: Duration::from_secs(60),
+            live: Arc::new(ArcSwap::from_pointee(live)),
+        }
+    }
+
+    /// A session that has read `request`; the other end of its stream.
+    async fn session(request: &str) -> (Session, DuplexStream) {
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        client.write_all(request.as_bytes()).await.expect("write");
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session.read_request().await.expect("read"), "a request");
+        (session, client)
+    }
+
+    /// What the session wrote, once it is closed.
+    async fn written(session: Session, mut client: DuplexStream) -> String {
+        drop(session);
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).to_lowercase()
+    }
+
+    fn route(extra: serde_json::Value) -> serde_json::Value {
+        let mut route = serde_json::json!({
+            "UpstreamPathTemplate": "/users/{id}",
+            "DownstreamPathTemplate": "/api/users/{id}",
+            "DownstreamScheme": "http",
+            "DownstreamHostAndPorts": [{"Host": "127.0.0.1", "Port": 5001}],
+        });
+        if let (Some(r), serde_json::Value::Object(e)) = (route.as_object_mut(), extra) {
+            r.extend(e);
+        }
+        serde_json::json!({"Routes": [route]})
+    }
+
+    #[tokio::test]
+    async fn request_filter_answers_a_refusal_with_cors_headers() {
+        let gw = gateway(
+            route(serde_json::json!({})),
+            "cors: {allowed_origins: ['https://app.example']}",
+        );
+        let (mut s, client) =
+            session("GET /nowhere HTTP/1.1\r\nHost: gw\r\nOrigin: https://app.example\r\n\r\n")
+                .await;
+        let mut ctx = gw.new_ctx();
+        assert!(gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
+        assert_eq!(ctx.refusal, Some(Refusal::NoRoute));
+        let out = written(s, client).await;
+        assert!(out.starts_with("http/1.1 404"), "{out}");
+        assert!(out.contains("content-length: 0"), "{out}");
+        assert!(
+            out.contains("access-control-allow-origin: https://app.example"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_filter_runs_the_pipeline_and_the_request_is_mapped() {
+        let gw = gateway(
+            route(serde_json::json!({
+                "UpstreamHeaderTransform": {"X-Who": "{UpstreamHost}"},
+                "RequestIdKey": "X-Request-Id",
+            })),
+            "{}",
+        );
+        let (mut s, _client) = session(
+            "GET /users/7?x=1 HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nX-Request-Id: r-1\r\n\r\n",
+        )
+        .await;
+        let mut ctx = gw.new_ctx();
+        assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
+        assert_eq!(ctx.state.trace_id.as_deref(), Some("r-1"));
+        assert_eq!(s.req_header().headers["x-who"], "gw");
+        gw.state.load().routes[0].pool.refresh().await;
+        let peer = gw.upstream_peer(&mut s, &mut ctx).await.expect("peer");
+        assert_eq!(peer._address.to_string(), "127.0.0.1:5001");
+        let mut upstream = s.req_header().clone();
+        gw.upstream_request_filter(&mut s, &mut upstream, &mut ctx)
+            .await
+            .expect("mapped");
+        assert_eq!(upstream.uri.to_string(), "/api/users/7?x=1");
+        assert_eq!(upstream.headers["host"], "127.0.0.1:5001");
+        assert!(!upstream.headers.contains_key("x-private"));
+        assert!(!upstream.headers.contains_key("connection"));
+        assert_eq!(upstream.headers["x-request-id"], "r-1");
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_is_answered_in_proxy_upstream_filter() {
+        let gw = gateway(
+            route(serde_json::json!({
+                "QoSOptions": {"MinimumThroughput": 2, "BreakDuration": 60000}
+            })),
+            "{}",
+        );
+        let breaker = gw.state.load().routes[0]
+            .qos
+            .as_ref()
+            .expect("qos")
+            .breaker
+            .clone();
+        breaker.record_failure();
+        breaker.record_failure();
+        let (mut s, client) = session("GET /users/7 HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+        let mut ctx = gw.new_ctx();
+        assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
+        assert!(!gw
+            .proxy_upstream_filter(&mut s, &mut ctx)
+            .await
+            .expect("answered"));
+        let out = written(s, client).await;
+        assert!(
+            out.starts_with("http/1.1 503 circuit breaker is open"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("circuit breaker is open for route -> /users/{id}"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_qos_timeout_is_answered_by_fail_to_proxy() {
+        let gw = gateway(
+            route(serde_json::json!({"QoSOptions": {"Timeout": 500}})),
+            "{}",
+        );
+        let (mut s, client) = session("GET /users/7 HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+        let mut ctx = gw.new_ctx();
+        assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
+        assert!(gw
+            .proxy_upstream_filter(&mut s, &mut ctx)
+            .await
+            .expect("admitted"));
+        let timeout = Error::new_up(ErrorType::ReadTimedout);
+        let failed = gw.fail_to_proxy(&mut s, &timeout, &mut ctx).await;
+        assert_eq!(failed.error_code, 503);
+        assert!(matches!(ctx.refusal, Some(Refusal::QosTimeout { .. })));
+        let out = written(s, client).await;
+        assert!(out.starts_with("http/1.1 503 request timeout"), "{out}");
+        assert!(
+            out.ends_with("request timeout for route -> /users/{id}"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn response_filter_adds_transforms_limits_and_closes_when_draining() {
+        let gw = gateway(
+            route(serde_json::json!({
+                "DownstreamHeaderTransform": {"X-Served-By": "gateway"},
+                "RateLimitOptions": {"Limit": 5, "Period": "1m", "PeriodTimespan": 60},
+            })),
+            "{}",
+        );
+        let (mut s, _client) =
+            session("GET /users/7 HTTP/1.1\r\nHost: gw\r\nOc-Client: me\r\n\r\n").await;
+        let mut ctx = gw.new_ctx();
+        assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
+        gw.readiness.start_draining();
+        let mut resp = ResponseHeader::build(200, None).expect("response");
+        gw.response_filter(&mut s, &mut resp, &mut ctx)
+            .await
+            .expect("filtered");
+        assert_eq!(resp.headers["x-served-by"], "gateway");
+        assert_eq!(resp.headers["x-ratelimit-remaining"], "4");
+        assert_eq!(resp.headers["connection"], "close");
+    }
+}

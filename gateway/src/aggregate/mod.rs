@@ -1,4 +1,4 @@
-//! Request aggregation (`Aggregates`; spec §1.4, §6; Ocelot's
+//! Request aggregation (`Aggregates`; Ocelot's
 //! `src/Multiplexer/*`).
 //!
 //! An aggregate is matched like a route. With one route key Ocelot simply

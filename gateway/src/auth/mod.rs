@@ -1,4 +1,4 @@
-//! Authentication (`AuthenticationOptions`, spec §5).
+//! Authentication (`AuthenticationOptions`; Ocelot's `src/Authentication/`).
 //!
 //! In Ocelot an `AuthenticationProviderKey` names an ASP.NET authentication
 //! scheme registered in code. Here it names a provider in the gateway

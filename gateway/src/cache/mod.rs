@@ -1,5 +1,5 @@
-//! Ocelot's output cache (`CacheOptions`, legacy `FileCacheOptions`; spec
-//! §1.3, §7.5; `src/Cache/*`) on `pingora-cache`.
+//! Ocelot's output cache (`CacheOptions`, legacy `FileCacheOptions`;
+//! Ocelot's `src/Cache/*`) on `pingora-cache`.
 //!
 //! Where Ocelot caches: after load balancing and URL creation, so IP
 //! security, rate limiting and authentication still run for a cached

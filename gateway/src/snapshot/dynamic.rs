@@ -1,4 +1,4 @@
-//! Dynamic routing (spec §7.8, Ocelot's `DiscoveryDownstreamRouteFinder`):
+//! Dynamic routing (Ocelot's `DiscoveryDownstreamRouteFinder`):
 //! with a service discovery provider and no static route, `/{service}/{rest}`
 //! goes to `{rest}` (or `/`) on an instance of `service`, the query as it
 //! came; `/{namespace}.{service}/…` names a namespace too. A route takes the
