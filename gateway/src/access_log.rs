@@ -17,24 +17,24 @@ use std::time::Duration;
 /// One access-log line. Serialized straight from this struct (fields in this
 /// order, `None` as `null`), without building a map of strings first.
 #[derive(Serialize)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     #[serde(serialize_with = "display")]
-    pub time: humantime::Rfc3339Timestamp,
-    pub request_id: Option<&'a str>,
-    pub route: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
+    pub(crate) time: humantime::Rfc3339Timestamp,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) route: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
     #[serde(serialize_with = "display_opt")]
-    pub upstream: Option<std::net::SocketAddr>,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
-    pub bytes_in: usize,
-    pub bytes_out: usize,
-    pub client: Option<String>,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
+    pub(crate) duration_ms: f64,
+    pub(crate) upstream_ms: Option<f64>,
+    pub(crate) bytes_in: usize,
+    pub(crate) bytes_out: usize,
+    pub(crate) client: Option<String>,
     /// Why the gateway answered itself, when it did (`Refusal::name`).
-    pub refusal: Option<&'static str>,
-    pub error: Option<String>,
+    pub(crate) refusal: Option<&'static str>,
+    pub(crate) error: Option<String>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -52,8 +52,8 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// Buffer size and flush interval when the settings do not say.
-pub const DEFAULT_BUFFER_KIB: usize = 64;
-pub const DEFAULT_FLUSH_MS: u64 = 200;
+pub(crate) const DEFAULT_BUFFER_KIB: usize = 64;
+pub(crate) const DEFAULT_FLUSH_MS: u64 = 200;
 
 static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static BUFFER_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_BUFFER_KIB * 1024);
@@ -96,7 +96,7 @@ fn start_flusher() {
 
 /// Appends one line (the JSON of `line` and a newline); writes the buffer out
 /// when it is full or buffering is off.
-pub fn write_line<T: Serialize>(line: &T) {
+pub(crate) fn write_line<T: Serialize>(line: &T) {
     let limit = BUFFER_LIMIT.load(Ordering::Relaxed);
     if limit > 0 {
         start_flusher();
@@ -128,7 +128,7 @@ pub fn write_line<T: Serialize>(line: &T) {
 }
 
 /// Writes out whatever is buffered.
-pub fn flush() {
+pub(crate) fn flush() {
     let block = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
     if !block.is_empty() {
         write_block(&block);

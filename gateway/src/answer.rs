@@ -20,7 +20,7 @@ use pingora_proxy::Session;
 
 /// Why the gateway answered a request itself instead of sending it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Request headers above Kestrel's `MaxRequestHeadersTotalSize`.
     HeadersTooLarge,
     /// A header value that is not ASCII (Ocelot 25 refuses them).
@@ -55,8 +55,6 @@ pub enum Refusal {
     NoBackend { discovery: bool },
     /// Every backend is down (active or passive health).
     AllBackendsDown,
-    /// The downstream URL rendered from the templates is not a valid URI.
-    InvalidDownstreamUrl,
     /// An aggregate's `Aggregator` names no aggregator of the settings
     /// (`CouldNotFindAggregatorError`), or a route key names no route.
     UnknownAggregator,
@@ -69,7 +67,7 @@ pub enum Refusal {
 impl Refusal {
     /// The name in the access log and the `reason` label of
     /// `gateway_refused_requests_total`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Refusal::HeadersTooLarge => "headers_too_large",
             Refusal::InvalidHeaderValue => "invalid_header_value",
@@ -87,7 +85,6 @@ impl Refusal {
             Refusal::QosTimeout { .. } => "qos_timeout",
             Refusal::NoBackend { .. } => "no_backend",
             Refusal::AllBackendsDown => "all_backends_down",
-            Refusal::InvalidDownstreamUrl => "invalid_downstream_url",
             Refusal::UnknownAggregator => "unknown_aggregator",
             Refusal::AggregateBodyTooLarge => "aggregate_body_too_large",
             Refusal::AggregateFailed => "aggregate_failed",
@@ -95,11 +92,10 @@ impl Refusal {
     }
 
     /// Ocelot's status for this refusal.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Refusal::HeadersTooLarge => 431,
             Refusal::InvalidHeaderValue | Refusal::InvalidPath => 400,
-            Refusal::InvalidDownstreamUrl => 400,
             Refusal::NoRoute | Refusal::UnknownAggregator => 404,
             Refusal::UnknownLoadBalancer | Refusal::AggregateFailed => 500,
             Refusal::IpDenied | Refusal::Forbidden => 403,
@@ -116,7 +112,7 @@ impl Refusal {
     }
 
     /// The response Ocelot gives for this refusal.
-    pub fn answer(&self) -> Answer {
+    pub(crate) fn answer(&self) -> Answer {
         const QOS_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
         match self {
             Refusal::QuotaExceeded(r) | Refusal::UnidentifiedClient(r) => Answer {
@@ -146,15 +142,14 @@ impl Refusal {
 
     /// Counts the refusal and logs it, the same for a request and for an
     /// aggregate's sub-request.
-    pub fn record(&self, route: &str) {
+    pub(crate) fn record(&self, route: &str) {
         METRICS
             .refused
             .with_label_values(&[route, self.name()])
             .inc();
         match self {
             Refusal::IpDenied => {
-                crate::security::DENIED_TOTAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::info!("route {route}: client IP denied by SecurityOptions");
+                log::info!("route {route}: client IP denied by SecurityOptions")
             }
             Refusal::BreakerOpen { .. } => {
                 METRICS.breaker_rejected.with_label_values(&[route]).inc();
@@ -176,18 +171,18 @@ impl Refusal {
 
 /// A response of the gateway's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// A reason phrase other than the status's standard one.
-    pub reason: Option<&'static str>,
-    pub headers: Vec<(&'static str, String)>,
-    pub content_type: Option<&'static str>,
-    pub body: Bytes,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) content_type: Option<&'static str>,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
     /// The bare status, as Ocelot answers its errors.
-    pub fn empty(status: u16) -> Answer {
+    pub(crate) fn empty(status: u16) -> Answer {
         Answer {
             status,
             reason: None,
@@ -203,14 +198,14 @@ impl Answer {
 /// counted, the rate-limit headers, as Ocelot adds both when any response
 /// starts.
 #[derive(Default, Clone, Copy)]
-pub struct AnswerHeaders<'a> {
-    pub cors: &'a [(HeaderName, HeaderValue)],
-    pub rate_limit: &'a [(&'static str, String)],
+pub(crate) struct AnswerHeaders<'a> {
+    pub(crate) cors: &'a [(HeaderName, HeaderValue)],
+    pub(crate) rate_limit: &'a [(&'static str, String)],
 }
 
 /// Whether the request announced a body; an answer given before reading it
 /// leaves it on the connection, so the connection cannot be kept.
-pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
+pub(crate) fn has_body(req: &pingora_http::RequestHeader) -> bool {
     req.headers.contains_key(header::TRANSFER_ENCODING)
         || req
             .headers
@@ -219,7 +214,7 @@ pub fn has_body(req: &pingora_http::RequestHeader) -> bool {
 }
 
 /// Builds the response head of `answer`.
-pub fn response_header(answer: &Answer, extra: AnswerHeaders<'_>) -> Result<ResponseHeader> {
+pub(crate) fn response_header(answer: &Answer, extra: AnswerHeaders<'_>) -> Result<ResponseHeader> {
     let capacity = answer.headers.len() + extra.cors.len() + extra.rate_limit.len() + 2;
     let mut resp = ResponseHeader::build(answer.status, Some(capacity))?;
     if answer.reason.is_some() {
@@ -246,7 +241,11 @@ pub fn response_header(answer: &Answer, extra: AnswerHeaders<'_>) -> Result<Resp
 
 /// Writes `answer` as the whole response. Nothing is written when a response
 /// has already started (a failure in the middle of a proxied body).
-pub async fn write(session: &mut Session, answer: &Answer, extra: AnswerHeaders<'_>) -> Result<()> {
+pub(crate) async fn write(
+    session: &mut Session,
+    answer: &Answer,
+    extra: AnswerHeaders<'_>,
+) -> Result<()> {
     if session.response_written().is_some() {
         return Ok(());
     }
@@ -268,7 +267,7 @@ pub async fn write(session: &mut Session, answer: &Answer, extra: AnswerHeaders<
 
 /// The status Ocelot would answer for a failure, or `None` when the client is
 /// gone and nothing can be written.
-pub fn status_for(error: &Error) -> Option<u16> {
+pub(crate) fn status_for(error: &Error) -> Option<u16> {
     use ErrorType::*;
     match error.etype() {
         HTTPStatus(code) => Some(*code),
@@ -296,7 +295,7 @@ pub fn status_for(error: &Error) -> Option<u16> {
 }
 
 /// Whether a failure is a timeout of the downstream call (not the client's).
-pub fn is_downstream_timeout(e: &Error) -> bool {
+pub(crate) fn is_downstream_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
         ErrorType::ConnectTimedout

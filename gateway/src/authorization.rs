@@ -5,7 +5,7 @@
 use crate::claims::Claims;
 
 /// The claim Ocelot reads scopes from (`ScopesAuthorizer.Scope`).
-pub const SCOPE_CLAIM: &str = "scope";
+pub(crate) const SCOPE_CLAIM: &str = "scope";
 
 /// What one `RouteClaimsRequirement` entry asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ enum Expected {
 
 /// A route's authorization rules, compiled once.
 #[derive(Debug, Clone, Default)]
-pub struct Authorization {
+pub(crate) struct Authorization {
     /// `AllowedScopes`; checked only on authenticated routes, as in Ocelot.
     scopes: Vec<String>,
     requirements: Vec<(String, Expected)>,
@@ -27,7 +27,7 @@ pub struct Authorization {
 
 /// Why a request is not authorized (each is Ocelot's 403).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// `ScopeNotAuthorizedError`.
     Scope,
     /// `ClaimValueNotAuthorizedError` / `UserDoesNotHaveClaimError`.
@@ -46,7 +46,7 @@ impl std::fmt::Display for Denied {
 impl Authorization {
     /// `allowed_scopes` apply only when `authenticated` (Ocelot checks scopes
     /// for authenticated routes only); requirements always apply.
-    pub fn compile(
+    pub(crate) fn compile(
         allowed_scopes: &[String],
         authenticated: bool,
         requirements: &[(String, String)],
@@ -78,12 +78,13 @@ impl Authorization {
     }
 
     /// Whether nothing is checked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.scopes.is_empty() && self.requirements.is_empty()
     }
 
+    #[cfg(test)]
     /// Whether a requirement compares a claim with a route placeholder.
-    pub fn uses_placeholders(&self) -> bool {
+    pub(crate) fn uses_placeholders(&self) -> bool {
         self.requirements
             .iter()
             .any(|(_, e)| matches!(e, Expected::Placeholder(_)))
@@ -92,7 +93,7 @@ impl Authorization {
     /// `ScopesAuthorizer`: with `AllowedScopes` set, some `scope` claim value
     /// must be allowed. One space-separated value (RFC 8693) is split; several
     /// `scope` claims (a JSON array) are taken one by one.
-    pub fn check_scopes(&self, claims: &Claims) -> Result<(), Denied> {
+    pub(crate) fn check_scopes(&self, claims: &Claims) -> Result<(), Denied> {
         if self.scopes.is_empty() {
             return Ok(());
         }
@@ -117,7 +118,7 @@ impl Authorization {
     /// exact type. `placeholder` gives a route placeholder's matched value by
     /// name (with braces, `{userId}`); a missing placeholder is Ocelot's
     /// "config error", which also answers 403.
-    pub fn check_claims<'a>(
+    pub(crate) fn check_claims<'a>(
         &self,
         claims: &Claims,
         placeholder: impl Fn(&str) -> Option<&'a str>,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Which balancer a route asked for (`LoadBalancerOptions.Type`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum BalancerKind {
+pub(crate) enum BalancerKind {
     NoLoadBalancer,
     RoundRobin,
     LeastConnection,
@@ -35,7 +35,7 @@ pub enum BalancerKind {
 impl BalancerKind {
     /// From the effective options; defaults as in Ocelot (`NoLoadBalancer`,
     /// sticky cookie `.AspNetCore.Session`, expiry 20 minutes).
-    pub fn from_options(
+    pub(crate) fn from_options(
         kind: Option<&str>,
         key: Option<&str>,
         expiry_ms: Option<i64>,
@@ -61,28 +61,28 @@ impl BalancerKind {
 /// What a backend is besides its address: its place in the route's list (for
 /// "the first one" semantics) and the authority to send as `Host` and SNI.
 #[derive(Debug, Clone)]
-pub struct BackendMeta {
-    pub index: usize,
-    pub host: Arc<str>,
-    pub authority: Arc<str>,
+pub(crate) struct BackendMeta {
+    pub(crate) index: usize,
+    pub(crate) host: Arc<str>,
+    pub(crate) authority: Arc<str>,
 }
 
 /// One `DownstreamHostAndPorts` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 /// Resolves the route's targets. A failed lookup keeps the last good address,
 /// so a DNS hiccup never empties a pool that was working.
-pub struct HostDiscovery {
+pub(crate) struct HostDiscovery {
     targets: Vec<Target>,
     last_good: Mutex<HashMap<usize, SocketAddr>>,
 }
 
 impl HostDiscovery {
-    pub fn new(targets: Vec<Target>) -> Self {
+    pub(crate) fn new(targets: Vec<Target>) -> Self {
         HostDiscovery {
             targets,
             last_good: Mutex::new(HashMap::new()),
@@ -165,9 +165,9 @@ impl ServiceDiscovery for HostDiscovery {
 
 /// A chosen backend. Holding it counts as one in-flight request for
 /// `LeastConnection`; dropping it ends that.
-pub struct Selected {
-    pub addr: SocketAddr,
-    pub meta: BackendMeta,
+pub(crate) struct Selected {
+    pub(crate) addr: SocketAddr,
+    pub(crate) meta: BackendMeta,
     _inflight: Option<Guard>,
 }
 
@@ -209,7 +209,7 @@ impl StickySessions {
 
 /// Where a pool fed by service discovery takes its backends from (the
 /// `discovery` module implements it), and when they are due again.
-pub trait DiscoveredService: Send + Sync {
+pub(crate) trait DiscoveredService: Send + Sync {
     /// The `ServiceDiscovery` to give Pingora's `Backends`.
     fn boxed(self: Arc<Self>) -> Box<dyn ServiceDiscovery + Send + Sync>;
     /// Whether the pool should be rebuilt now.
@@ -220,7 +220,7 @@ pub trait DiscoveredService: Send + Sync {
 
 /// A route's backends and its balancer.
 pub struct Pool {
-    pub kind: BalancerKind,
+    pub(crate) kind: BalancerKind,
     lb: LoadBalancer<RoundRobin>,
     /// In-flight counts for `LeastConnection`, made on first use: an
     /// `Inflight` is 256 KiB (4 × 8192 counters), too much for every route.
@@ -231,7 +231,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(kind: BalancerKind, targets: Vec<Target>) -> Pool {
+    #[cfg(test)]
+    pub(crate) fn new(kind: BalancerKind, targets: Vec<Target>) -> Pool {
         let backends = Backends::new(Box::new(HostDiscovery::new(targets)));
         Pool {
             kind,
@@ -243,7 +244,7 @@ impl Pool {
 
     /// A pool whose backends report to a shared health registry, so active
     /// health checks apply and health outlives configuration snapshots.
-    pub fn with_health_registry(
+    pub(crate) fn with_health_registry(
         kind: BalancerKind,
         targets: Vec<Target>,
         registry: Arc<HealthRegistry>,
@@ -259,7 +260,7 @@ impl Pool {
     }
 
     /// A pool fed by service discovery instead of `DownstreamHostAndPorts`.
-    pub fn with_discovery(
+    pub(crate) fn with_discovery(
         kind: BalancerKind,
         discovery: Arc<dyn DiscoveredService>,
         registry: Arc<HealthRegistry>,
@@ -274,12 +275,12 @@ impl Pool {
     }
 
     /// The service discovery behind the pool, if any.
-    pub fn discovery(&self) -> Option<&Arc<dyn DiscoveredService>> {
+    pub(crate) fn discovery(&self) -> Option<&Arc<dyn DiscoveredService>> {
         self.discovery.as_ref()
     }
 
     /// Re-runs discovery (DNS) and rebuilds the selector.
-    pub async fn refresh(&self) {
+    pub(crate) async fn refresh(&self) {
         if let Err(e) = self.lb.update().await {
             log::warn!("refreshing backends failed: {e}");
         }
@@ -287,7 +288,7 @@ impl Pool {
 
     /// Every backend with whether it may take requests now (health checks and
     /// passive marks), for the metrics.
-    pub fn backend_health(&self) -> Vec<(String, bool)> {
+    pub(crate) fn backend_health(&self) -> Vec<(String, bool)> {
         let backends = self.lb.backends();
         backends
             .get_backend()
@@ -296,13 +297,14 @@ impl Pool {
             .collect()
     }
 
-    pub fn backend_count(&self) -> usize {
+    pub(crate) fn backend_count(&self) -> usize {
         self.lb.backends().get_backend().len()
     }
 
+    #[cfg(test)]
     /// Picks a backend by the route's balancer, or `None` when no backend is
     /// available. `cookies` is the request's `Cookie` header values.
-    pub fn select<'a>(
+    pub(crate) fn select<'a>(
         &self,
         cookies: impl Iterator<Item = &'a [u8]>,
         sticky: &StickySessions,
@@ -312,7 +314,7 @@ impl Pool {
 
     /// Whether some backend is healthy and accepted by `accept`, without
     /// selecting it (no round-robin step, no stickiness recorded).
-    pub fn has_ready(&self, accept: impl Fn(&SocketAddr) -> bool) -> bool {
+    pub(crate) fn has_ready(&self, accept: impl Fn(&SocketAddr) -> bool) -> bool {
         let backends = self.lb.backends();
         backends
             .get_backend()
@@ -322,7 +324,7 @@ impl Pool {
 
     /// [`Pool::select`] among the healthy backends `accept` also agrees to
     /// (passive health, a backend a retry must avoid).
-    pub fn select_where<'a>(
+    pub(crate) fn select_where<'a>(
         &self,
         cookies: impl Iterator<Item = &'a [u8]>,
         sticky: &StickySessions,
@@ -420,7 +422,10 @@ impl Pool {
 }
 
 /// The value of cookie `name` in any of the `Cookie` headers.
-pub fn cookie_value<'a>(headers: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<String> {
+pub(crate) fn cookie_value<'a>(
+    headers: impl Iterator<Item = &'a [u8]>,
+    name: &[u8],
+) -> Option<String> {
     for header in headers {
         for pair in header.split(|b| *b == b';') {
             let pair = pair.trim_ascii();

@@ -99,7 +99,7 @@ fn seconds_since_epoch(time: &Asn1TimeRef) -> Option<i64> {
 
 impl ListenerCertificate {
     /// Reads the listener's files; errors name the listener and the file.
-    pub fn load(addr: &str, cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
+    pub(crate) fn load(addr: &str, cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
         let in_listener = |e: String| format!("tls_listen {addr}: {e}");
         let cert_pem = read_file(cert_path).map_err(in_listener)?;
         let key_pem = read_file(key_path).map_err(in_listener)?;
@@ -125,7 +125,7 @@ impl ListenerCertificate {
     }
 
     /// The handshake callbacks for Pingora's `TlsSettings::with_callbacks`.
-    pub fn callbacks(self: &Arc<Self>) -> TlsAcceptCallbacks {
+    pub(crate) fn callbacks(self: &Arc<Self>) -> TlsAcceptCallbacks {
         Box::new(ServeCurrent(self.clone()))
     }
 

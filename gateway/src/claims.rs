@@ -14,18 +14,19 @@ use serde_json::{Map, Value};
 /// a .NET `ClaimsPrincipal`, which is what Ocelot's features read. A JSON array
 /// claim becomes one pair per element, as ASP.NET's JWT handler does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims(Vec<(String, String)>);
+pub(crate) struct Claims(Vec<(String, String)>);
 
 impl Claims {
+    #[cfg(test)]
     /// Claims from (type, value) pairs.
-    pub fn new(pairs: Vec<(String, String)>) -> Claims {
+    pub(crate) fn new(pairs: Vec<(String, String)>) -> Claims {
         Claims(pairs)
     }
 
     /// The claims of a JWT payload. Strings are taken as they are, numbers and
     /// booleans as their JSON text, objects as compact JSON; arrays give one
     /// claim per element; `null` gives none.
-    pub fn from_json(payload: &Map<String, Value>) -> Claims {
+    pub(crate) fn from_json(payload: &Map<String, Value>) -> Claims {
         let mut pairs = Vec::with_capacity(payload.len());
         for (name, value) in payload {
             match value {
@@ -46,23 +47,19 @@ impl Claims {
         Claims(pairs)
     }
 
+    #[cfg(test)]
     /// Every (type, value) pair.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(t, v)| (t.as_str(), v.as_str()))
     }
 
     /// The values of every claim of `claim_type` (exact, case-sensitive, as
     /// Ocelot compares claim types).
-    pub fn values<'a>(&'a self, claim_type: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn values<'a>(&'a self, claim_type: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(t, _)| t == claim_type)
             .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether there is no claim at all.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// All values of `claim_type` joined with `,` (`StringValues.ToString()`),
@@ -99,7 +96,7 @@ fn claim_text(value: &Value) -> Option<String> {
 
 /// Why a claims transform refused the request. Each maps to Ocelot's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimsError {
+pub(crate) enum ClaimsError {
     /// `CannotFindClaimError`: the claim, or the indexed part of it, is
     /// missing → 403.
     MissingClaim(String),
@@ -114,7 +111,7 @@ pub enum ClaimsError {
 
 impl ClaimsError {
     /// The status Ocelot answers with.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ClaimsError::MissingClaim(_) => 403,
             ClaimsError::InvalidHeaderValue(_) => 400,
@@ -140,22 +137,22 @@ impl std::fmt::Display for ClaimsError {
 
 /// One parsed `Claims[type] > value[index] > delimiter` instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimToThing {
+pub(crate) struct ClaimToThing {
     /// The dictionary key: header name, query name, claim type or placeholder.
-    pub key: String,
+    pub(crate) key: String,
     /// The claim type inside `Claims[...]`.
-    pub claim_type: String,
+    pub(crate) claim_type: String,
     /// `value[index]`; Ocelot parses it as a signed int and refuses negative
     /// indexes only when a request arrives.
-    pub index: i64,
+    pub(crate) index: i64,
     /// Every character is a split character; empty means "the whole value".
-    pub delimiters: Vec<char>,
+    pub(crate) delimiters: Vec<char>,
 }
 
 impl ClaimToThing {
     /// Parses one dictionary entry the way Ocelot does; `Err` says why it is
     /// skipped (Ocelot skips such entries silently, at load).
-    pub fn parse(key: &str, instruction: &str) -> Result<ClaimToThing, String> {
+    pub(crate) fn parse(key: &str, instruction: &str) -> Result<ClaimToThing, String> {
         let parts: Vec<&str> = instruction.split('>').collect();
         if parts.len() <= 1 {
             return Err("no '>' instructions".to_string());
@@ -184,7 +181,7 @@ impl ClaimToThing {
     }
 
     /// The value this instruction takes from `claims` (`ClaimsParser.GetValue`).
-    pub fn value(&self, claims: &Claims) -> Result<String, ClaimsError> {
+    pub(crate) fn value(&self, claims: &Claims) -> Result<String, ClaimsError> {
         let joined = claims
             .joined(&self.claim_type)
             .ok_or_else(|| ClaimsError::MissingClaim(self.claim_type.clone()))?;
@@ -220,7 +217,7 @@ fn bracketed(segment: &str) -> Option<&str> {
 
 /// A route's claims transforms, compiled from its four dictionaries.
 #[derive(Debug, Clone, Default)]
-pub struct ClaimsTransforms {
+pub(crate) struct ClaimsTransforms {
     to_claims: Vec<ClaimToThing>,
     to_headers: Vec<(HeaderName, ClaimToThing)>,
     to_queries: Vec<ClaimToThing>,
@@ -230,23 +227,23 @@ pub struct ClaimsTransforms {
 
 /// A route's claims dictionaries as read from `ocelot.json`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ClaimsConfig<'a> {
+pub(crate) struct ClaimsConfig<'a> {
     /// `AddClaimsToRequest`.
-    pub add_claims: &'a [(String, String)],
+    pub(crate) add_claims: &'a [(String, String)],
     /// `AddHeadersToRequest`.
-    pub add_headers: &'a [(String, String)],
+    pub(crate) add_headers: &'a [(String, String)],
     /// `AddQueriesToRequest`.
-    pub add_queries: &'a [(String, String)],
+    pub(crate) add_queries: &'a [(String, String)],
     /// `ChangeDownstreamPathTemplate`.
-    pub change_path: &'a [(String, String)],
+    pub(crate) change_path: &'a [(String, String)],
     /// The route's `DownstreamPathTemplate`.
-    pub downstream_template: &'a str,
+    pub(crate) downstream_template: &'a str,
 }
 
 impl ClaimsTransforms {
     /// Compiles the dictionaries. Entries Ocelot would skip are skipped too,
     /// each with a warning `(field, message)` for the load report.
-    pub fn compile(config: ClaimsConfig<'_>) -> (ClaimsTransforms, Vec<(String, String)>) {
+    pub(crate) fn compile(config: ClaimsConfig<'_>) -> (ClaimsTransforms, Vec<(String, String)>) {
         let mut warnings = Vec::new();
         let mut parse_all = |field: &str, dict: &[(String, String)]| -> Vec<ClaimToThing> {
             dict.iter()
@@ -302,7 +299,7 @@ impl ClaimsTransforms {
     }
 
     /// Whether the route has no claims transform at all.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.to_claims.is_empty()
             && self.to_headers.is_empty()
             && self.to_queries.is_empty()
@@ -310,22 +307,22 @@ impl ClaimsTransforms {
     }
 
     /// Whether the route adds or replaces claims.
-    pub fn adds_claims(&self) -> bool {
+    pub(crate) fn adds_claims(&self) -> bool {
         !self.to_claims.is_empty()
     }
 
     /// Whether the route changes downstream path placeholders.
-    pub fn changes_path(&self) -> bool {
+    pub(crate) fn changes_path(&self) -> bool {
         !self.to_path.is_empty()
     }
 
     /// Whether the route adds query parameters.
-    pub fn adds_queries(&self) -> bool {
+    pub(crate) fn adds_queries(&self) -> bool {
         !self.to_queries.is_empty()
     }
 
     /// `AddClaimsToRequest` (ClaimsToClaims, before authorization).
-    pub fn apply_to_claims(&self, claims: &mut Claims) -> Result<(), ClaimsError> {
+    pub(crate) fn apply_to_claims(&self, claims: &mut Claims) -> Result<(), ClaimsError> {
         for c in &self.to_claims {
             let value = c.value(claims)?;
             claims.set(&c.key, value);
@@ -336,7 +333,10 @@ impl ClaimsTransforms {
     /// `AddHeadersToRequest`: the headers to set (replacing any the client
     /// sent). A value that is not a clean header value is refused rather
     /// than forwarded, so a claim can never smuggle a header line.
-    pub fn headers(&self, claims: &Claims) -> Result<Vec<(HeaderName, HeaderValue)>, ClaimsError> {
+    pub(crate) fn headers(
+        &self,
+        claims: &Claims,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ClaimsError> {
         let mut out = Vec::with_capacity(self.to_headers.len());
         for (name, c) in &self.to_headers {
             let value = c.value(claims)?;
@@ -353,7 +353,7 @@ impl ClaimsTransforms {
     /// an existing parameter of that name gets the claim value, otherwise it
     /// is appended. Unlike Ocelot the value is percent-encoded, so a claim
     /// containing `&` or `#` cannot add parameters of its own.
-    pub fn apply_to_query(
+    pub(crate) fn apply_to_query(
         &self,
         claims: &Claims,
         query: Option<&str>,
@@ -407,7 +407,10 @@ impl ClaimsTransforms {
     /// `ChangeDownstreamPathTemplate`: the placeholder values (names with
     /// braces, `{userId}`) that replace the matched ones when the downstream
     /// path is rendered.
-    pub fn path_placeholders(&self, claims: &Claims) -> Result<Vec<(String, String)>, ClaimsError> {
+    pub(crate) fn path_placeholders(
+        &self,
+        claims: &Claims,
+    ) -> Result<Vec<(String, String)>, ClaimsError> {
         let mut out = Vec::with_capacity(self.to_path.len());
         for (c, present) in &self.to_path {
             let value = c.value(claims)?;
@@ -422,7 +425,7 @@ impl ClaimsTransforms {
 
 /// A header value only if every byte is visible ASCII, space or tab: what
 /// .NET's HttpClient would send. CR, LF, NUL and non-ASCII never pass.
-pub fn safe_header_value(value: &str) -> Option<HeaderValue> {
+pub(crate) fn safe_header_value(value: &str) -> Option<HeaderValue> {
     if value
         .bytes()
         .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
@@ -434,7 +437,7 @@ pub fn safe_header_value(value: &str) -> Option<HeaderValue> {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn encode_query_component(s: &str) -> String {
+pub(crate) fn encode_query_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

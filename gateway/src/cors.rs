@@ -13,20 +13,20 @@ use serde::Deserialize;
 /// The `cors` section of the gateway settings.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct CorsSettings {
+pub(crate) struct CorsSettings {
     /// Allowed origins: `*`, exact origins (`https://app.example.com`), or
     /// wildcard subdomains (`https://*.example.com`).
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Allowed methods; empty or `*` allows any.
-    pub allowed_methods: Vec<String>,
+    pub(crate) allowed_methods: Vec<String>,
     /// Allowed request headers; empty or `*` allows any.
-    pub allowed_headers: Vec<String>,
+    pub(crate) allowed_headers: Vec<String>,
     /// Response headers scripts may read (`Access-Control-Expose-Headers`).
-    pub exposed_headers: Vec<String>,
+    pub(crate) exposed_headers: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true` (not with origin `*`).
-    pub allow_credentials: bool,
+    pub(crate) allow_credentials: bool,
     /// `Access-Control-Max-Age` for preflight answers, in seconds.
-    pub max_age_seconds: Option<u64>,
+    pub(crate) max_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ enum OriginRule {
 
 /// A compiled CORS policy.
 #[derive(Debug, Clone)]
-pub struct Cors {
+pub(crate) struct Cors {
     any_origin: bool,
     origins: Vec<OriginRule>,
     /// Upper-case methods; `None` = any.
@@ -67,7 +67,7 @@ fn joined_value(items: &[String]) -> Result<HeaderValue, String> {
 
 impl Cors {
     /// Builds the policy; errors say which setting is wrong.
-    pub fn from_settings(s: &CorsSettings) -> Result<Cors, String> {
+    pub(crate) fn from_settings(s: &CorsSettings) -> Result<Cors, String> {
         if s.allowed_origins.is_empty() {
             return Err("cors.allowed_origins: list at least one origin (or \"*\")".to_string());
         }
@@ -146,7 +146,7 @@ impl Cors {
     }
 
     /// Whether the request is a CORS preflight.
-    pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
+    pub(crate) fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
         method == http::Method::OPTIONS
             && headers.contains_key(header::ORIGIN)
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -192,7 +192,7 @@ impl Cors {
 
     /// The headers of the `204` answer to a preflight; empty when the
     /// preflight is refused (origin, method or a header not allowed).
-    pub fn preflight(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn preflight(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(6);
         let Some(origin) = self.allowed_origin(headers) else {
             return out;
@@ -247,7 +247,7 @@ impl Cors {
 
     /// The CORS headers for any other response to a request from an allowed
     /// origin (none without `Origin` or for a refused one).
-    pub fn response_headers(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    pub(crate) fn response_headers(&self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::new();
         if let Some(origin) = self.allowed_origin(headers) {
             self.origin_headers(origin, &mut out);
@@ -262,7 +262,7 @@ impl Cors {
 /// Puts the gateway's CORS headers on a proxied response. The gateway owns
 /// CORS: its headers replace the service's (two `Access-Control-Allow-Origin`
 /// values make browsers refuse), but `Vary` only grows.
-pub fn apply_to_response(
+pub(crate) fn apply_to_response(
     response: &mut pingora_http::ResponseHeader,
     headers: &[(HeaderName, HeaderValue)],
 ) -> pingora_error::Result<()> {

@@ -13,7 +13,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Ocelot's `{BaseUrl}` when `GlobalConfiguration.BaseUrl` is not set
 /// (`BaseUrlFinder`).
-pub const DEFAULT_BASE_URL: &str = "http://localhost:5000";
+pub(crate) const DEFAULT_BASE_URL: &str = "http://localhost:5000";
 
 /// A placeholder whose value is only known per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,20 +38,20 @@ impl Placeholder {
 /// The per-request values of the placeholders; `None` when unknown (the
 /// transform using it is then skipped, as Ocelot does).
 #[derive(Debug, Clone, Default)]
-pub struct PlaceholderValues<'a> {
+pub(crate) struct PlaceholderValues<'a> {
     /// `{RemoteIpAddress}`: the client's IP address.
-    pub remote_ip: Option<String>,
+    pub(crate) remote_ip: Option<String>,
     /// `{TraceId}`: the request id (see `request_id`).
-    pub trace_id: Option<&'a str>,
+    pub(crate) trace_id: Option<&'a str>,
     /// `{UpstreamHost}`: the request's `Host` header as sent.
-    pub upstream_host: Option<&'a str>,
+    pub(crate) upstream_host: Option<&'a str>,
     /// `{DownstreamBaseUrl}`: `scheme://host[:port]/` of the downstream
     /// service called (port left out for 80 and 443). Responses only.
-    pub downstream_base_url: Option<String>,
+    pub(crate) downstream_base_url: Option<String>,
 }
 
 /// `{DownstreamBaseUrl}` as Ocelot renders it.
-pub fn downstream_base_url(tls: bool, host: &str, port: u16) -> String {
+pub(crate) fn downstream_base_url(tls: bool, host: &str, port: u16) -> String {
     let scheme = if tls { "https" } else { "http" };
     if port == 80 || port == 443 {
         format!("{scheme}://{host}/")
@@ -116,7 +116,7 @@ struct AddHeader {
 
 /// Which way a transform dictionary applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// `UpstreamHeaderTransform`: the request sent downstream.
     Upstream,
     /// `DownstreamHeaderTransform`: the response returned to the client.
@@ -125,14 +125,14 @@ pub enum Direction {
 
 /// One direction's compiled transforms.
 #[derive(Debug, Clone, Default)]
-pub struct Transforms {
+pub(crate) struct Transforms {
     replace: Vec<FindReplace>,
     add: Vec<AddHeader>,
 }
 
 /// Header access the transforms need, so they work on `http::HeaderMap` and
 /// on Pingora's headers (which keep their own case map) alike.
-pub trait Headers {
+pub(crate) trait Headers {
     /// The first value of a header.
     fn first(&self, name: &HeaderName) -> Option<&HeaderValue>;
     /// Replaces every value of a header with one value.
@@ -196,7 +196,7 @@ impl Transforms {
     /// Compiles one merged dictionary (route entries plus the global ones the
     /// route does not override). `base_url` is `{BaseUrl}`. Entries Ocelot
     /// would drop are dropped, each with a warning `(key, message)`.
-    pub fn compile(
+    pub(crate) fn compile(
         direction: Direction,
         dict: &[(String, String)],
         base_url: &str,
@@ -225,12 +225,12 @@ impl Transforms {
     }
 
     /// Whether there is nothing to do.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.replace.is_empty() && self.add.is_empty()
     }
 
     /// Whether `{TraceId}` is used, so the request id must be known.
-    pub fn needs_trace_id(&self) -> bool {
+    pub(crate) fn needs_trace_id(&self) -> bool {
         self.add
             .iter()
             .any(|a| matches!(a.value, AddValue::Value(Placeholder::TraceId)))
@@ -243,7 +243,11 @@ impl Transforms {
     /// Applies the transforms to the request headers (upstream): find/replace
     /// on the first value of each named header (the result replaces all its
     /// values), then the added headers replace any the client sent.
-    pub fn apply_to_request(&self, headers: &mut impl Headers, values: &PlaceholderValues<'_>) {
+    pub(crate) fn apply_to_request(
+        &self,
+        headers: &mut impl Headers,
+        values: &PlaceholderValues<'_>,
+    ) {
         for fr in &self.replace {
             let Some(current) = headers.first(&fr.name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -270,7 +274,11 @@ impl Transforms {
     /// first value of each named header, then the added headers, each only
     /// if the downstream service did not send it (its value wins, as in
     /// Ocelot's responder).
-    pub fn apply_to_response(&self, headers: &mut impl Headers, values: &PlaceholderValues<'_>) {
+    pub(crate) fn apply_to_response(
+        &self,
+        headers: &mut impl Headers,
+        values: &PlaceholderValues<'_>,
+    ) {
         for fr in &self.replace {
             let Some(current) = headers.first(&fr.name).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -420,16 +428,16 @@ fn compile_find_replace(
 
 /// A route's header transforms in both directions.
 #[derive(Debug, Clone, Default)]
-pub struct HeaderTransforms {
+pub(crate) struct HeaderTransforms {
     /// Applied to the request before it is sent downstream.
-    pub upstream: Transforms,
+    pub(crate) upstream: Transforms,
     /// Applied to the downstream response.
-    pub downstream: Transforms,
+    pub(crate) downstream: Transforms,
 }
 
 impl HeaderTransforms {
     /// Compiles both merged dictionaries; warnings are `(field, message)`.
-    pub fn compile(
+    pub(crate) fn compile(
         upstream: &[(String, String)],
         downstream: &[(String, String)],
         base_url: &str,

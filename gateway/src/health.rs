@@ -31,17 +31,15 @@ use std::time::{Duration, Instant};
 
 /// Counters for the metrics endpoint.
 #[derive(Debug, Default)]
-pub struct HealthMetrics {
+pub(crate) struct HealthMetrics {
     /// Backends that active checks turned unhealthy.
-    pub became_unhealthy: AtomicU64,
+    pub(crate) became_unhealthy: AtomicU64,
     /// Backends that active checks turned healthy again.
-    pub became_healthy: AtomicU64,
+    pub(crate) became_healthy: AtomicU64,
     /// Connect failures that took a backend out passively.
-    pub passive_marks: AtomicU64,
+    pub(crate) passive_marks: AtomicU64,
     /// Requests retried on another backend after a connect failure.
-    pub retries: AtomicU64,
-    /// Requests answered 503 because every backend of the route was down.
-    pub all_down: AtomicU64,
+    pub(crate) retries: AtomicU64,
 }
 
 static METRICS: HealthMetrics = HealthMetrics {
@@ -49,18 +47,49 @@ static METRICS: HealthMetrics = HealthMetrics {
     became_healthy: AtomicU64::new(0),
     passive_marks: AtomicU64::new(0),
     retries: AtomicU64::new(0),
-    all_down: AtomicU64::new(0),
 };
 
 /// The process-wide health counters.
-pub fn metrics() -> &'static HealthMetrics {
+#[cfg(test)]
+fn metrics() -> &'static HealthMetrics {
     &METRICS
+}
+
+/// A request retried on another backend after a connect failure.
+pub(crate) fn count_retry() {
+    METRICS.retries.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Exports the health counters (requests refused because every backend was
+/// down are counted per route as refusals).
+pub(crate) fn export_metrics() {
+    use crate::metrics::export_counter;
+    export_counter(
+        "gateway_health_became_unhealthy_total",
+        "Backends that active health checks took out",
+        &METRICS.became_unhealthy,
+    );
+    export_counter(
+        "gateway_health_became_healthy_total",
+        "Backends that active health checks brought back",
+        &METRICS.became_healthy,
+    );
+    export_counter(
+        "gateway_health_passive_marks_total",
+        "Connection failures that took a backend out for a while (passive health)",
+        &METRICS.passive_marks,
+    );
+    export_counter(
+        "gateway_health_retries_total",
+        "Requests retried on another backend after a connection failure",
+        &METRICS.retries,
+    );
 }
 
 /// Kind of active check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CheckKind {
+pub(crate) enum CheckKind {
     /// `GET path`, healthy when the status is one of `expected_status`.
     #[default]
     Http,
@@ -71,7 +100,7 @@ pub enum CheckKind {
 /// One status or a list of them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
-pub enum StatusList {
+pub(crate) enum StatusList {
     One(u16),
     Many(Vec<u16>),
 }
@@ -102,41 +131,41 @@ fn default_check_timeout_ms() -> u64 {
 /// The active check of one downstream service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceCheck {
+pub(crate) struct ServiceCheck {
     #[serde(rename = "type", default)]
-    pub kind: CheckKind,
+    pub(crate) kind: CheckKind,
     /// Path (and query) of the HTTP check.
     #[serde(default = "default_path")]
-    pub path: String,
+    pub(crate) path: String,
     /// Status(es) that mean healthy (default 200).
     #[serde(default)]
-    pub expected_status: StatusList,
+    pub(crate) expected_status: StatusList,
     /// Connect and response timeout of one check.
     #[serde(default = "default_check_timeout_ms")]
-    pub timeout_ms: u64,
+    pub(crate) timeout_ms: u64,
     /// `Host` header of the HTTP check (default: the service's host).
     #[serde(default)]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Check over TLS (HTTPS, or a TLS handshake for `tcp`).
     #[serde(default)]
-    pub tls: bool,
+    pub(crate) tls: bool,
 }
 
 /// The `health_checks` section of the gateway settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HealthCheckSettings {
+pub(crate) struct HealthCheckSettings {
     /// Time between two active checks of a backend.
-    pub interval_ms: u64,
+    pub(crate) interval_ms: u64,
     /// Consecutive passed checks that bring an unhealthy backend back.
-    pub healthy_threshold: usize,
+    pub(crate) healthy_threshold: usize,
     /// Consecutive failed checks that take a healthy backend out.
-    pub unhealthy_threshold: usize,
+    pub(crate) unhealthy_threshold: usize,
     /// How long a connect failure keeps a backend out of rotation; 0 turns
     /// passive health (and the retry on another backend) off.
-    pub passive_down_ms: u64,
+    pub(crate) passive_down_ms: u64,
     /// Active checks by downstream service, `host:port` as in `DownstreamHostAndPorts`.
-    pub services: BTreeMap<String, ServiceCheck>,
+    pub(crate) services: BTreeMap<String, ServiceCheck>,
 }
 
 impl Default for HealthCheckSettings {
@@ -153,7 +182,7 @@ impl Default for HealthCheckSettings {
 
 /// Backends taken out after a connect failure, until their time is up.
 #[derive(Debug)]
-pub struct PassiveHealth {
+pub(crate) struct PassiveHealth {
     down_for: Duration,
     /// Entry count, read without the lock: the common case is "nobody is down".
     count: AtomicUsize,
@@ -161,7 +190,7 @@ pub struct PassiveHealth {
 }
 
 impl PassiveHealth {
-    pub fn new(down_for: Duration) -> PassiveHealth {
+    pub(crate) fn new(down_for: Duration) -> PassiveHealth {
         PassiveHealth {
             down_for,
             count: AtomicUsize::new(0),
@@ -170,12 +199,12 @@ impl PassiveHealth {
     }
 
     /// Whether passive health (and the retry) is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.down_for.is_zero()
     }
 
     /// Takes `addr` out for the configured time.
-    pub fn mark_down(&self, addr: SocketAddr, now: Instant) {
+    pub(crate) fn mark_down(&self, addr: SocketAddr, now: Instant) {
         if !self.enabled() {
             return;
         }
@@ -192,7 +221,7 @@ impl PassiveHealth {
     }
 
     /// Whether `addr` is still out.
-    pub fn is_down(&self, addr: &SocketAddr, now: Instant) -> bool {
+    pub(crate) fn is_down(&self, addr: &SocketAddr, now: Instant) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -371,7 +400,7 @@ impl Default for HealthState {
 impl HealthState {
     /// Compiles the settings; errors name the offending key. Checks over TLS
     /// trust `upstream_ca_file` besides the system roots.
-    pub fn new(
+    pub(crate) fn new(
         settings: &HealthCheckSettings,
         upstream_ca_file: Option<&Path>,
     ) -> std::result::Result<HealthState, String> {
@@ -403,16 +432,17 @@ impl HealthState {
     }
 
     /// The registry route pools register their backends with.
-    pub fn registry(&self) -> Arc<HealthRegistry> {
+    pub(crate) fn registry(&self) -> Arc<HealthRegistry> {
         self.registry.clone()
     }
 
-    pub fn passive(&self) -> &PassiveHealth {
+    pub(crate) fn passive(&self) -> &PassiveHealth {
         &self.passive
     }
 
+    #[cfg(test)]
     /// Whether any active check is configured.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.active
     }
 

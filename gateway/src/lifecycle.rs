@@ -28,20 +28,20 @@ pub struct Readiness {
 
 impl Readiness {
     /// Ready: serving and not shutting down.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.serving.load(Ordering::Acquire) && !self.is_draining()
     }
 
     /// Shutting down or handing over to a new process: responses should close
     /// their connections so clients reconnect elsewhere.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// While draining, tells a keep-alive client to reconnect (to another
     /// replica or the new process) instead of having the connection closed
     /// under its next request.
-    pub fn close_when_draining(
+    pub(crate) fn close_when_draining(
         &self,
         session: &mut pingora_proxy::Session,
         response: &mut pingora_http::ResponseHeader,
@@ -53,7 +53,7 @@ impl Readiness {
         Ok(())
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 

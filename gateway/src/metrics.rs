@@ -7,28 +7,29 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Every metric the gateway exports.
 pub struct Metrics {
-    pub registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_connect_errors: IntCounterVec,
-    pub rate_limited: IntCounterVec,
-    pub breaker_rejected: IntCounterVec,
-    pub refused: IntCounterVec,
-    pub breaker_open: IntGaugeVec,
-    pub backend_healthy: IntGaugeVec,
-    pub config_reloads: IntCounterVec,
-    pub settings_reloads: IntCounterVec,
-    pub config_hash: IntGaugeVec,
-    pub config_routes: IntGauge,
-    pub build_info: IntGaugeVec,
-    pub certificate_reloads: IntCounterVec,
-    pub certificate_not_after: IntGaugeVec,
+    pub(crate) registry: Registry,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) upstream_connect_errors: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
+    pub(crate) breaker_rejected: IntCounterVec,
+    pub(crate) refused: IntCounterVec,
+    pub(crate) breaker_open: IntGaugeVec,
+    pub(crate) backend_healthy: IntGaugeVec,
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) settings_reloads: IntCounterVec,
+    pub(crate) config_hash: IntGaugeVec,
+    pub(crate) config_routes: IntGauge,
+    pub(crate) build_info: IntGaugeVec,
+    pub(crate) certificate_reloads: IntCounterVec,
+    pub(crate) certificate_not_after: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -196,8 +197,41 @@ impl Metrics {
     }
 }
 
+/// Counters that features keep as plain atomics (no label, no lock on the
+/// request path), copied into their Prometheus counters at each scrape.
+static EXPORTED: std::sync::Mutex<Vec<(IntCounter, &'static AtomicU64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Exports `source` as the counter `name`. Once per name: a second export
+/// of the same name is ignored.
+pub(crate) fn export_counter(name: &str, help: &str, source: &'static AtomicU64) {
+    let Ok(mut exported) = EXPORTED.lock() else {
+        return;
+    };
+    let Ok(counter) = IntCounter::new(name, help) else {
+        log::error!("metric {name}: invalid name");
+        return;
+    };
+    if METRICS.registry.register(Box::new(counter.clone())).is_ok() {
+        exported.push((counter, source));
+    }
+}
+
+fn sync_exported() {
+    if let Ok(exported) = EXPORTED.lock() {
+        for (counter, source) in exported.iter() {
+            let now = source.load(Ordering::Relaxed);
+            let shown = counter.get();
+            if now > shown {
+                counter.inc_by(now - shown);
+            }
+        }
+    }
+}
+
 /// The text exposition format of every metric.
-pub fn render() -> Vec<u8> {
+pub(crate) fn render() -> Vec<u8> {
+    sync_exported();
     let mut out = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
         log::error!("cannot encode metrics: {e}");
@@ -211,7 +245,7 @@ pub fn render() -> Vec<u8> {
 /// `/metrics` shows the same series as before; handles point at the same
 /// children as `with_label_values`, so counts carry over across reloads.
 #[derive(Default)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     request_duration: OnceLock<Histogram>,
     upstream_duration: OnceLock<Histogram>,
     /// `gateway_requests_total` by common method × status class.
@@ -228,7 +262,7 @@ const COMMON_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEA
 
 impl RouteMetrics {
     /// Records one finished request of the route named `route`.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         route: &str,
         method: &str,
@@ -266,7 +300,7 @@ impl RouteMetrics {
 }
 
 /// `2xx`, `4xx`… for a status code; `none` when no response was sent.
-pub fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
         200..=299 => "2xx",

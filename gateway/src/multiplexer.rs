@@ -33,11 +33,11 @@ use std::sync::Arc;
 const MAX_PARALLEL: usize = 64;
 
 /// What the proxy hands over.
-pub struct Parts {
-    pub env: Arc<Env>,
-    pub snapshot: Arc<Snapshot>,
-    pub auth: Arc<Authenticator>,
-    pub sticky: Arc<StickySessions>,
+pub(crate) struct Parts {
+    pub(crate) env: Arc<Env>,
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) sticky: Arc<StickySessions>,
 }
 
 /// What sub-requests share (owned, so they can run as tasks).
@@ -64,7 +64,7 @@ struct Job {
 /// The aggregate's answer; `Err` when the aggregate itself is refused.
 /// A sub-request's refusal is recorded, and its answer is the aggregate's
 /// unless the aggregator ignores errors.
-pub async fn answer(
+pub(crate) async fn answer(
     session: &mut Session,
     parts: Parts,
     matched: AggregateMatch,
@@ -202,10 +202,7 @@ fn refused(route: &str, refusal: Refusal) -> Outcome {
     match refusal {
         Refusal::BreakerOpen { .. } | Refusal::QosTimeout { .. } => {
             let answer = refusal.answer();
-            Outcome::Response {
-                status: answer.status,
-                body: answer.body,
-            }
+            Outcome::Response { body: answer.body }
         }
         refusal => Outcome::Error(SubError {
             status: refusal.status(),
@@ -319,7 +316,7 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
     match result {
         Ok((status, body)) => {
             pipeline::answered(&mut call, status);
-            Outcome::Response { status, body }
+            Outcome::Response { body }
         }
         Err((failure, message)) => {
             if let Some(refusal) = pipeline::call_failed(route, &mut call, failure, false) {

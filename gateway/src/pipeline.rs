@@ -26,7 +26,7 @@ use crate::balancing::{BalancerKind, Selected, StickySessions};
 use crate::claims::{Claims, ClaimsError};
 use crate::headers::PlaceholderValues;
 use crate::health;
-use crate::qos::{self, Permit};
+use crate::qos::Permit;
 use crate::ratelimit::{Decision, RequestView};
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use http::header::{self, HeaderMap};
@@ -36,35 +36,34 @@ use ocelot_compat::table::{HeaderSource, Placeholders, RequestInfo, Target};
 use ocelot_compat::template::DownstreamTarget;
 use pingora_http::RequestHeader;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The request as the steps see it.
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// The incoming request head; header transforms and claims change it.
-    pub head: &'a mut RequestHeader,
+    pub(crate) head: &'a mut RequestHeader,
     /// The socket peer's address (none on a Unix socket).
-    pub peer: Option<IpAddr>,
+    pub(crate) peer: Option<IpAddr>,
     /// A WebSocket upgrade: Ocelot's WebSocket pipeline has no rate limiting
     /// and no QoS.
-    pub upgrade: bool,
+    pub(crate) upgrade: bool,
 }
 
 /// What the steps learnt, kept for the response and the access log.
 #[derive(Debug, Default)]
-pub struct RequestState {
+pub(crate) struct RequestState {
     /// The request id (`{TraceId}`), when the route uses one.
-    pub trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
     /// The client's address (`{RemoteIpAddress}`), when transforms use it.
-    pub remote_ip: Option<String>,
+    pub(crate) remote_ip: Option<String>,
     /// The request's `Host` header (`{UpstreamHost}`), when transforms use it.
-    pub upstream_host: Option<String>,
+    pub(crate) upstream_host: Option<String>,
     /// The authenticated user, if the route authenticated one.
-    pub principal: Option<Principal>,
+    pub(crate) principal: Option<Principal>,
     /// `X-Rate-Limit-*` headers for the response, once the request was counted.
-    pub rate_limit_headers: Vec<(&'static str, String)>,
+    pub(crate) rate_limit_headers: Vec<(&'static str, String)>,
     /// Path and query to send downstream.
-    pub downstream: Option<DownstreamTarget>,
+    pub(crate) downstream: Option<DownstreamTarget>,
 }
 
 impl RequestState {
@@ -77,7 +76,7 @@ impl RequestState {
     }
 
     /// The placeholder values of the header transforms.
-    pub fn placeholders(&self) -> PlaceholderValues<'_> {
+    pub(crate) fn placeholders(&self) -> PlaceholderValues<'_> {
         PlaceholderValues {
             remote_ip: self.remote_ip.clone(),
             trace_id: self.trace_id.as_deref(),
@@ -89,7 +88,7 @@ impl RequestState {
 
 /// How the matched route's downstream URL is made.
 #[derive(Debug, Clone)]
-pub enum RouteMatch {
+pub(crate) enum RouteMatch {
     /// A route of the table: its downstream template, rendered with these
     /// placeholders of the normalized request path.
     Template {
@@ -102,16 +101,16 @@ pub enum RouteMatch {
 
 /// A request that matched an aggregate.
 #[derive(Debug, Clone)]
-pub struct AggregateMatch {
-    pub index: usize,
-    pub placeholders: Placeholders,
+pub(crate) struct AggregateMatch {
+    pub(crate) index: usize,
+    pub(crate) placeholders: Placeholders,
     /// The normalized request path.
-    pub path: String,
+    pub(crate) path: String,
 }
 
 /// What routing found.
 #[derive(Debug)]
-pub enum Found {
+pub(crate) enum Found {
     /// Route number `index` of the snapshot.
     Route { index: usize, matched: RouteMatch },
     /// An aggregate with several routes, answered by the gateway itself.
@@ -158,7 +157,7 @@ fn kestrel_limits(req: &RequestHeader) -> Result<(), Refusal> {
 /// Ocelot's DownstreamRouteFinder: the route (or aggregate) for the request,
 /// then, with service discovery and no static route, a dynamic route
 /// (Ocelot's DiscoveryDownstreamRouteFinder).
-pub async fn find_route(
+pub(crate) async fn find_route(
     env: &Env,
     snapshot: &Snapshot,
     req: &RequestHeader,
@@ -251,7 +250,7 @@ fn known_load_balancer(route: &CompiledRoute) -> Result<(), Refusal> {
 }
 
 /// Every step after routing, in Ocelot's order.
-pub async fn run(
+pub(crate) async fn run(
     env: &Env,
     auth: &Authenticator,
     route: &CompiledRoute,
@@ -366,6 +365,11 @@ async fn authentication(
         .await
     {
         Some(principal) => {
+            log::debug!(
+                "route {}: authenticated by {}",
+                route.ocelot_name,
+                principal.scheme
+            );
             state.principal = Some(principal);
             Ok(())
         }
@@ -487,7 +491,7 @@ fn claims_refusal(e: ClaimsError) -> Refusal {
 
 /// The downstream call's state.
 #[derive(Default)]
-pub struct CallState {
+pub(crate) struct CallState {
     /// The breaker's permission for this call.
     permit: Option<Permit>,
     /// Backends that refused this request's connection.
@@ -505,7 +509,7 @@ impl CallState {
 
 /// Ocelot's LoadBalancingMiddleware: a backend, skipping passively-down
 /// ones and those this request already tried.
-pub fn select_backend<'a>(
+pub(crate) fn select_backend<'a>(
     env: &Env,
     route: &CompiledRoute,
     call: &CallState,
@@ -524,13 +528,16 @@ pub fn select_backend<'a>(
             discovery: route.uses_discovery,
         });
     }
-    health::metrics().all_down.fetch_add(1, Ordering::Relaxed);
     Err(Refusal::AllBackendsDown)
 }
 
 /// The circuit breaker, just before the call (not for upgrades, as in
 /// Ocelot's WebSocket pipeline).
-pub fn admit(route: &CompiledRoute, call: &mut CallState, upgrade: bool) -> Result<(), Refusal> {
+pub(crate) fn admit(
+    route: &CompiledRoute,
+    call: &mut CallState,
+    upgrade: bool,
+) -> Result<(), Refusal> {
     let Some(qos) = route.qos.as_ref().filter(|_| !upgrade) else {
         return Ok(());
     };
@@ -548,7 +555,7 @@ pub fn admit(route: &CompiledRoute, call: &mut CallState, upgrade: bool) -> Resu
 /// A connection to `addr` failed: passive health takes the backend out for
 /// a while. `true`: another backend is available and the request may be
 /// retried there (nothing was sent yet).
-pub fn connect_failed(
+pub(crate) fn connect_failed(
     env: &Env,
     route: &CompiledRoute,
     call: &mut CallState,
@@ -567,12 +574,12 @@ pub fn connect_failed(
         return false;
     }
     call.retried = true;
-    health::metrics().retries.fetch_add(1, Ordering::Relaxed);
+    health::count_retry();
     true
 }
 
 /// The service answered: the breaker counts 500–508 as failures.
-pub fn answered(call: &mut CallState, status: u16) {
+pub(crate) fn answered(call: &mut CallState, status: u16) {
     if let Some(permit) = call.permit.take() {
         permit.status(status);
     }
@@ -580,7 +587,7 @@ pub fn answered(call: &mut CallState, status: u16) {
 
 /// How a call failed without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallFailure {
+pub(crate) enum CallFailure {
     /// The downstream call timed out.
     Timeout,
     /// No connection, or the service broke it.
@@ -593,7 +600,7 @@ pub enum CallFailure {
 /// The call failed: the breaker counts connection errors and QoS timeouts
 /// (not the route timeout, not the client's doing). A QoS timeout before the
 /// response started is Ocelot's QoS answer, a refusal of its own.
-pub fn call_failed(
+pub(crate) fn call_failed(
     route: &CompiledRoute,
     call: &mut CallState,
     failure: CallFailure,
@@ -601,7 +608,6 @@ pub fn call_failed(
 ) -> Option<Refusal> {
     let permit = call.permit.take();
     if failure == CallFailure::Timeout && route.timeout_is_qos() && !response_started {
-        qos::count_timeout();
         if let Some(permit) = permit {
             permit.failure();
         }

@@ -37,7 +37,7 @@ const MAX_H2_STREAMS: usize = 100;
 
 /// `DownstreamHttpVersionPolicy` (`System.Net.Http.HttpVersionPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VersionPolicy {
+pub(crate) enum VersionPolicy {
     /// Ocelot's default (also for unknown names, which validation reports).
     #[default]
     OrLower,
@@ -47,7 +47,7 @@ pub enum VersionPolicy {
 
 impl VersionPolicy {
     /// Ocelot's `HttpVersionPolicyCreator`: exact, case-sensitive names.
-    pub fn parse(text: Option<&str>) -> VersionPolicy {
+    pub(crate) fn parse(text: Option<&str>) -> VersionPolicy {
         match text {
             Some("RequestVersionExact") => VersionPolicy::Exact,
             Some("RequestVersionOrHigher") => VersionPolicy::OrHigher,
@@ -58,18 +58,18 @@ impl VersionPolicy {
 
 /// How a route talks to its downstream service, resolved once per snapshot.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamProtocol {
+pub(crate) struct UpstreamProtocol {
     /// The ALPN offer (TLS) or, in cleartext, `H2` for h2c prior knowledge.
-    pub alpn: ALPN,
+    pub(crate) alpn: ALPN,
     /// An HTTP/1 connection is a failure (502): the policy forbids falling
     /// back below 2.0. Pingora quietly speaks HTTP/1.1 to a TLS server that
     /// ignores ALPN, so this is checked once the connection is up.
-    pub require_h2: bool,
+    pub(crate) require_h2: bool,
     /// Send `HTTP/1.0` request lines (`DownstreamHttpVersion: 1.0`).
-    pub http10: bool,
+    pub(crate) http10: bool,
     /// What Ocelot would silently do differently than the file suggests, as
     /// (field, message) for the configuration warnings.
-    pub warnings: Vec<(String, String)>,
+    pub(crate) warnings: Vec<(String, String)>,
 }
 
 impl Default for UpstreamProtocol {
@@ -103,7 +103,11 @@ fn parse_dotnet_version(text: &str) -> Option<(u32, u32)> {
 impl UpstreamProtocol {
     /// Ocelot's `HttpVersionCreator` and `HttpVersionPolicyCreator`, mapped
     /// onto what Pingora can offer (module docs).
-    pub fn compile(version: Option<&str>, policy: Option<&str>, tls: bool) -> UpstreamProtocol {
+    pub(crate) fn compile(
+        version: Option<&str>,
+        policy: Option<&str>,
+        tls: bool,
+    ) -> UpstreamProtocol {
         let mut warnings = Vec::new();
         let text = version.map(str::trim).filter(|v| !v.is_empty());
         let (major, minor) = match text.map(|t| (t, parse_dotnet_version(t))) {
@@ -148,7 +152,7 @@ impl UpstreamProtocol {
     /// The peer for one call to `selected`: SNI (none for an address), the
     /// route's timeout on every phase (Ocelot bounds the whole call), and
     /// the protocol options.
-    pub fn peer(
+    pub(crate) fn peer(
         &self,
         selected: &Selected,
         tls: bool,
@@ -197,7 +201,7 @@ impl UpstreamProtocol {
     /// HTTP/1.1 otherwise). `Err` (502) when the policy demanded HTTP/2 and
     /// the server answered the TLS handshake without it. `unframed_body`: the
     /// request has a body but no `Content-Length` (it will go out chunked).
-    pub fn finish_request(
+    pub(crate) fn finish_request(
         &self,
         downstream: &RequestHeader,
         upstream: &mut RequestHeader,
@@ -241,7 +245,7 @@ fn asks_for_trailers(req: &RequestHeader) -> bool {
 /// The idle timeout of upgraded (WebSocket) connections, when the settings
 /// leave it out: an hour, long enough for quiet dashboards and chat clients,
 /// short enough that dead peers without a FIN do not pile up forever.
-pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS: u64 = 3600;
+pub(crate) const DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS: u64 = 3600;
 
 /// One `tls_listen` entry: a client-facing TLS listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -250,9 +254,9 @@ pub struct TlsListenSettings {
     /// `host:port` to listen on.
     pub addr: String,
     /// Certificate chain, PEM (leaf first).
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
     /// Private key of the leaf, PEM.
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
     /// Offer HTTP/2 through ALPN (besides HTTP/1.1); on by default.
     #[serde(default = "yes")]
     pub h2: bool,
@@ -264,7 +268,7 @@ fn yes() -> bool {
 
 impl TlsListenSettings {
     /// Makes `cert` and `key` relative to the settings file's folder.
-    pub fn resolve_paths(&mut self, dir: &Path) {
+    pub(crate) fn resolve_paths(&mut self, dir: &Path) {
         for p in [&mut self.cert, &mut self.key] {
             if p.is_relative() {
                 *p = dir.join(&*p);

@@ -17,24 +17,23 @@ use std::time::{Duration, Instant};
 
 /// Counters for the metrics endpoint.
 #[derive(Debug, Default)]
-pub struct QosMetrics {
+pub(crate) struct QosMetrics {
     /// Times a circuit opened (closed or half-open → open).
-    pub circuits_opened: AtomicU64,
-    /// Requests answered 503 because the circuit was open.
-    pub short_circuited: AtomicU64,
-    /// Requests that hit the QoS `Timeout`.
-    pub timeouts: AtomicU64,
+    pub(crate) circuits_opened: AtomicU64,
 }
 
 static METRICS: QosMetrics = QosMetrics {
     circuits_opened: AtomicU64::new(0),
-    short_circuited: AtomicU64::new(0),
-    timeouts: AtomicU64::new(0),
 };
 
-/// The process-wide QoS counters.
-pub fn metrics() -> &'static QosMetrics {
-    &METRICS
+/// Exports the QoS counters (breaker rejections and QoS timeouts are
+/// counted per route as refusals).
+pub(crate) fn export_metrics() {
+    crate::metrics::export_counter(
+        "gateway_qos_circuits_opened_total",
+        "Times a circuit breaker opened",
+        &METRICS.circuits_opened,
+    );
 }
 
 // Ocelot's bounds and fall-back defaults (CircuitBreakerDelegatingHandler).
@@ -51,7 +50,7 @@ const HIGH_TIMEOUT_MS: i64 = 86_400_000;
 
 /// How the breaker decides to open.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum BreakerMode {
+pub(crate) enum BreakerMode {
     /// Open after `minimum_throughput` consecutive failures.
     Count,
     /// Open when, within the last `sampling`, at least `minimum_throughput`
@@ -61,10 +60,10 @@ pub enum BreakerMode {
 
 /// A route's breaker settings with Ocelot's fall-backs applied.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerConfig {
-    pub mode: BreakerMode,
-    pub minimum_throughput: u32,
-    pub break_duration: Duration,
+pub(crate) struct BreakerConfig {
+    pub(crate) mode: BreakerMode,
+    pub(crate) minimum_throughput: u32,
+    pub(crate) break_duration: Duration,
 }
 
 fn ms(value: i64) -> Duration {
@@ -73,10 +72,10 @@ fn ms(value: i64) -> Duration {
 
 /// The QoS part of a compiled route.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QosPolicy {
-    pub breaker: BreakerConfig,
+pub(crate) struct QosPolicy {
+    pub(crate) breaker: BreakerConfig,
     /// The QoS `Timeout` (already defaulted when out of range), if any.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// The raw `Timeout` value, which Ocelot compares with the route timeout.
     raw_timeout_ms: Option<i64>,
 }
@@ -84,7 +83,7 @@ pub struct QosPolicy {
 impl QosPolicy {
     /// `None` unless QoS is "on": `MinimumThroughput`, `Timeout` or
     /// `FailureRatio` positive (Ocelot's `QoSOptions.UseQos`).
-    pub fn from_options(o: &FileQoSOptions) -> Option<QosPolicy> {
+    pub(crate) fn from_options(o: &FileQoSOptions) -> Option<QosPolicy> {
         let on = o.minimum_throughput.is_some_and(|v| v > 0)
             || o.timeout.is_some_and(|v| v > 0)
             || o.failure_ratio.is_some_and(|v| v > 0.0);
@@ -134,7 +133,7 @@ impl QosPolicy {
     /// The route timeout Ocelot really uses: when QoS has a `Timeout` and the
     /// route timeout is not above it, the route timeout becomes twice the
     /// QoS timeout (`MessageInvokerPool.EnsureRouteTimeoutIsGreaterThanQosOne`).
-    pub fn route_timeout(&self, route_timeout: Duration) -> Duration {
+    pub(crate) fn route_timeout(&self, route_timeout: Duration) -> Duration {
         match self.raw_timeout_ms {
             Some(raw) if route_timeout.as_millis() <= raw as u128 => {
                 log::warn!(
@@ -150,38 +149,38 @@ impl QosPolicy {
 
     /// The timeout of the downstream call: the QoS `Timeout` when it is the
     /// shorter one, else the route timeout as Ocelot adjusts it.
-    pub fn downstream_timeout(&self, route_timeout: Duration) -> Duration {
+    pub(crate) fn downstream_timeout(&self, route_timeout: Duration) -> Duration {
         let route_timeout = self.route_timeout(route_timeout);
         self.timeout.map_or(route_timeout, |t| t.min(route_timeout))
     }
 
     /// Whether a timeout after `elapsed`-bounded waiting is the QoS one: it is
     /// whenever the QoS timeout is the shorter of the two.
-    pub fn timeout_is_qos(&self, route_timeout: Duration) -> bool {
+    pub(crate) fn timeout_is_qos(&self, route_timeout: Duration) -> bool {
         self.timeout.is_some_and(|t| t <= route_timeout)
     }
 }
 
 /// A route's QoS: its policy and its circuit breaker (shared by every
 /// snapshot that has the same route).
-pub struct RouteQos {
-    pub policy: QosPolicy,
-    pub breaker: Arc<CircuitBreaker>,
+pub(crate) struct RouteQos {
+    pub(crate) policy: QosPolicy,
+    pub(crate) breaker: Arc<CircuitBreaker>,
 }
 
 /// Which downstream statuses the breaker counts as failures: 500–508.
-pub fn is_failure_status(status: u16) -> bool {
+pub(crate) fn is_failure_status(status: u16) -> bool {
     (500..=508).contains(&status)
 }
 
 /// Time source, injectable so the state machine is tested without sleeping.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     fn now(&self) -> Instant;
 }
 
 /// The real monotonic clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
@@ -191,7 +190,7 @@ impl Clock for SystemClock {
 
 /// Breaker state, as Ocelot's `CircuitState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
+pub(crate) enum CircuitState {
     Closed,
     Open,
     HalfOpen,
@@ -208,7 +207,7 @@ struct Inner {
 }
 
 /// One route's circuit breaker.
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     config: BreakerConfig,
     name: String,
     clock: Arc<dyn Clock>,
@@ -217,14 +216,14 @@ pub struct CircuitBreaker {
 
 /// What a granted request is: a normal one, or the single half-open probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PermitKind {
+pub(crate) enum PermitKind {
     Normal,
     Probe,
 }
 
 impl CircuitBreaker {
     /// A closed breaker; `name` is how logs call the route.
-    pub fn new(
+    pub(crate) fn new(
         config: BreakerConfig,
         name: impl Into<String>,
         clock: Arc<dyn Clock>,
@@ -242,10 +241,6 @@ impl CircuitBreaker {
                 window_failures: 0,
             }),
         }
-    }
-
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -267,7 +262,7 @@ impl CircuitBreaker {
     }
 
     /// The current state (an open circuit whose break is over reads half-open).
-    pub fn state(&self) -> CircuitState {
+    pub(crate) fn state(&self) -> CircuitState {
         let mut inner = self.lock();
         self.maybe_half_open(&mut inner, self.clock.now());
         inner.state
@@ -275,7 +270,7 @@ impl CircuitBreaker {
 
     /// Ocelot's `CanExecute`: always when closed, never when open, and once
     /// (the probe) when half-open until that probe reports back.
-    pub fn try_acquire(&self) -> Option<PermitKind> {
+    pub(crate) fn try_acquire(&self) -> Option<PermitKind> {
         let mut inner = self.lock();
         self.maybe_half_open(&mut inner, self.clock.now());
         match inner.state {
@@ -314,7 +309,7 @@ impl CircuitBreaker {
     }
 
     /// Ocelot's `RecordSuccess`.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
         match self.config.mode {
@@ -342,7 +337,7 @@ impl CircuitBreaker {
     }
 
     /// Ocelot's `RecordFailure`.
-    pub fn record_failure(&self) {
+    pub(crate) fn record_failure(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
         let minimum = self.config.minimum_throughput;
@@ -390,7 +385,7 @@ impl CircuitBreaker {
 /// Permission to call the downstream service once. Report how it went with
 /// [`Permit::success`] or [`Permit::failure`]; dropping it unreported (client
 /// cancelled) records nothing, as Ocelot ignores cancellations.
-pub struct Permit {
+pub(crate) struct Permit {
     breaker: Arc<CircuitBreaker>,
     kind: PermitKind,
     done: bool,
@@ -398,26 +393,24 @@ pub struct Permit {
 
 impl Permit {
     /// Asks `breaker` for a permit; `None` means the circuit is open.
-    pub fn acquire(breaker: &Arc<CircuitBreaker>) -> Option<Permit> {
+    pub(crate) fn acquire(breaker: &Arc<CircuitBreaker>) -> Option<Permit> {
         match breaker.try_acquire() {
             Some(kind) => Some(Permit {
                 breaker: breaker.clone(),
                 kind,
                 done: false,
             }),
-            None => {
-                METRICS.short_circuited.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+            None => None,
         }
     }
 
-    pub fn kind(&self) -> PermitKind {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> PermitKind {
         self.kind
     }
 
     /// Records the downstream status: 500–508 are failures, the rest success.
-    pub fn status(self, status: u16) {
+    pub(crate) fn status(self, status: u16) {
         if is_failure_status(status) {
             self.failure();
         } else {
@@ -425,12 +418,12 @@ impl Permit {
         }
     }
 
-    pub fn success(mut self) {
+    pub(crate) fn success(mut self) {
         self.done = true;
         self.breaker.record_success();
     }
 
-    pub fn failure(mut self) {
+    pub(crate) fn failure(mut self) {
         self.done = true;
         self.breaker.record_failure();
     }
@@ -444,16 +437,11 @@ impl Drop for Permit {
     }
 }
 
-/// Records a QoS timeout (for the metrics endpoint).
-pub fn count_timeout() {
-    METRICS.timeouts.fetch_add(1, Ordering::Relaxed);
-}
-
 /// Breakers by route identity, outliving configuration snapshots. Entries
 /// are weak: a breaker lives as long as some snapshot's route holds it, so a
 /// reload that keeps a route (same identity and options) gets the same
 /// breaker back, and removed routes free theirs.
-pub struct BreakerStore {
+pub(crate) struct BreakerStore {
     clock: Arc<dyn Clock>,
     breakers: Mutex<HashMap<String, Weak<CircuitBreaker>>>,
 }
@@ -465,7 +453,7 @@ impl Default for BreakerStore {
 }
 
 impl BreakerStore {
-    pub fn with_clock(clock: Arc<dyn Clock>) -> BreakerStore {
+    pub(crate) fn with_clock(clock: Arc<dyn Clock>) -> BreakerStore {
         BreakerStore {
             clock,
             breakers: Mutex::new(HashMap::new()),
@@ -473,7 +461,7 @@ impl BreakerStore {
     }
 
     /// The breaker for route `identity` with `config`, reused when one is alive.
-    pub fn breaker(
+    pub(crate) fn breaker(
         &self,
         identity: &str,
         name: &str,

@@ -9,13 +9,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// The header Ocelot reads the id from when no `RequestIdKey` is configured
-/// (`DefaultRequestIdKey.Value`); it is then never sent downstream.
-pub const DEFAULT_KEY: &str = "RequestId";
-
 /// A route's request-id rule, compiled once.
 #[derive(Debug, Clone)]
-pub struct RequestIdPolicy {
+pub(crate) struct RequestIdPolicy {
     /// The configured `RequestIdKey`: read from and sent downstream.
     forward: Option<HeaderName>,
     /// The header the id is read from.
@@ -35,7 +31,7 @@ impl RequestIdPolicy {
     /// The effective key (route `RequestIdKey` if non-empty, else global).
     /// `Err` when the key is not a valid header name; the policy then falls
     /// back to "not configured".
-    pub fn compile(key: Option<&str>) -> Result<RequestIdPolicy, String> {
+    pub(crate) fn compile(key: Option<&str>) -> Result<RequestIdPolicy, String> {
         match key.map(str::trim).filter(|k| !k.is_empty()) {
             None => Ok(RequestIdPolicy::default()),
             Some(k) => {
@@ -50,17 +46,17 @@ impl RequestIdPolicy {
     }
 
     /// Whether a `RequestIdKey` is configured.
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.forward.is_some()
     }
 
     /// The incoming id (first value of the header), if the client sent one.
-    pub fn incoming<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+    pub(crate) fn incoming<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
         headers.get(&self.read).and_then(|v| v.to_str().ok())
     }
 
     /// The request's id: the incoming one, else a new one.
-    pub fn id(&self, headers: &HeaderMap) -> String {
+    pub(crate) fn id(&self, headers: &HeaderMap) -> String {
         match self.incoming(headers) {
             Some(id) => id.to_string(),
             None => generate(),
@@ -69,7 +65,7 @@ impl RequestIdPolicy {
 
     /// Adds the id header to the request sent downstream when a key is
     /// configured, the id is not empty, and the request has no such header.
-    pub fn apply(&self, headers: &mut impl Headers, id: &str) {
+    pub(crate) fn apply(&self, headers: &mut impl Headers, id: &str) {
         let Some(name) = &self.forward else { return };
         if id.is_empty() || headers.first(name).is_some() {
             return;
@@ -83,7 +79,7 @@ impl RequestIdPolicy {
 /// A new request id in ASP.NET's `TraceIdentifier` shape,
 /// `<13-character process prefix>:<8 hex digits>`: unique within the process
 /// through a counter, and across restarts through a random prefix.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(random_prefix);

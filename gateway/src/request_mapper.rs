@@ -22,7 +22,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes the hop-by-hop headers and those the `Connection` header lists;
 /// an upgrade keeps `Connection` and `Upgrade`, which ask the service for it.
-pub fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .map()
         .get_all(header::CONNECTION)
@@ -46,7 +46,7 @@ pub fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
 
 /// The `Host` the service is sent: its host name, with the port unless it
 /// is the scheme's default.
-pub fn host_header(selected: &Selected, tls: bool) -> String {
+pub(crate) fn host_header(selected: &Selected, tls: bool) -> String {
     let default_port = if tls { 443 } else { 80 };
     if selected.addr.port() == default_port {
         selected.meta.host.to_string()

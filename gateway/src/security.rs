@@ -10,15 +10,6 @@
 use ocelot_compat::model::FileSecurityOptions;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Requests refused by an IP policy (for the metrics endpoint).
-pub static DENIED_TOTAL: AtomicU64 = AtomicU64::new(0);
-
-/// How many requests the IP policies refused since start.
-pub fn denied_total() -> u64 {
-    DENIED_TOTAL.load(Ordering::Relaxed)
-}
 
 /// Address family of a range; IPv4 and IPv6 ranges never match each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,7 +20,7 @@ enum Family {
 
 /// An inclusive range of addresses of one family, as integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpRange {
+pub(crate) struct IpRange {
     family: Family,
     first: u128,
     last: u128,
@@ -44,7 +35,7 @@ fn to_key(ip: IpAddr) -> (Family, u128) {
 
 /// IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`, what a dual-stack listener
 /// reports for an IPv4 client) are compared as the IPv4 address they are.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -88,7 +79,7 @@ fn host_mask(family: Family, prefix: u32) -> Option<u128> {
 
 impl IpRange {
     /// One address.
-    pub fn single(ip: IpAddr) -> IpRange {
+    pub(crate) fn single(ip: IpAddr) -> IpRange {
         let (family, value) = to_key(ip);
         IpRange {
             family,
@@ -102,7 +93,7 @@ impl IpRange {
     /// en dash allowed), `10.0.0.1-9` (last octet), `10.0.0.0/24`,
     /// `10.0.0.0/255.255.255.0`, and the same for IPv6. `None` for anything
     /// else; Ocelot ignores such entries silently and so does the caller.
-    pub fn parse(entry: &str) -> Option<IpRange> {
+    pub(crate) fn parse(entry: &str) -> Option<IpRange> {
         let entry = entry.trim();
         if entry.is_empty() {
             return None;
@@ -165,7 +156,7 @@ impl IpRange {
     }
 
     /// Whether `ip` is in this range.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let (family, value) = to_key(ip);
         family == self.family && self.first <= value && value <= self.last
     }
@@ -173,14 +164,14 @@ impl IpRange {
 
 /// A set of ranges, merged and sorted for binary search.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct IpSet {
+pub(crate) struct IpSet {
     ranges: Vec<IpRange>,
 }
 
 impl IpSet {
     /// Builds the set from list entries, skipping (and returning) the ones
     /// that do not parse.
-    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> (IpSet, Vec<String>) {
+    pub(crate) fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> (IpSet, Vec<String>) {
         let mut ranges = Vec::new();
         let mut invalid = Vec::new();
         for entry in entries {
@@ -209,12 +200,12 @@ impl IpSet {
         IpSet { ranges: merged }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
     /// Whether any range holds `ip`.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let (family, value) = to_key(ip);
         // The last range starting at or before `ip` is the only candidate.
         let probe = IpRange {
@@ -229,7 +220,7 @@ impl IpSet {
 
 /// A compiled `SecurityOptions`: Ocelot's `IPSecurityPolicy`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IpPolicy {
+pub(crate) struct IpPolicy {
     allowed: IpSet,
     blocked: IpSet,
     exclude_allowed_from_blocked: bool,
@@ -240,7 +231,7 @@ impl IpPolicy {
     /// `ocelot_compat::effective::security`); `None` when it restricts
     /// nothing. Invalid entries are returned for a warning; Ocelot drops them
     /// silently.
-    pub fn compile(options: &FileSecurityOptions) -> (Option<IpPolicy>, Vec<String>) {
+    pub(crate) fn compile(options: &FileSecurityOptions) -> (Option<IpPolicy>, Vec<String>) {
         let (allowed, mut invalid) =
             IpSet::parse(options.ip_allowed_list.iter().map(String::as_str));
         let (blocked, invalid_blocked) =
@@ -258,7 +249,7 @@ impl IpPolicy {
 
     /// Blocked list first, then the allow list when it is not empty; with
     /// `ExcludeAllowedFromBlocked` an allowed address is never blocked.
-    pub fn permits(&self, ip: IpAddr) -> bool {
+    pub(crate) fn permits(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         let allowed = !self.allowed.is_empty() && self.allowed.contains(ip);
         if self.blocked.contains(ip) && !(self.exclude_allowed_from_blocked && allowed) {
@@ -271,19 +262,21 @@ impl IpPolicy {
 /// Proxies whose `X-Forwarded-For` is believed (gateway setting
 /// `trusted_proxies`, same entry syntax as the IP lists).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     set: IpSet,
 }
 
 /// The `trusted_proxies` setting: list entries as in `SecurityOptions`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(transparent)]
-pub struct TrustedProxiesSettings(pub Vec<String>);
+pub(crate) struct TrustedProxiesSettings(pub Vec<String>);
 
 impl TrustedProxies {
     /// Compiles the setting; invalid entries are an error here because a
     /// typo would silently make the gateway trust nobody (or everybody).
-    pub fn from_settings(settings: &TrustedProxiesSettings) -> Result<TrustedProxies, String> {
+    pub(crate) fn from_settings(
+        settings: &TrustedProxiesSettings,
+    ) -> Result<TrustedProxies, String> {
         let (set, invalid) = IpSet::parse(settings.0.iter().map(String::as_str));
         if !invalid.is_empty() {
             return Err(format!(
@@ -294,16 +287,12 @@ impl TrustedProxies {
         Ok(TrustedProxies { set })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-
     /// The client address: the socket peer, unless the peer is a trusted
     /// proxy; then `X-Forwarded-For` is walked from the right (the hop nearest
     /// to us) past trusted proxies, and the first untrusted hop is the client.
     /// A malformed hop stops the walk at the last address that was believable.
     /// `forwarded_for` is every `X-Forwarded-For` header value in order.
-    pub fn client_ip<'a>(
+    pub(crate) fn client_ip<'a>(
         &self,
         peer: IpAddr,
         forwarded_for: impl Iterator<Item = &'a str>,

@@ -19,11 +19,11 @@ pub struct Settings {
     pub admin_listen: Option<String>,
     /// Bearer token for the admin API (`/admin/*`); without one the API is off.
     /// `$GATEWAY_ADMIN_TOKEN` or `admin_token_file` keep it out of the file.
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// A file holding the admin token (e.g. a mounted Kubernetes Secret).
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// One JSON access-log line per request on stdout.
-    pub access_log: bool,
+    pub(crate) access_log: bool,
     /// KiB of access-log lines gathered before they are written (0: each
     /// line at once; default 64).
     pub access_log_buffer_kib: usize,
@@ -54,26 +54,26 @@ pub struct Settings {
     /// Pid file written by Pingora.
     pub pid_file: Option<String>,
     /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
-    pub rate_limiting: crate::ratelimit::RateLimitSettings,
+    pub(crate) rate_limiting: crate::ratelimit::RateLimitSettings,
     /// Active health checks per downstream service, and passive health.
-    pub health_checks: crate::health::HealthCheckSettings,
+    pub(crate) health_checks: crate::health::HealthCheckSettings,
     /// Proxies whose `X-Forwarded-For` is believed for the client address.
-    pub trusted_proxies: crate::security::TrustedProxiesSettings,
+    pub(crate) trusted_proxies: crate::security::TrustedProxiesSettings,
     /// JWT bearer providers named by `AuthenticationProviderKey(s)`.
     pub auth_providers: crate::auth::AuthSettings,
     /// CORS policy answered by the gateway (off when absent).
-    pub cors: Option<crate::cors::CorsSettings>,
+    pub(crate) cors: Option<crate::cors::CorsSettings>,
     /// Service discovery: registry addresses and credentials `ocelot.json`
     /// cannot hold, polling, DNS (restart to change).
     pub discovery: crate::discovery::DiscoverySettings,
     /// Aggregators by the name an aggregate's `Aggregator` gives
     /// (`AbpResponseMergeAggregator` exists by default).
-    pub aggregators: crate::aggregate::AggregatorSettings,
+    pub(crate) aggregators: crate::aggregate::AggregatorSettings,
     /// Most sub-response bytes one aggregate buffers (and most request body
     /// bytes it copies to its sub-requests).
-    pub aggregate_max_body_bytes: usize,
+    pub(crate) aggregate_max_body_bytes: usize,
     /// Memory bounds of the output cache (`CacheOptions`).
-    pub cache: crate::cache::CacheSettings,
+    pub(crate) cache: crate::cache::CacheSettings,
     /// Seconds an upgraded (WebSocket) connection may stay silent before it
     /// is closed; replaces the route `Timeout` for upgrades (default 3600).
     pub websocket_idle_timeout_seconds: u64,
@@ -123,9 +123,9 @@ impl Default for Settings {
 }
 
 /// The proxy listener when neither the settings nor `--listen` name one.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// The admin listener when neither the settings nor `--admin-listen` name one.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
 
 impl Settings {
     /// The proxy's plain HTTP listeners.

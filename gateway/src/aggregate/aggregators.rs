@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 /// What one sub-request produced.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The service's response (or the QoS middleware's synthetic 503): not an
     /// error for Ocelot, whatever its status.
-    Response { status: u16, body: Bytes },
+    Response { body: Bytes },
     /// An error of the gateway's own pipeline (Ocelot's `Errors`).
     Error(SubError),
 }
@@ -20,15 +20,15 @@ pub enum Outcome {
 /// An Ocelot pipeline error: the status it maps to and, when the pipeline
 /// refused the sub-request, the refusal (whose answer the aggregate gives).
 #[derive(Debug, Clone)]
-pub struct SubError {
-    pub status: u16,
+pub(crate) struct SubError {
+    pub(crate) status: u16,
     /// What went wrong, for logs and the `abp_merge` error body.
-    pub message: String,
-    pub refusal: Option<Refusal>,
+    pub(crate) message: String,
+    pub(crate) refusal: Option<Refusal>,
 }
 
 impl SubError {
-    pub fn new(status: u16, message: impl Into<String>) -> SubError {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> SubError {
         SubError {
             status,
             message: message.into(),
@@ -39,7 +39,7 @@ impl SubError {
     /// How Ocelot's responder answers a pipeline error: the status, an
     /// empty body, except where the refusal has an answer of its own (the
     /// rate limiter's).
-    pub fn answer(&self) -> Answer {
+    pub(crate) fn answer(&self) -> Answer {
         match &self.refusal {
             Some(refusal) => refusal.answer(),
             None => Answer::empty(self.status),
@@ -49,9 +49,9 @@ impl SubError {
 
 /// One sub-request's result under its route key.
 #[derive(Debug, Clone)]
-pub struct Part {
-    pub key: String,
-    pub outcome: Outcome,
+pub(crate) struct Part {
+    pub(crate) key: String,
+    pub(crate) outcome: Outcome,
 }
 
 fn json(status: u16, body: impl Into<Bytes>) -> Answer {
@@ -68,7 +68,7 @@ fn json(status: u16, body: impl Into<Bytes>) -> Answer {
 /// responses (a `RouteKeysConfig` fan-out) becomes `[b1,b2]` with empty
 /// bodies skipped (Ocelot's separator logic, trailing comma included). The
 /// first error met in that order is the whole answer.
-pub fn simple(parts: &[Part]) -> Answer {
+pub(crate) fn simple(parts: &[Part]) -> Answer {
     let mut keys: Vec<&str> = Vec::new();
     for p in parts {
         if !keys.contains(&p.key.as_str()) {
@@ -140,7 +140,7 @@ fn body_len(o: &Outcome) -> usize {
 /// answers 500; nothing to merge (every part ignored) answers 404. The
 /// services' status codes are not looked at: an error body from a service is
 /// merged like any other object.
-pub fn abp_merge(parts: &[Part], ignore_errors: bool) -> Answer {
+pub(crate) fn abp_merge(parts: &[Part], ignore_errors: bool) -> Answer {
     let mut merged: Option<Map<String, Value>> = None;
     for part in parts {
         let body = match &part.outcome {
@@ -302,7 +302,6 @@ mod tests {
         Part {
             key: key.to_string(),
             outcome: Outcome::Response {
-                status: 200,
                 body: Bytes::copy_from_slice(body.as_bytes()),
             },
         }

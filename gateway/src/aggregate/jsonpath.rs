@@ -26,13 +26,13 @@ enum Step {
 
 /// A compiled path.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JsonPath {
+pub(crate) struct JsonPath {
     steps: Vec<Step>,
 }
 
 impl JsonPath {
     /// Parses a path; `Err` names what is wrong or unsupported.
-    pub fn parse(path: &str) -> Result<JsonPath, String> {
+    pub(crate) fn parse(path: &str) -> Result<JsonPath, String> {
         let mut p = Parser {
             s: path.trim().as_bytes(),
             i: 0,
@@ -76,7 +76,7 @@ impl JsonPath {
     }
 
     /// The tokens the path selects, in document order.
-    pub fn select<'a>(&self, root: &'a Value) -> Vec<&'a Value> {
+    pub(crate) fn select<'a>(&self, root: &'a Value) -> Vec<&'a Value> {
         let mut current = vec![root];
         for step in &self.steps {
             let mut next = Vec::new();
@@ -252,7 +252,7 @@ impl Parser<'_> {
 /// `JToken.ToString()` of a selected token, which Ocelot uses as the
 /// placeholder value: strings raw, `True`/`False`, `null` empty, numbers as
 /// written, objects and arrays indented.
-pub fn token_string(v: &Value) -> String {
+pub(crate) fn token_string(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Bool(true) => "True".to_string(),

@@ -21,8 +21,8 @@
 //! much (larger: 413); a sub-response that does not fit fails the aggregate
 //! with 502.
 
-pub mod aggregators;
-pub mod jsonpath;
+pub(crate) mod aggregators;
+pub(crate) mod jsonpath;
 
 use jsonpath::JsonPath;
 use ocelot_compat::model::FileConfiguration;
@@ -33,15 +33,15 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The name abp-next-admin's gateway gives its aggregator.
-pub const ABP_AGGREGATOR: &str = "AbpResponseMergeAggregator";
+pub(crate) const ABP_AGGREGATOR: &str = "AbpResponseMergeAggregator";
 
 /// Default for `aggregate_max_body_bytes`.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// What an aggregator does with the responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AggregatorKind {
+pub(crate) enum AggregatorKind {
     /// Deep JSON merge of every response (abp's `AbpResponseMergeAggregator`).
     AbpMerge,
     /// Ocelot's built-in `{"Key":<body>,...}`, under a name.
@@ -51,21 +51,21 @@ pub enum AggregatorKind {
 /// One named aggregator of the settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AggregatorConfig {
-    pub kind: AggregatorKind,
+pub(crate) struct AggregatorConfig {
+    pub(crate) kind: AggregatorKind,
     /// Leave failed sub-requests out instead of answering their error.
     #[serde(default)]
-    pub ignore_errors: bool,
+    pub(crate) ignore_errors: bool,
 }
 
 /// The `aggregators` section: aggregators by the name `Aggregator` gives.
-pub type AggregatorSettings = BTreeMap<String, AggregatorConfig>;
+pub(crate) type AggregatorSettings = BTreeMap<String, AggregatorConfig>;
 
 /// The process-wide aggregation service: named aggregators, the HTTP
 /// clients for sub-requests, the body bound.
-pub struct Aggregation {
+pub(crate) struct Aggregation {
     named: HashMap<String, AggregatorConfig>,
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Verifies certificates (with `upstream_ca_file`).
     verifying: reqwest::Client,
     /// For `DangerousAcceptAnyServerCertificateValidator` routes.
@@ -96,7 +96,7 @@ fn client(ca_file: Option<&Path>, insecure: bool) -> Result<reqwest::Client, Str
 impl Aggregation {
     /// From the settings. `AbpResponseMergeAggregator` (abp_merge, errors
     /// not ignored) exists unless the settings define that name themselves.
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         named: &AggregatorSettings,
         max_body_bytes: usize,
         ca_file: Option<&Path>,
@@ -118,12 +118,12 @@ impl Aggregation {
     }
 
     /// The aggregator configured under `name` (exact, as .NET type names are).
-    pub fn aggregator(&self, name: &str) -> Option<AggregatorConfig> {
+    pub(crate) fn aggregator(&self, name: &str) -> Option<AggregatorConfig> {
         self.named.get(name).copied()
     }
 
     /// The HTTP client for a route that does (or does not) verify certificates.
-    pub fn http(&self, verify: bool) -> &reqwest::Client {
+    pub(crate) fn http(&self, verify: bool) -> &reqwest::Client {
         if verify {
             &self.verifying
         } else {
@@ -134,36 +134,36 @@ impl Aggregation {
 
 /// `RouteKeysConfig` for one route key: call it once per value.
 #[derive(Debug, Clone)]
-pub struct FanOut {
+pub(crate) struct FanOut {
     /// `{Parameter}`, braces included.
-    pub placeholder: String,
+    pub(crate) placeholder: String,
     /// `Err`: the path cannot be evaluated (answered 500, as Newtonsoft's
     /// exception is in Ocelot).
-    pub path: Result<JsonPath, String>,
+    pub(crate) path: Result<JsonPath, String>,
 }
 
 /// An aggregate, compiled with its snapshot.
 #[derive(Debug)]
-pub struct CompiledAggregate {
+pub(crate) struct CompiledAggregate {
     /// The upstream template, for logs.
-    pub name: String,
+    pub(crate) name: String,
     /// `RouteKeys` as route indexes; `None` when a key names no route: Ocelot
     /// drops such an aggregate, so it answers 404.
-    pub routes: Option<Vec<usize>>,
-    pub keys: Vec<String>,
+    pub(crate) routes: Option<Vec<usize>>,
+    pub(crate) keys: Vec<String>,
     /// By position in `RouteKeys`: the fan-out configured for that key.
-    pub fan_out: Vec<Option<FanOut>>,
+    pub(crate) fan_out: Vec<Option<FanOut>>,
     /// `RouteKeysConfig` is not empty: the first route is called first.
-    pub chained: bool,
-    pub aggregator: Option<String>,
+    pub(crate) chained: bool,
+    pub(crate) aggregator: Option<String>,
     /// The aggregate's own requests (its sub-requests count for their routes).
-    pub metrics: crate::metrics::RouteMetrics,
+    pub(crate) metrics: crate::metrics::RouteMetrics,
 }
 
 impl CompiledAggregate {
     /// Ocelot proxies an aggregate with a single route key as that route:
     /// its index, if so.
-    pub fn single_route(&self) -> Option<usize> {
+    pub(crate) fn single_route(&self) -> Option<usize> {
         match self.routes.as_deref() {
             Some([only]) => Some(*only),
             _ => None,
@@ -173,7 +173,7 @@ impl CompiledAggregate {
 
 /// Compiles every aggregate of `config`; problems Ocelot would only meet
 /// per request are returned as warnings.
-pub fn compile(
+pub(crate) fn compile(
     config: &FileConfiguration,
     aggregation: &Aggregation,
 ) -> (Vec<CompiledAggregate>, Vec<Diagnostic>) {

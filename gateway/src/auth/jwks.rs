@@ -21,7 +21,7 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 /// Where the keys come from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// An OpenID Connect discovery document.
     Discovery(Url),
     /// A JWKS document.
@@ -30,14 +30,14 @@ pub enum Source {
 
 /// Timing of the fetches.
 #[derive(Debug, Clone, Copy)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Between successful fetches.
-    pub refresh: Duration,
+    pub(crate) refresh: Duration,
     /// Least time between two fetches asked for by unknown `kid`s; also the
     /// first retry delay after a failure.
-    pub min_refresh: Duration,
+    pub(crate) min_refresh: Duration,
     /// Bound on one HTTP request.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Default)]
@@ -48,7 +48,7 @@ struct Demand {
 }
 
 /// A provider's fetched keys.
-pub struct RemoteKeys {
+pub(crate) struct RemoteKeys {
     provider: String,
     source: Source,
     require_https: bool,
@@ -64,7 +64,7 @@ pub struct RemoteKeys {
 
 impl RemoteKeys {
     /// A source with no keys yet; [`RemoteKeys::run`] fetches them.
-    pub fn new(
+    pub(crate) fn new(
         provider: &str,
         source: Source,
         require_https: bool,
@@ -87,14 +87,14 @@ impl RemoteKeys {
     }
 
     /// The last good key set.
-    pub fn current(&self) -> Arc<KeySet> {
+    pub(crate) fn current(&self) -> Arc<KeySet> {
         self.current.load_full()
     }
 
     /// Asks for a fetch because a token's key is unknown, and waits for it.
     /// Returns `false` without waiting when the rate limit says no (the
     /// caller then refuses the token with what it has).
-    pub async fn refresh_for_unknown_key(&self) -> bool {
+    pub(crate) async fn refresh_for_unknown_key(&self) -> bool {
         let mut rounds = {
             let Ok(mut demand) = self.demand.lock() else {
                 return false;
@@ -130,7 +130,7 @@ impl RemoteKeys {
     /// Fetches keys until `shutdown` turns true: now, then every
     /// `refresh` (sooner after failures, with backoff), and whenever
     /// [`RemoteKeys::refresh_for_unknown_key`] asks.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut failures: u32 = 0;
         loop {
             let wait = match self.fetch().await {
@@ -238,7 +238,7 @@ impl RemoteKeys {
 }
 
 /// Parses a metadata URL; plain `http` only when HTTPS is not required.
-pub fn check_url(url: &str, require_https: bool) -> Result<Url, String> {
+pub(crate) fn check_url(url: &str, require_https: bool) -> Result<Url, String> {
     let parsed = Url::parse(url.trim()).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
     match parsed.scheme() {
         "https" => Ok(parsed),

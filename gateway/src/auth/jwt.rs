@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 /// Every asymmetric algorithm `jsonwebtoken` verifies: the default allow-list
 /// of a provider without an HMAC secret.
-pub const ASYMMETRIC: [Algorithm; 9] = [
+pub(crate) const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -29,35 +29,35 @@ pub const ASYMMETRIC: [Algorithm; 9] = [
 ];
 
 /// The HMAC algorithms, allowed by default only with a configured secret.
-pub const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+pub(crate) const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
 /// What a provider accepts, besides the keys.
 #[derive(Debug, Clone)]
-pub struct TokenPolicy {
+pub(crate) struct TokenPolicy {
     /// Algorithms a token header may name.
-    pub algorithms: Vec<Algorithm>,
+    pub(crate) algorithms: Vec<Algorithm>,
     /// Configured issuers (the discovery document's is added per key set).
-    pub issuers: Vec<String>,
+    pub(crate) issuers: Vec<String>,
     /// Whether `iss` is checked (and required).
-    pub validate_issuer: bool,
+    pub(crate) validate_issuer: bool,
     /// Accepted audiences.
-    pub audiences: Vec<String>,
+    pub(crate) audiences: Vec<String>,
     /// Whether `aud` is checked (and required).
-    pub validate_audience: bool,
+    pub(crate) validate_audience: bool,
     /// Clock skew allowed on `exp` and `nbf`, seconds.
-    pub leeway: u64,
+    pub(crate) leeway: u64,
 }
 
 /// One verification key.
 #[derive(Clone)]
-pub struct VerifyKey {
+pub(crate) struct VerifyKey {
     /// `kid`; a key without one is tried for any token.
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     /// The one algorithm the key may be used with, when known (a JWK's `alg`
     /// or its curve).
-    pub alg: Option<Algorithm>,
+    pub(crate) alg: Option<Algorithm>,
     /// The key material.
-    pub key: DecodingKey,
+    pub(crate) key: DecodingKey,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -74,7 +74,7 @@ impl VerifyKey {
     /// A key from one JWKS entry; `Err` says why the entry is not usable for
     /// verifying signatures. Symmetric (`oct`) keys are never taken from a
     /// key set: a published secret would let anyone sign.
-    pub fn from_jwk(value: &Value) -> Result<VerifyKey, String> {
+    pub(crate) fn from_jwk(value: &Value) -> Result<VerifyKey, String> {
         let jwk: Jwk = serde_json::from_value(value.clone())
             .map_err(|e| format!("not a supported JWK: {e}"))?;
         if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
@@ -137,7 +137,7 @@ fn signing_algorithm(a: &KeyAlgorithm) -> Option<Algorithm> {
 
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// No key fits the token's `kid`/algorithm (a refresh may help).
     NoKey,
     /// The token is invalid: shape, algorithm, signature, lifetime, issuer
@@ -223,7 +223,7 @@ impl VerifiedTokens {
 }
 
 /// A loaded key set with its validations, one per key family.
-pub struct KeySet {
+pub(crate) struct KeySet {
     keys: Vec<VerifyKey>,
     validations: Vec<(AlgorithmFamily, Validation)>,
     leeway: u64,
@@ -232,7 +232,7 @@ pub struct KeySet {
 
 impl KeySet {
     /// The empty set (nothing fetched yet): every token is `NoKey`.
-    pub fn empty() -> KeySet {
+    pub(crate) fn empty() -> KeySet {
         KeySet {
             keys: Vec::new(),
             validations: Vec::new(),
@@ -244,7 +244,7 @@ impl KeySet {
     /// Builds the set. `discovered_issuer` is the OpenID Connect discovery
     /// document's `issuer`, accepted besides the configured ones (as
     /// ASP.NET's JwtBearer does).
-    pub fn new(
+    pub(crate) fn new(
         keys: Vec<VerifyKey>,
         discovered_issuer: Option<&str>,
         policy: &TokenPolicy,
@@ -306,29 +306,30 @@ impl KeySet {
     }
 
     /// How many keys the set has.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 
+    #[cfg(test)]
     /// Whether the set has no key.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
     /// Whether a key has this `kid`.
-    pub fn has_kid(&self, kid: &str) -> bool {
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// The claims of `token` if this set accepted it before and it has not
     /// expired since.
-    pub fn already_verified(&self, token: &str) -> Option<Arc<Claims>> {
+    pub(crate) fn already_verified(&self, token: &str) -> Option<Arc<Claims>> {
         self.verified
             .get(token, jsonwebtoken::get_current_timestamp())
     }
 
     /// Verifies `token` (whose header is `header`) and returns its claims.
-    pub fn verify(&self, token: &str, header: &Header) -> Result<Arc<Claims>, Rejection> {
+    pub(crate) fn verify(&self, token: &str, header: &Header) -> Result<Arc<Claims>, Rejection> {
         let family = header.alg.family();
         let candidates = self.keys.iter().filter(|k| {
             k.key.family() == family
@@ -388,7 +389,7 @@ impl KeySet {
 /// Checks the token's header against the allow-list before any key is
 /// looked at: `alg: none` and unknown algorithms fail to parse, anything
 /// not allowed is refused here.
-pub fn allowed_header(token: &str, policy: &TokenPolicy) -> Result<Header, Rejection> {
+pub(crate) fn allowed_header(token: &str, policy: &TokenPolicy) -> Result<Header, Rejection> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|e| Rejection::Invalid(format!("bad token header: {e}")))?;
     if !policy.algorithms.contains(&header.alg) {

@@ -8,8 +8,8 @@
 //! no scheme accepting it, is 401 with an empty body. `OPTIONS` requests skip
 //! authentication, as in Ocelot.
 
-pub mod jwks;
-pub mod jwt;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
 
 use crate::claims::Claims;
 use http::header::{self, HeaderMap};
@@ -31,7 +31,7 @@ pub struct AuthSettings(pub BTreeMap<String, ProviderSettings>);
 
 impl AuthSettings {
     /// Makes relative file paths relative to `dir` (the settings file's folder).
-    pub fn resolve_paths(&mut self, dir: &Path) {
+    pub(crate) fn resolve_paths(&mut self, dir: &Path) {
         for p in self.0.values_mut() {
             let files = p
                 .keys
@@ -55,42 +55,42 @@ pub struct ProviderSettings {
     /// OpenID Connect authority; its discovery document
     /// (`{authority}/.well-known/openid-configuration`) gives the issuer and
     /// the JWKS URL.
-    pub authority: Option<String>,
+    pub(crate) authority: Option<String>,
     /// The discovery document's URL, when it is not under `authority`.
-    pub metadata_address: Option<String>,
+    pub(crate) metadata_address: Option<String>,
     /// A JWKS URL, without discovery.
-    pub jwks_uri: Option<String>,
+    pub(crate) jwks_uri: Option<String>,
     /// Static keys: public keys (PEM: RSA, EC P-256/P-384, Ed25519) or HMAC secrets.
-    pub keys: Vec<KeySettings>,
+    pub(crate) keys: Vec<KeySettings>,
     /// Accepted `iss` values (`issuer` for one); the discovery document's
     /// issuer is accepted too.
     #[serde(alias = "issuer", deserialize_with = "one_or_many")]
-    pub issuers: Vec<String>,
+    pub(crate) issuers: Vec<String>,
     /// Accepted `aud` values (`audience` for one).
     #[serde(alias = "audience", deserialize_with = "one_or_many")]
-    pub audiences: Vec<String>,
+    pub(crate) audiences: Vec<String>,
     /// Check `iss` (default true).
-    pub validate_issuer: bool,
+    pub(crate) validate_issuer: bool,
     /// Check `aud` (default true).
-    pub validate_audience: bool,
+    pub(crate) validate_audience: bool,
     /// Allowed `alg` values (default: every asymmetric algorithm, plus HS*
     /// when a secret is configured). `none` is never allowed.
-    pub algorithms: Vec<String>,
+    pub(crate) algorithms: Vec<String>,
     /// Allowed clock difference for `exp`/`nbf` (default 300, ASP.NET's 5
     /// minutes; at most one day).
-    pub clock_skew_seconds: u64,
+    pub(crate) clock_skew_seconds: u64,
     /// Refuse `http://` metadata URLs (default true, as ASP.NET's `RequireHttpsMetadata`).
-    pub require_https_metadata: bool,
+    pub(crate) require_https_metadata: bool,
     /// Seconds between key refreshes (default 3600).
-    pub refresh_interval_seconds: u64,
+    pub(crate) refresh_interval_seconds: u64,
     /// Least seconds between refreshes caused by unknown `kid`s (default 30).
-    pub min_refresh_interval_seconds: u64,
+    pub(crate) min_refresh_interval_seconds: u64,
     /// Timeout of one metadata request, seconds (default 10).
-    pub fetch_timeout_seconds: u64,
+    pub(crate) fetch_timeout_seconds: u64,
     /// Extra CA certificates (PEM) trusted for the metadata URLs.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Use `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` for metadata requests (default false).
-    pub use_proxy: bool,
+    pub(crate) use_proxy: bool,
 }
 
 impl Default for ProviderSettings {
@@ -119,17 +119,17 @@ impl Default for ProviderSettings {
 /// One static key: exactly one of `pem`, `pem_file`, `secret`, `secret_base64`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct KeySettings {
+pub(crate) struct KeySettings {
     /// The key's `kid`; without one the key is tried for every token.
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     /// A public key in PEM (`-----BEGIN PUBLIC KEY-----`).
-    pub pem: Option<String>,
+    pub(crate) pem: Option<String>,
     /// A file holding a public key in PEM.
-    pub pem_file: Option<PathBuf>,
+    pub(crate) pem_file: Option<PathBuf>,
     /// An HMAC secret (its UTF-8 bytes), at least 32 bytes.
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// An HMAC secret in base64.
-    pub secret_base64: Option<String>,
+    pub(crate) secret_base64: Option<String>,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -152,12 +152,12 @@ const MAX_CLOCK_SKEW_SECONDS: u64 = 86_400;
 
 /// The user a request authenticated as.
 #[derive(Debug, Clone, Default)]
-pub struct Principal {
+pub(crate) struct Principal {
     /// The provider (scheme) that accepted the token.
-    pub scheme: String,
+    pub(crate) scheme: String,
     /// The token's claims, shared with the key set's cache of verified
     /// tokens (copied only by routes that add claims).
-    pub claims: Arc<Claims>,
+    pub(crate) claims: Arc<Claims>,
 }
 
 enum Keys {
@@ -166,15 +166,14 @@ enum Keys {
 }
 
 /// One configured provider.
-pub struct JwtProvider {
-    name: String,
+pub(crate) struct JwtProvider {
     policy: TokenPolicy,
     keys: Keys,
 }
 
 impl JwtProvider {
     /// Builds a provider from its settings (reads key files; no network).
-    pub fn from_settings(name: &str, s: &ProviderSettings) -> Result<JwtProvider, String> {
+    pub(crate) fn from_settings(name: &str, s: &ProviderSettings) -> Result<JwtProvider, String> {
         let sources = [
             s.authority.is_some() || s.metadata_address.is_some(),
             s.jwks_uri.is_some(),
@@ -270,20 +269,11 @@ impl JwtProvider {
                 schedule,
             )))
         };
-        Ok(JwtProvider {
-            name: name.to_string(),
-            policy,
-            keys,
-        })
-    }
-
-    /// The provider's name.
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(JwtProvider { policy, keys })
     }
 
     /// Validates a bearer token and returns its claims.
-    pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, Rejection> {
         let fetched;
         let set = match &self.keys {
             Keys::Static(set) => set,
@@ -441,13 +431,13 @@ impl Authenticator {
     }
 
     /// Whether no provider is configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.providers.is_empty()
     }
 
     /// Whether a provider of that name (case-sensitive, like ASP.NET scheme
     /// names) exists.
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.providers.contains_key(name)
     }
 
@@ -464,7 +454,11 @@ impl Authenticator {
 
     /// Authenticates with the route's `schemes` in order; the first that
     /// accepts the bearer token wins. `None` is Ocelot's 401.
-    pub async fn authenticate(&self, schemes: &[String], headers: &HeaderMap) -> Option<Principal> {
+    pub(crate) async fn authenticate(
+        &self,
+        schemes: &[String],
+        headers: &HeaderMap,
+    ) -> Option<Principal> {
         let token = bearer_token(headers)?;
         for scheme in schemes {
             let Some(provider) = self.providers.get(scheme) else {
@@ -486,7 +480,7 @@ impl Authenticator {
     }
 
     /// Runs the key refresh of every provider that fetches keys until shutdown.
-    pub async fn run_refresh(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn run_refresh(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         for remote in self.remotes() {
             tasks.spawn(remote.run(shutdown.clone()));
@@ -497,7 +491,7 @@ impl Authenticator {
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive), as
 /// ASP.NET's JwtBearer handler reads it.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case("Bearer ") {

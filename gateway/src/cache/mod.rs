@@ -35,22 +35,22 @@ use std::time::{Duration, SystemTime};
 use store::MemoryStore;
 
 /// Ocelot's default cache `Header` (`CacheOptions.Oc_Cache_Control`).
-pub const DEFAULT_HEADER: &str = "OC-Cache-Control";
+pub(crate) const DEFAULT_HEADER: &str = "OC-Cache-Control";
 
 /// Largest request body read to hash it for `EnableContentHashing`: what
 /// Pingora keeps to send the body on after reading it early (its retry
 /// buffer). Requests with larger or unsized bodies are not cached.
-pub const MAX_HASHED_BODY: usize = 64 * 1024;
+pub(crate) const MAX_HASHED_BODY: usize = 64 * 1024;
 
 /// The `cache` section of the gateway settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheSettings {
+pub(crate) struct CacheSettings {
     /// Memory for cached responses (bodies, headers and bookkeeping); the
     /// least recently used go first when it is full.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// Largest single response that is cached (larger ones are served, not stored).
-    pub max_object_bytes: usize,
+    pub(crate) max_object_bytes: usize,
 }
 
 impl Default for CacheSettings {
@@ -64,7 +64,7 @@ impl Default for CacheSettings {
 
 /// The region named by a URL path segment (percent-decoded, UTF-8, not
 /// empty); `None` otherwise.
-pub fn decode_region(segment: &str) -> Option<String> {
+pub(crate) fn decode_region(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -86,21 +86,21 @@ pub fn decode_region(segment: &str) -> Option<String> {
 /// A route's effective cache options (Ocelot's `CacheOptions`); only routes
 /// with `TtlSeconds` > 0 have one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CachePolicy {
-    pub ttl: Duration,
+pub(crate) struct CachePolicy {
+    pub(crate) ttl: Duration,
     /// Purge group; defaults to the route's load-balancer key.
-    pub region: Arc<str>,
+    pub(crate) region: Arc<str>,
     /// Request header whose value is part of the key.
-    pub header: String,
+    pub(crate) header: String,
     /// The request body is part of the key.
-    pub content_hashing: bool,
+    pub(crate) content_hashing: bool,
 }
 
 impl CachePolicy {
     /// Ocelot's `CacheOptionsCreator`: the route's options, the global ones
     /// (when their `RouteKeys` include the route), or both merged property by
     /// property. `region_default` is the route's load-balancer key.
-    pub fn compile(
+    pub(crate) fn compile(
         route: &FileRoute,
         config: &FileConfiguration,
         identity: &str,
@@ -117,7 +117,7 @@ impl CachePolicy {
 }
 
 #[derive(Debug, Clone)]
-pub struct RequestCache {
+pub(crate) struct RequestCache {
     key: Vec<u8>,
     region: Arc<str>,
     ttl: Duration,
@@ -127,7 +127,7 @@ pub struct RequestCache {
 /// `selected`: `{METHOD}-{downstream URL}-{Header value}[-{body}]`. `None`
 /// when the request is not cached: `HEAD` (Pingora turns a cached `HEAD` into
 /// a `GET` upstream), upgrades, and bodies too large or unsized to hash.
-pub async fn request_key(
+pub(crate) async fn request_key(
     session: &mut Session,
     policy: &CachePolicy,
     downstream_method: Option<&Method>,
@@ -203,7 +203,11 @@ async fn read_small_body(session: &mut Session) -> Result<Option<Vec<u8>>> {
 }
 
 /// `request_cache_filter`: turns the cache on for a request with a key.
-pub fn enable(session: &mut Session, cache: Option<&RequestCache>, store: &'static MemoryStore) {
+pub(crate) fn enable(
+    session: &mut Session,
+    cache: Option<&RequestCache>,
+    store: &'static MemoryStore,
+) {
     if cache.is_none() {
         return;
     }
@@ -215,7 +219,7 @@ pub fn enable(session: &mut Session, cache: Option<&RequestCache>, store: &'stat
 
 /// `cache_key_callback`: the key, with the region as the user tag (the store
 /// files the entry under it).
-pub fn cache_key(cache: Option<&RequestCache>) -> Result<CacheKey> {
+pub(crate) fn cache_key(cache: Option<&RequestCache>) -> Result<CacheKey> {
     match cache {
         Some(c) => Ok(CacheKey::new(c.key.clone(), c.region.as_ref())),
         None => Err(pingora_error::Error::explain(
@@ -227,7 +231,10 @@ pub fn cache_key(cache: Option<&RequestCache>) -> Result<CacheKey> {
 
 /// `response_cache_filter`: everything the service answered is cached for
 /// the TTL, whatever its `Cache-Control` (Ocelot ignores it).
-pub fn response_cacheable(cache: Option<&RequestCache>, resp: &ResponseHeader) -> RespCacheable {
+pub(crate) fn response_cacheable(
+    cache: Option<&RequestCache>,
+    resp: &ResponseHeader,
+) -> RespCacheable {
     let Some(cache) = cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };

@@ -117,7 +117,7 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     /// A store holding at most `max_bytes`, each response at most `max_object_bytes`.
-    pub fn new(max_bytes: usize, max_object_bytes: usize) -> MemoryStore {
+    pub(crate) fn new(max_bytes: usize, max_object_bytes: usize) -> MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             max_bytes,
@@ -127,7 +127,7 @@ impl MemoryStore {
     }
 
     /// The largest response body that is cached.
-    pub fn max_object_bytes(&self) -> usize {
+    pub(crate) fn max_object_bytes(&self) -> usize {
         self.max_object_bytes
     }
 
@@ -140,7 +140,7 @@ impl MemoryStore {
     }
 
     /// Removes every entry of `region`; returns how many there were.
-    pub fn purge_region(&self, region: &str) -> usize {
+    pub(crate) fn purge_region(&self, region: &str) -> usize {
         let mut inner = self.lock();
         let Some(keys) = inner.regions.remove(region) else {
             return 0;
@@ -152,8 +152,9 @@ impl MemoryStore {
         count
     }
 
+    #[cfg(test)]
     /// (entries, bytes) currently stored.
-    pub fn usage(&self) -> (usize, usize) {
+    pub(crate) fn usage(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.entries.len(), inner.used)
     }

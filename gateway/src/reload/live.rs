@@ -24,17 +24,17 @@ use std::time::Duration;
 /// settings file changes.
 pub struct LiveSettings {
     /// Write one JSON access-log line per request on stdout.
-    pub access_log: bool,
+    pub(crate) access_log: bool,
     /// JWT providers named by the routes' `AuthenticationProviderKey(s)`.
-    pub auth: Arc<Authenticator>,
+    pub(crate) auth: Arc<Authenticator>,
     /// The gateway's CORS policy, if any.
-    pub cors: Option<Arc<Cors>>,
+    pub(crate) cors: Option<Arc<Cors>>,
 }
 
 impl LiveSettings {
     /// Builds the live part of `settings`, refusing providers that the routes
     /// of `snapshot` would miss.
-    pub fn build(settings: &Settings, snapshot: &Snapshot) -> Result<LiveSettings, String> {
+    pub(crate) fn build(settings: &Settings, snapshot: &Snapshot) -> Result<LiveSettings, String> {
         LiveSettings::assemble(
             settings,
             snapshot,
@@ -108,15 +108,15 @@ impl BackgroundService for KeyRefresher {
 
 /// Watches the settings file and swaps the live settings when it changes.
 pub struct SettingsWatcher {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The settings as the process started with them (flags applied), to
     /// tell which changes need a restart.
-    pub started_with: Settings,
+    pub(crate) started_with: Settings,
     /// Applies the command-line flags that override the file.
-    pub overrides: Box<dyn Fn(&mut Settings) + Send + Sync>,
-    pub live: Arc<ArcSwap<LiveSettings>>,
-    pub state: Arc<ArcSwap<Snapshot>>,
-    pub poll: Duration,
+    pub(crate) overrides: Box<dyn Fn(&mut Settings) + Send + Sync>,
+    pub(crate) live: Arc<ArcSwap<LiveSettings>>,
+    pub(crate) state: Arc<ArcSwap<Snapshot>>,
+    pub(crate) poll: Duration,
     pending_restart: Mutex<Vec<&'static str>>,
 }
 
@@ -145,7 +145,7 @@ impl SettingsWatcher {
     }
 
     /// Reloads the settings file; errors leave the running settings in place.
-    pub fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), String> {
         let mut settings = Settings::load(&self.path)?;
         (self.overrides)(&mut settings);
         let live = LiveSettings::build(&settings, &self.state.load_full())

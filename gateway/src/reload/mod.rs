@@ -31,8 +31,8 @@ pub struct ConfigSource {
 
 /// Swaps snapshots. Reloads are serialised so two never interleave.
 pub struct Reloader {
-    pub state: Arc<ArcSwap<Snapshot>>,
-    pub source: ConfigSource,
+    pub(crate) state: Arc<ArcSwap<Snapshot>>,
+    pub(crate) source: ConfigSource,
     /// What snapshots are built with.
     env: Arc<Env>,
     /// For the providers routes may name.
@@ -84,7 +84,7 @@ impl Reloader {
 
     /// Replaces the configuration with one given as JSON; with `persist`, also
     /// writes it to the configuration file (only when that is a single file).
-    pub async fn apply_json(
+    pub(crate) async fn apply_json(
         &self,
         value: serde_json::Value,
         persist: bool,
@@ -182,7 +182,7 @@ fn fingerprint(source: &ConfigSource) -> u64 {
 }
 
 /// A hash of what `files` look like on disk: resolved path, size, modification time.
-pub fn hash_files(mut files: Vec<PathBuf>) -> u64 {
+pub(crate) fn hash_files(mut files: Vec<PathBuf>) -> u64 {
     let mut hasher = DefaultHasher::new();
     files.sort();
     for file in files {

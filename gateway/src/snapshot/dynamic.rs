@@ -26,7 +26,7 @@ const MAX_MISSES: usize = 10_000;
 const NEW_LOOKUPS_PER_SECOND: u32 = 100;
 
 /// The dynamic routes of one snapshot.
-pub struct DynamicRoutes {
+pub(crate) struct DynamicRoutes {
     /// What routes are compiled against: the file, less what Ocelot applies
     /// to static routes only (`SecurityOptions`, global header transforms).
     config: FileConfiguration,
@@ -47,7 +47,7 @@ pub struct DynamicRoutes {
 /// Ocelot's condition for dynamic routing (`DownstreamRouteProviderFactory`):
 /// no route has an `UpstreamPathTemplate`, and the provider has a host, a
 /// port and a type.
-pub fn enabled(config: &FileConfiguration) -> bool {
+pub(crate) fn enabled(config: &FileConfiguration) -> bool {
     config.routes.iter().all(|r| {
         r.upstream_path_template
             .as_deref()
@@ -58,7 +58,7 @@ pub fn enabled(config: &FileConfiguration) -> bool {
 /// Splits a request path as Ocelot does: the first segment is the service
 /// (`ns.service` gives a namespace), the rest from the next `/` is the
 /// downstream path (`/` when nothing follows).
-pub fn split(path: &str) -> (Option<&str>, &str, &str) {
+pub(crate) fn split(path: &str) -> (Option<&str>, &str, &str) {
     let tail = path.strip_prefix('/').unwrap_or(path);
     let (first, rest) = match tail.find('/') {
         Some(i) => (&tail[..i], &tail[i..]),
@@ -78,7 +78,7 @@ impl DynamicRoutes {
     /// The dynamic routes for `config`, if it routes dynamically. Services the
     /// previous snapshot had routes for get theirs again now, keeping their
     /// pools when nothing about them changed.
-    pub fn new(
+    pub(crate) fn new(
         config: &FileConfiguration,
         base: usize,
         previous: Option<&DynamicRoutes>,
@@ -127,7 +127,7 @@ impl DynamicRoutes {
     }
 
     /// The route numbered `index` in the snapshot, if it is a dynamic one.
-    pub fn get(&self, index: usize) -> Option<&CompiledRoute> {
+    pub(crate) fn get(&self, index: usize) -> Option<&CompiledRoute> {
         self.slots
             .get(index.checked_sub(self.base)?)?
             .get()
@@ -135,13 +135,13 @@ impl DynamicRoutes {
     }
 
     /// Every dynamic route made so far.
-    pub fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
         self.slots.iter().map_while(|slot| slot.get().map(|r| &**r))
     }
 
     /// The route number for a request to `service` (in `namespace`), making
     /// the route on first use. `Err` is the status to answer.
-    pub async fn route(
+    pub(crate) async fn route(
         &self,
         namespace: Option<&str>,
         service: &str,

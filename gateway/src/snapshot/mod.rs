@@ -8,12 +8,14 @@
 //! [`Env`] that every build is given, keyed by the route's identity, so an
 //! unchanged route keeps its state across reloads.
 
-pub mod dynamic;
+pub(crate) mod dynamic;
 mod refresh;
 mod route;
 
 pub use refresh::BackendRefresher;
-pub use route::{route_identity, route_name, CompiledRoute};
+#[cfg(test)]
+pub(crate) use route::route_identity;
+pub use route::CompiledRoute;
 
 use crate::aggregate::{Aggregation, CompiledAggregate};
 use crate::auth::Authenticator;
@@ -34,11 +36,11 @@ use std::sync::Arc;
 /// What snapshots are built with and what outlives them: built once from the
 /// settings at start-up and handed to every build and every request.
 pub struct Env {
-    pub breakers: BreakerStore,
-    pub limiter: RateLimiter,
+    pub(crate) breakers: BreakerStore,
+    pub(crate) limiter: RateLimiter,
     pub health: Arc<HealthState>,
-    pub trusted_proxies: TrustedProxies,
-    pub aggregation: Arc<Aggregation>,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) aggregation: Arc<Aggregation>,
     /// The output cache's storage; Pingora's cache phases take it `'static`.
     pub cache: &'static MemoryStore,
 }
@@ -46,6 +48,8 @@ pub struct Env {
 impl Env {
     /// Builds the stores the settings describe.
     pub fn from_settings(settings: &Settings) -> Result<Env, String> {
+        crate::qos::export_metrics();
+        crate::health::export_metrics();
         let ca_file = settings.upstream_ca_file.as_deref();
         Ok(Env {
             breakers: BreakerStore::default(),
@@ -68,7 +72,7 @@ impl Env {
 
     /// The client address for IP security and `{RemoteIpAddress}`: the
     /// socket peer, or what a trusted proxy says in `X-Forwarded-For`.
-    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -108,17 +112,17 @@ impl<'a> Warnings<'a> {
 /// An immutable, compiled configuration. Requests hold the snapshot they
 /// started with, whatever reloads happen meanwhile.
 pub struct Snapshot {
-    pub table: RouteTable,
+    pub(crate) table: RouteTable,
     pub routes: Vec<CompiledRoute>,
     /// The merged configuration as Ocelot JSON.
-    pub value: serde_json::Value,
+    pub(crate) value: serde_json::Value,
     pub config: ocelot_compat::model::FileConfiguration,
     pub warnings: Vec<Diagnostic>,
     /// `Aggregates`, in the order of `config.aggregates` (the table's indexes).
-    pub aggregates: Vec<CompiledAggregate>,
+    pub(crate) aggregates: Vec<CompiledAggregate>,
     /// Dynamic routing (service discovery without static routes): routes
     /// made per service on first use, numbered after `routes`.
-    pub dynamic: Option<dynamic::DynamicRoutes>,
+    pub(crate) dynamic: Option<dynamic::DynamicRoutes>,
 }
 
 impl Snapshot {
@@ -174,7 +178,7 @@ impl Snapshot {
     }
 
     /// Route number `index`: a static route, or a dynamic one made since.
-    pub fn route(&self, index: usize) -> Option<&CompiledRoute> {
+    pub(crate) fn route(&self, index: usize) -> Option<&CompiledRoute> {
         self.routes
             .get(index)
             .or_else(|| self.dynamic.as_ref()?.get(index))
@@ -192,7 +196,7 @@ impl Snapshot {
     }
 
     /// Resolves the hosts of the pools that `previous` did not already have.
-    pub async fn refresh_new_backends(&self, previous: &Snapshot) {
+    pub(crate) async fn refresh_new_backends(&self, previous: &Snapshot) {
         let new = self.routes.iter().filter(|route| {
             !previous
                 .routes
@@ -209,7 +213,7 @@ impl Snapshot {
 
     /// One message per route scheme that is not a configured provider (Ocelot
     /// refuses to start on an unregistered scheme).
-    pub fn unknown_schemes(&self, auth: &Authenticator) -> Vec<String> {
+    pub(crate) fn unknown_schemes(&self, auth: &Authenticator) -> Vec<String> {
         let mut out = Vec::new();
         for (i, (route, file)) in self.routes.iter().zip(&self.config.routes).enumerate() {
             for scheme in &route.authentication {
@@ -226,7 +230,7 @@ impl Snapshot {
 
     /// Sets the gauges that describe the current state (breakers, backend
     /// health) just before a scrape.
-    pub fn observe(&self) {
+    pub(crate) fn observe(&self) {
         METRICS.breaker_open.reset();
         METRICS.backend_healthy.reset();
         for route in &self.routes {

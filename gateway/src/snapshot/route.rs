@@ -25,50 +25,46 @@ use std::time::Duration;
 /// One route, ready to serve.
 pub struct CompiledRoute {
     /// How logs and metrics name the route: its upstream template.
-    pub name: String,
-    /// Identity of the route for state that outlives a snapshot, as Ocelot's
-    /// load-balancer key (`RouteKeyCreator`): the same for the same route on
-    /// every replica and across reloads.
-    pub identity: String,
+    pub(crate) name: String,
     /// How Ocelot names the route in messages (`DownstreamRoute.Name()`).
-    pub ocelot_name: String,
-    pub downstream: DownstreamTemplate,
+    pub(crate) ocelot_name: String,
+    pub(crate) downstream: DownstreamTemplate,
     /// TLS to the downstream service (`https`/`wss`).
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// HTTP version and ALPN to the downstream service (`DownstreamHttpVersion`/`Policy`).
-    pub protocol: UpstreamProtocol,
-    pub method: Option<http::Method>,
-    pub timeout: Duration,
-    pub verify_cert: bool,
+    pub(crate) protocol: UpstreamProtocol,
+    pub(crate) method: Option<http::Method>,
+    pub(crate) timeout: Duration,
+    pub(crate) verify_cert: bool,
     /// The route gets its hosts from service discovery (`ServiceName`).
-    pub uses_discovery: bool,
-    pub pool: Arc<Pool>,
+    pub(crate) uses_discovery: bool,
+    pub(crate) pool: Arc<Pool>,
     /// What the pool was built from: an unchanged key after a reload means the
     /// pool (round-robin position, in-flight counts, health) carries over.
-    pub pool_key: String,
+    pub(crate) pool_key: String,
     /// `SecurityOptions`.
-    pub security: Option<IpPolicy>,
+    pub(crate) security: Option<IpPolicy>,
     /// `UpstreamHeaderTransform` and `DownstreamHeaderTransform`.
-    pub headers: HeaderTransforms,
+    pub(crate) headers: HeaderTransforms,
     /// `RateLimitOptions`.
-    pub rate_limit: Option<RouteRule>,
+    pub(crate) rate_limit: Option<RouteRule>,
     /// `RequestIdKey`.
-    pub request_id: RequestIdPolicy,
+    pub(crate) request_id: RequestIdPolicy,
     /// Authentication schemes in Ocelot's order; empty: anonymous.
-    pub authentication: Vec<String>,
+    pub(crate) authentication: Vec<String>,
     /// `AllowedScopes` and `RouteClaimsRequirement`.
-    pub authorization: Authorization,
+    pub(crate) authorization: Authorization,
     /// `AddClaimsToRequest`, `AddHeadersToRequest`, `AddQueriesToRequest`,
     /// `ChangeDownstreamPathTemplate`.
-    pub claims: ClaimsTransforms,
+    pub(crate) claims: ClaimsTransforms,
     /// `QoSOptions`: timeout and circuit breaker.
-    pub qos: Option<RouteQos>,
+    pub(crate) qos: Option<RouteQos>,
     /// `CacheOptions` with `TtlSeconds` > 0.
-    pub cache: Option<CachePolicy>,
+    pub(crate) cache: Option<CachePolicy>,
     /// Handles into the request metrics, labelled with `name`.
-    pub metrics: RouteMetrics,
+    pub(crate) metrics: RouteMetrics,
     /// Some step needs the request id (`RequestIdKey`, `{TraceId}`).
-    pub needs_trace_id: bool,
+    pub(crate) needs_trace_id: bool,
 }
 
 impl CompiledRoute {
@@ -203,7 +199,6 @@ impl CompiledRoute {
 
         CompiledRoute {
             name: route.upstream_path_template.clone().unwrap_or_default(),
-            identity,
             ocelot_name,
             downstream: DownstreamTemplate::parse(
                 route.downstream_path_template.as_deref().unwrap_or("/"),
@@ -240,7 +235,7 @@ impl CompiledRoute {
     /// The timeout of the downstream call: the QoS `Timeout` when it is the
     /// shorter one, else the route timeout (itself doubled when not above the
     /// QoS one, as in Ocelot).
-    pub fn downstream_timeout(&self) -> Duration {
+    pub(crate) fn downstream_timeout(&self) -> Duration {
         match &self.qos {
             Some(q) => q.policy.downstream_timeout(self.timeout),
             None => self.timeout,
@@ -249,25 +244,16 @@ impl CompiledRoute {
 
     /// Whether a timeout of the downstream call is the QoS one (503 with a
     /// body, counted by the breaker) rather than the route one (503, empty).
-    pub fn timeout_is_qos(&self) -> bool {
+    pub(crate) fn timeout_is_qos(&self) -> bool {
         self.qos.as_ref().is_some_and(|q| {
             q.policy
                 .timeout_is_qos(q.policy.route_timeout(self.timeout))
         })
     }
-
-    /// Whether the steps after routing need the route match (placeholders
-    /// and path): claim requirements compare with placeholders, and claims
-    /// that change the query or the path render the downstream URL again.
-    pub fn needs_match(&self) -> bool {
-        self.authorization.uses_placeholders()
-            || self.claims.changes_path()
-            || self.claims.adds_queries()
-    }
 }
 
 /// Ocelot's `RouteKeyCreator.Create` for a static route.
-pub fn route_identity(route: &FileRoute, config: &FileConfiguration) -> String {
+pub(crate) fn route_identity(route: &FileRoute, config: &FileConfiguration) -> String {
     let lb = effective::load_balancer(route, &config.global);
     let lb_type = lb.r#type.as_deref().filter(|t| !t.is_empty());
     let lb_key = lb.key.as_deref().filter(|k| !k.is_empty());
@@ -299,7 +285,7 @@ pub fn route_identity(route: &FileRoute, config: &FileConfiguration) -> String {
 
 /// Ocelot's `DownstreamRoute.Name()`: the upstream template (else the
 /// downstream one), prefixed by `namespace:service:` with service discovery.
-pub fn route_name(route: &FileRoute) -> String {
+fn route_name(route: &FileRoute) -> String {
     let path = route
         .upstream_path_template
         .as_deref()
