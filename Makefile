@@ -3,7 +3,7 @@
 #   make test    install missing system packages, build the gateway, run every test
 #   make run     demo: echo upstreams on :5001/:5002 behind the gateway on :8080
 #   make build   build the workspace binaries (dev profile)
-#   make lint    rustfmt check + clippy with warnings as errors
+#   make lint    rustfmt check, clippy with warnings as errors, no import cycles between top-level modules
 #   make bench   release build, then the gateway against nginx, HAProxy and bare Pingora
 
 SHELL := /bin/bash
@@ -18,7 +18,7 @@ RUN_OCELOT ?= conf/ocelot.json
 # Binaries land here unless CARGO_TARGET_DIR moves them.
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: help deps build test run lint bench
+.PHONY: help deps build test run lint lint-tools bench
 
 help:
 	@sed -n '3,8p' Makefile | sed 's/^# *//'
@@ -84,9 +84,23 @@ run: deps
 	echo "Ctrl-C stops both."; \
 	wait $$gw
 
-lint:
+# rustfmt and clippy, then the import-cycle check (last: it fails while the
+# gateway's modules still have cycles, and fmt/clippy should be seen anyway).
+# scripts/module-cycles.py: exit 1 when top-level modules of a crate name each
+# other in a cycle (crate::, super:: paths; test code left out); its own tests
+# in scripts/module_cycles_test.py run first. Clippy compiles the workspace, so
+# it needs deps (system packages, .patched/).
+lint: deps lint-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	PYTHONDONTWRITEBYTECODE=1 python3 scripts/module_cycles_test.py
+	python3 scripts/module-cycles.py gateway/src ocelot-compat/src
+
+# rustfmt and clippy come with rustup's default profile but not its minimal
+# one (CI images): added when `cargo fmt`/`cargo clippy` are missing.
+lint-tools:
+	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "make lint-tools: rustup component add rustfmt"; rustup component add rustfmt; }
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "make lint-tools: rustup component add clippy"; rustup component add clippy; }
 
 # Release build + nginx/HAProxy/bare-Pingora comparison; see bench/README.md
 # (BENCH_QUICK=1 for a ~1 minute smoke run). Never part of `make test`.
