@@ -1,9 +1,10 @@
-# Developer and CI entry points. CI runs `make test` (see .ci/run).
+# Developer and CI entry points. CI runs `make test` and `make lint` (see .ci/run).
 #
 #   make test    install missing system packages, build the gateway, run every test (the Pingora patches' own too)
 #   make run     demo: echo upstreams on :5001/:5002 behind the gateway on :8080
 #   make build   build the workspace binaries (dev profile)
 #   make lint    rustfmt check, clippy with warnings as errors, no import cycles between top-level modules
+#   make deps    system packages and the patched Pingora crates in .patched/ (patches/README.md)
 #   make bench   release build, then the gateway against nginx, HAProxy and bare Pingora
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/debug
 .PHONY: help deps build test run lint lint-tools bench
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# *//'
+	@sed -n '3,9p' Makefile | sed 's/^# *//'
 
 # System packages a fresh Debian with only Rust lacks: cmake (zlib-ng in
 # Pingora), a C/C++ toolchain and a full perl (vendored OpenSSL's Configure
@@ -44,7 +45,7 @@ deps:
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
-	@# Pingora 0.9.1 with our WebSocket upgrade fix (patches/); cargo needs it before any build.
+	@# Pingora 0.9.1 with our patches, in .patched/ (patches/README.md); cargo needs it before any build.
 	bash scripts/patch-pingora.sh
 
 build: deps
