@@ -20,7 +20,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# BuildKit caches for the registry and target/ keep rebuilds incremental.
+# BuildKit caches for the registry and target/ keep rebuilds incremental. The
+# patched Pingora crates are made afresh in /src/.patched (.dockerignore keeps a
+# local copy out of the context), which [patch.crates-io] in Cargo.toml names.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     bash scripts/patch-pingora.sh \

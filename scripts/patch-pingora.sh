@@ -1,24 +1,9 @@
 #!/usr/bin/env bash
-# Builds target/patched/<crate>: the crates.io release of each patched Pingora
-# crate with our patches from patches/<crate>-<version>-*.patch applied in name
-# order. The workspace uses them through [patch.crates-io]; drop a crate from
-# both once a Pingora release carries its fixes.
-#   pingora-proxy: the WebSocket upgrade race (cloudflare/pingora#946, fix
-#                  proposed upstream in #947); a client that closes before its
-#                  request head is complete logged at debug, not ERROR.
-#   pingora-core:  HTTP/1 body buffers (bench/README.md, issue #6): no 64 KiB
-#                  buffer for a body that came with its header, large body
-#                  chunks passed on without a copy, the body chunks gathered
-#                  for one downstream write sent with vectored writes instead
-#                  of being joined into one buffer first; and an L4
-#                  write buffer that sends what it holds together with a
-#                  write that does not fit, in one vectored write (a response
-#                  header and a large body leave in one system call); and
-#                  pooled upstream connections taken out of their slot rather
-#                  than unwrapped, so a connection whose idle watcher (on
-#                  another thread) still holds its handle is reused instead of
-#                  being dropped with "ERROR failed to acquire reusable stream"
-#                  (cloudflare/pingora#201).
+# Builds .patched/<crate> at the repository root: the crates.io release of each
+# patched Pingora crate with our patches/<crate>-<version>-*.patch applied in
+# name order. The workspace uses them through [patch.crates-io] in Cargo.toml.
+# What each patch does, and when to drop it: patches/README.md.
+# Outside target/ so that `cargo clean` leaves them alone (gitignored).
 # Idempotent: a crate whose patched copy matches its patches is left alone.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,7 +32,7 @@ fetch_sources() {
 for crate in "${crates[@]}"; do
   patches=("$root"/patches/"$crate-$version"-*.patch)
   [ -e "${patches[0]}" ] || { echo "no patches for $crate in patches/" >&2; exit 1; }
-  dest="$root/target/patched/$crate"
+  dest="$root/.patched/$crate"
   stamp="$dest/.gateway-patched-$(cat "${patches[@]}" | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && continue
 
