@@ -3,7 +3,7 @@
 //! and follow them as they appear, change and disappear, without a restart;
 //! an unreachable registry leaves the last good list serving; dynamic routing
 //! sends `/{service}/{rest}` to a service. The registries are the test
-//! servers of `e2e::discovery_support`, speaking each project's real API.
+//! servers of `e2e::registries` and `e2e::dns`, speaking each project's real API.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::discovery_support::{
-    ConsulInstance, Dnsmasq, EurekaInstance, FakeConsul, FakeEureka, FakeKube, Pod,
-};
+use e2e::dns::Dnsmasq;
+use e2e::registries::{ConsulInstance, EurekaInstance, FakeConsul, FakeEureka, FakeKube, Pod};
 use e2e::{bounded, client, free_port, get, EchoServer, Gateway, Reply};
 use serde_json::{json, Value};
 use tokio::time::Instant;

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use e2e::identity_support::{alg_none_token, claims, hs256_token, now, Authority, SigningKey};
+use e2e::oidc::{alg_none_token, claims, hs256_token, now, Authority, SigningKey};
 use e2e::{
     bounded, client, config, get, route, run_to_exit, send, with, EchoServer, Gateway, Reply,
 };

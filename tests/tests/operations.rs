@@ -2,7 +2,8 @@
 //! API, metrics and access log, SIGTERM drain and `-u` upgrade under load.
 
 use e2e::pki::TestPki;
-use e2e::protocols_support::{localhost_pki, request, tls_handshake, wait_listening, Transport};
+use e2e::protocol_clients::{request, tls_handshake, Transport};
+use e2e::wait_listening;
 use e2e::{
     bounded, bounded_for, client, config, free_port, gateway_bin, get, route, with, EchoServer,
     Gateway,
@@ -740,7 +741,7 @@ async fn served_by(tls: SocketAddr, pki: &TestPki) -> bool {
 async fn a_renewed_tls_certificate_is_served_without_a_restart() {
     bounded(async {
         let up = EchoServer::start("up");
-        let (old, new) = (localhost_pki(), localhost_pki());
+        let (old, new) = (TestPki::localhost(), TestPki::localhost());
         let (gw, tls) = tls_gateway(&up, &old, 1).await;
         assert!(served_by(tls, &old).await);
         assert!(!served_by(tls, &new).await);
@@ -818,7 +819,7 @@ async fn a_renewed_tls_certificate_is_served_without_a_restart() {
 async fn sighup_serves_a_renewed_tls_certificate_at_once() {
     bounded(async {
         let up = EchoServer::start("up");
-        let (old, new) = (localhost_pki(), localhost_pki());
+        let (old, new) = (TestPki::localhost(), TestPki::localhost());
         // A poll too slow to matter here: only the signal can bring it in.
         let (gw, tls) = tls_gateway(&up, &old, 3600).await;
         write_atomically(&gw.dir().join("gateway-key.pem"), new.key_pem.as_bytes());

@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::protocols_support::{
-    grpc_channel, health_check_body, localhost_pki, request, wait_listening, GrpcServer, H2Server,
-    HealthCheckRequest, HealthClient, ServingStatus, Transport, WsEchoServer,
+use e2e::pki::TestPki;
+use e2e::protocol_clients::{
+    grpc_channel, health_check_body, request, HealthCheckRequest, HealthClient, ServingStatus,
+    Transport,
 };
+use e2e::protocol_servers::{GrpcServer, WsEchoServer};
+use e2e::wait_listening;
 use e2e::{bounded, client, config, free_port, get, route, with, EchoServer, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use http::Method;
@@ -218,7 +221,7 @@ fn versioned(up: &str, server: Value, scheme: &str, version: &str, policy: Optio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_with_http2_exact_and_or_higher() {
     bounded(async {
-        let up = H2Server::h2c("h2c").await;
+        let up = EchoServer::start_h2c("h2c");
         let gw = Gateway::start(config(vec![
             versioned(
                 "/exact",
@@ -315,9 +318,9 @@ async fn tls_alpn_follows_the_version_policy() {
     bounded(async {
         // Ocelot's DefaultVersionPolicyTests, against servers offering h2 and
         // http/1.1, only http/1.1, or no ALPN at all.
-        let both = H2Server::tls("both", &["h2", "http/1.1"]).await;
-        let h1 = H2Server::tls("h1", &["http/1.1"]).await;
-        let none = H2Server::tls("none", &[]).await;
+        let both = EchoServer::start_tls_alpn("both", &["h2", "http/1.1"]);
+        let h1 = EchoServer::start_tls_alpn("h1", &["http/1.1"]);
+        let none = EchoServer::start_tls_alpn("none", &[]);
         let exact = Some("RequestVersionExact");
         let higher = Some("RequestVersionOrHigher");
         let lower = Some("RequestVersionOrLower");
@@ -485,7 +488,7 @@ async fn grpc_and_http_through_a_tls_listener() {
     bounded(async {
         let svc = GrpcServer::start().await;
         let echo = EchoServer::start("echo");
-        let pki = localhost_pki();
+        let pki = TestPki::localhost();
         let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let settings = format!(
             "tls_listen:\n  - addr: \"{tls}\"\n    cert: gateway-cert.pem\n    key: gateway-key.pem\n"

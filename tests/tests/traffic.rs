@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::traffic_support::{get_for_each_id, restart_echo, RedisServer};
+use e2e::load::get_for_each_id;
+use e2e::redis::RedisServer;
+use e2e::restart_echo;
 use e2e::{
     bounded, bounded_for, closed_addr, config, get, raw, route, with, EchoServer, Gateway,
     RawResponse, Reply,
