@@ -114,6 +114,18 @@ pub fn route(up: &str, down: &str, upstreams: &[&EchoServer]) -> Value {
     })
 }
 
+/// A config with one route `/secure/{rest}` → `https://localhost:PORT/s/{rest}`
+/// on a TLS echo server, accepting any certificate when `dangerous`.
+pub fn https_route(up: &EchoServer, dangerous: bool) -> Value {
+    config(vec![json!({
+        "UpstreamPathTemplate": "/secure/{rest}",
+        "DownstreamPathTemplate": "/s/{rest}",
+        "DownstreamScheme": "https",
+        "DownstreamHostAndPorts": [up.localhost_and_port()],
+        "DangerousAcceptAnyServerCertificateValidator": dangerous,
+    })])
+}
+
 /// `base` with the members of `extra` added or replaced (shallow).
 pub fn with(mut base: Value, extra: Value) -> Value {
     let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) else {
