@@ -17,6 +17,19 @@ use e2e::{
 };
 use serde_json::json;
 
+/// A gateway with `/secure` authenticated by the `Bearer` provider of `authority`.
+async fn secure_gateway(authority: &Authority, up: &EchoServer) -> Gateway {
+    Gateway::builder(config(vec![authenticated(
+        "/secure",
+        "/secure",
+        up,
+        json!({}),
+    )]))
+    .settings(&oidc_settings(authority, ""))
+    .start()
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_tokens_are_401_with_an_empty_body() {
     bounded(async {
@@ -24,15 +37,7 @@ async fn invalid_tokens_are_401_with_an_empty_body() {
         let other = SigningKey::rsa("k1", 1); // same kid, different key: a forged signature
         let authority = Authority::start(&[&key]);
         let up = EchoServer::start("up");
-        let gw = Gateway::builder(config(vec![authenticated(
-            "/secure",
-            "/secure",
-            &up,
-            json!({}),
-        )]))
-        .settings(&oidc_settings(&authority, ""))
-        .start()
-        .await;
+        let gw = secure_gateway(&authority, &up).await;
         let iss = authority.url();
         let good = claims(&iss, AUDIENCE, json!({}));
         let ok = get(
@@ -107,15 +112,7 @@ async fn rotated_keys_are_picked_up_and_bogus_kids_cannot_hammer_the_authority()
         let k2 = SigningKey::rsa("k2", 1);
         let authority = Authority::start(&[&k1]);
         let up = EchoServer::start("up");
-        let gw = Gateway::builder(config(vec![authenticated(
-            "/secure",
-            "/secure",
-            &up,
-            json!({}),
-        )]))
-        .settings(&oidc_settings(&authority, ""))
-        .start()
-        .await;
+        let gw = secure_gateway(&authority, &up).await;
         let c = claims(&authority.url(), AUDIENCE, json!({}));
         let call = |token: String| {
             let url = gw.url("/secure");
@@ -167,15 +164,7 @@ async fn authority_down_keeps_known_keys_and_recovery_is_picked_up() {
         let k2 = SigningKey::ec("k2");
         let authority = Authority::start(&[&k1]);
         let up = EchoServer::start("up");
-        let gw = Gateway::builder(config(vec![authenticated(
-            "/secure",
-            "/secure",
-            &up,
-            json!({}),
-        )]))
-        .settings(&oidc_settings(&authority, ""))
-        .start()
-        .await;
+        let gw = secure_gateway(&authority, &up).await;
         let c = claims(&authority.url(), AUDIENCE, json!({}));
         let call = |token: String| {
             let url = gw.url("/secure");
@@ -215,15 +204,7 @@ async fn authority_down_at_start_then_up() {
         let authority = Authority::start(&[&k1]);
         authority.set_down(true);
         let up = EchoServer::start("up");
-        let gw = Gateway::builder(config(vec![authenticated(
-            "/secure",
-            "/secure",
-            &up,
-            json!({}),
-        )]))
-        .settings(&oidc_settings(&authority, ""))
-        .start()
-        .await;
+        let gw = secure_gateway(&authority, &up).await;
         let token = k1.sign(&claims(&authority.url(), AUDIENCE, json!({})));
         assert_eq!(
             get(&gw.url("/secure"), &[("authorization", &bearer(&token))])
