@@ -481,7 +481,9 @@ impl Gateway {
             if Instant::now() > deadline {
                 return Err(format!("/readyz not 200 within {READY_TIMEOUT:?}"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A debug gateway is ready within a few hundred milliseconds;
+            // every test waits for this, so the poll is short.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

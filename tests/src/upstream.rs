@@ -154,13 +154,7 @@ impl EchoServer {
     pub fn start_tls_for(name: &str, cert_names: &[&str]) -> EchoServer {
         let pki = TestPki::generate(cert_names);
         let config = pki.server_config();
-        Self::spawn(
-            name,
-            "127.0.0.1:0".parse().unwrap(),
-            Some((pki, config)),
-            false,
-        )
-        .expect("start TLS echo server")
+        Self::spawn_tls(name, pki, config)
     }
 
     /// Cleartext HTTP/2 with prior knowledge only (an HTTP/1.1 request is a
@@ -178,6 +172,10 @@ impl EchoServer {
         let pki = TestPki::localhost();
         let mut config = pki.server_config();
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Self::spawn_tls(name, pki, config)
+    }
+
+    fn spawn_tls(name: &str, pki: TestPki, config: ServerConfig) -> EchoServer {
         Self::spawn(
             name,
             "127.0.0.1:0".parse().unwrap(),
