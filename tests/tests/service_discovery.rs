@@ -1,9 +1,10 @@
-//! Service discovery (issue #7, spec §1.3, §1.5, §7.4, §7.8): routes with a
-//! `ServiceName` take their instances from Kubernetes, Consul, Eureka or DNS
-//! and follow them as they appear, change and disappear, without a restart;
-//! an unreachable registry leaves the last good list serving; dynamic routing
-//! sends `/{service}/{rest}` to a service. The registries are the test
-//! servers of `e2e::registries` and `e2e::dns`, speaking each project's real API.
+//! Service discovery (spec §1.3, §1.5, §7.4, §7.8; Ocelot's ServiceDiscovery
+//! acceptance tests): routes with a `ServiceName` take their instances from
+//! Kubernetes, Consul, Eureka or DNS and follow them as they appear, change
+//! and disappear, without a restart; an unreachable registry leaves the last
+//! good list serving; dynamic routing sends `/{service}/{rest}` to a service.
+//! The registries are the test servers of `e2e::registries` and a real
+//! dnsmasq (`e2e::dns`), speaking each project's real API.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
