@@ -1,29 +1,33 @@
-//! Upstreams that are not plain request/response HTTP, so not
-//! [`TestServer`](crate::server::TestServer)s:
+//! Upstreams for the protocol tests:
 //!
 //! * [`WsEchoServer`]: a WebSocket echo server (plain or TLS) that records
-//!   each handshake it accepted;
+//!   each handshake it accepted, a [`TestServer`] that accepts the upgrade;
 //! * [`GrpcServer`]: a real gRPC service, tonic's health service, whose code
-//!   tonic ships pre-generated (no `protoc`).
+//!   tonic ships pre-generated (no `protoc`); tonic serves it on the test's
+//!   runtime, and it stops when dropped.
 //!
 //! (HTTP/2 upstreams are [`EchoServer::start_h2c`](crate::EchoServer::start_h2c)
 //! and [`EchoServer::start_tls_alpn`](crate::EchoServer::start_tls_alpn).)
-//! These servers run on the test's runtime and stop when dropped.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    Request as WsRequest, Response as WsResponse,
-};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::pki::TestPki;
+use crate::server::{empty, Body, TestServer};
 
 /// Aborts the accept loop when the server is dropped.
 struct Task(JoinHandle<()>);
@@ -65,63 +69,45 @@ impl Handshake {
     }
 }
 
-/// Echoes every text and binary message back on the same socket.
+/// Echoes every text and binary message back on the same socket: a
+/// [`TestServer`] whose handler accepts the upgrade.
 pub struct WsEchoServer {
-    addr: SocketAddr,
     handshakes: Arc<Mutex<Vec<Handshake>>>,
-    _task: Task,
+    server: TestServer,
 }
 
 impl WsEchoServer {
     /// Plain `ws://`.
     pub async fn start() -> WsEchoServer {
-        Self::spawn(None).await
+        Self::spawn(None)
     }
 
     /// `wss://` with a certificate from a test CA the gateway does not trust
     /// (routes use `DangerousAcceptAnyServerCertificateValidator`).
     pub async fn start_tls() -> WsEchoServer {
-        let cfg = TestPki::localhost().server_config();
-        Self::spawn(Some(TlsAcceptor::from(Arc::new(cfg)))).await
+        Self::spawn(Some(TestPki::localhost().server_config()))
     }
 
-    async fn spawn(tls: Option<TlsAcceptor>) -> WsEchoServer {
-        let (listener, addr) = bind().await;
+    fn spawn(tls: Option<ServerConfig>) -> WsEchoServer {
         let handshakes = Arc::new(Mutex::new(Vec::new()));
         let seen = handshakes.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = seen.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    match tls {
-                        None => ws_echo(tcp, seen).await,
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(tcp).await {
-                                ws_echo(stream, seen).await
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        WsEchoServer {
-            addr,
-            handshakes,
-            _task: Task(task),
+        let mut builder = TestServer::builder("ws-echo");
+        if let Some(config) = tls {
+            builder = builder.tls(config);
         }
+        let server = builder
+            .serve(move |req, _conn| std::future::ready(accept(req, &seen)))
+            .expect("start WebSocket echo server");
+        WsEchoServer { handshakes, server }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `{"Host": "127.0.0.1", "Port": …}` for `DownstreamHostAndPorts`.
     pub fn host_and_port(&self) -> Value {
-        host_and_port(self.addr)
+        self.server.host_and_port()
     }
 
     /// Every handshake accepted so far.
@@ -130,34 +116,52 @@ impl WsEchoServer {
     }
 }
 
-async fn ws_echo<S>(stream: S, seen: Arc<Mutex<Vec<Handshake>>>)
+/// Accepts a WebSocket upgrade (RFC 6455 §4.2): records the handshake,
+/// answers 101 and echoes on the upgraded connection. Anything else is 400.
+fn accept(mut req: Request<Incoming>, seen: &Mutex<Vec<Handshake>>) -> Response<Body> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version = header("sec-websocket-version") == Some("13");
+    let (true, true, Some(key)) = (upgrade, version, header("sec-websocket-key")) else {
+        return empty(400);
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    seen.lock().unwrap().push(Handshake { target, headers });
+    let upgraded = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(io) = upgraded.await {
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+            echo(ws).await;
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept_key)
+        .body(Empty::new().boxed())
+        .unwrap()
+}
+
+async fn echo<S>(mut ws: WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The error type is tungstenite's (a whole HTTP response), not ours.
-    #[allow(clippy::result_large_err)]
-    let record = |req: &WsRequest, resp: WsResponse| {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        seen.lock().unwrap().push(Handshake { target, headers });
-        Ok(resp)
-    };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
-        return;
-    };
     while let Some(Ok(msg)) = ws.next().await {
         if msg.is_close() {
             return;

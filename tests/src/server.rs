@@ -1,8 +1,8 @@
 //! The one HTTP server every fake service in this crate is built on: the
 //! echo upstream ([`EchoServer`](crate::EchoServer)), the JSON upstream
 //! ([`JsonServer`](crate::json_upstream::JsonServer)), the OpenID Connect
-//! authority ([`Authority`](crate::oidc::Authority)) and the service
-//! registries ([`crate::registries`]).
+//! authority ([`Authority`](crate::oidc::Authority)), the service
+//! registries ([`crate::registries`]) and the WebSocket echo.
 //!
 //! A [`TestServer`] owns its listener(s) and its own Tokio runtime, so it keeps
 //! answering whatever the test's runtime is doing (blocking, shutting down)
@@ -13,9 +13,10 @@
 //! port refuses connections, open connections break) and started again on
 //! the same port. Dropping it stops it.
 //!
-//! Servers that are not plain request/response HTTP keep their own loops:
-//! the WebSocket echo and gRPC servers ([`crate::protocol_servers`]) and the
-//! misbehaving [`bad_upstream`](crate::upstream::bad_upstream).
+//! The WebSocket echo ([`crate::protocol_servers`]) is one too, accepting
+//! upgrades in its handler. Two servers keep their own loops: tonic's gRPC
+//! server, and the misbehaving [`bad_upstream`](crate::upstream::bad_upstream),
+//! which writes raw bytes no HTTP library would.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -317,6 +318,7 @@ where
             .timer(TokioTimer::new())
             .keep_alive(true)
             .serve_connection(io, svc)
+            .with_upgrades()
             .await;
     }
 }
