@@ -98,6 +98,24 @@ pub fn owns_listener(pid: u32, port: u16) -> bool {
     })
 }
 
+/// Sends signal `name` (`HUP`, `TERM`, `QUIT`, ...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The value of one sample line of the Prometheus exposition format (the
+/// series with its labels, exactly as printed), 0 if absent.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A loopback address where nothing listens (connections are refused).
 pub fn closed_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -373,8 +391,37 @@ impl Gateway {
             .expect("/metrics body")
     }
 
+    /// The value of one series in [`metrics`](Self::metrics) (see [`metric_sample`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_sample(&self.metrics().await, series)
+    }
+
+    /// `GET target` on a fresh connection, sent and read as raw bytes (for
+    /// reason phrases, exact headers, targets a client library would rewrite).
+    pub async fn raw_get(&self, target: &str, extra_headers: &[&str]) -> raw::RawResponse {
+        raw::exchange(
+            self.addr,
+            &raw::get_request(target, &self.authority(), extra_headers),
+        )
+        .await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, `QUIT`, ...) to the gateway.
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Replaces `ocelot.json` atomically with `config`, as editors and
+    /// config management do (the gateway reloads it).
+    pub fn write_config(&self, config: &Value) {
+        crate::write_atomically(
+            &self.dir_path.join("ocelot.json"),
+            &serde_json::to_vec(config).unwrap(),
+        );
     }
 
     /// The gateway's temp dir (config, settings, logs, extra files).
@@ -434,7 +481,9 @@ impl Gateway {
             if Instant::now() > deadline {
                 return Err(format!("/readyz not 200 within {READY_TIMEOUT:?}"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A debug gateway is ready within a few hundred milliseconds;
+            // every test waits for this, so the poll is short.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -6,19 +6,14 @@
 //! target recorded, so a test can check what the gateway called.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
+use hyper::{Request, Response};
+
+use crate::server::{json_text_response, Body, TestServer};
 
 #[derive(Default)]
 struct State {
@@ -27,36 +22,21 @@ struct State {
     seen: Vec<String>,
 }
 
-/// A running JSON upstream. Dropping it stops it.
+/// A running JSON upstream (a [`TestServer`]). Dropping it stops it.
 pub struct JsonServer {
-    addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    rt: Option<Runtime>,
+    server: TestServer,
 }
 
 impl JsonServer {
     /// Listens on 127.0.0.1 at a port chosen by the OS.
     pub fn start() -> JsonServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("json-upstream")
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        {
-            let _guard = rt.enter();
-            let listener = TcpListener::from_std(listener).unwrap();
-            rt.spawn(accept(listener, state.clone()));
-        }
-        JsonServer {
-            addr,
-            state,
-            rt: Some(rt),
-        }
+        let handler_state = state.clone();
+        let server = TestServer::builder("json-upstream")
+            .serve(move |req, _conn| handle(handler_state.clone(), req))
+            .expect("start JSON upstream");
+        JsonServer { state, server }
     }
 
     /// Answer `path` with `status` and `body` (`Content-Type: application/json`).
@@ -76,7 +56,7 @@ impl JsonServer {
 
     /// `{"Host": "127.0.0.1", "Port": port}`.
     pub fn host_and_port(&self) -> serde_json::Value {
-        serde_json::json!({ "Host": "127.0.0.1", "Port": self.addr.port() })
+        self.server.host_and_port()
     }
 
     /// Request targets seen so far, in arrival order.
@@ -89,34 +69,7 @@ impl JsonServer {
     }
 }
 
-impl Drop for JsonServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn accept(listener: TcpListener, state: Arc<Mutex<State>>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
-}
-
-async fn handle(
-    state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
     let target = req
         .uri()
         .path_and_query()
@@ -133,11 +86,10 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    let status = if http::StatusCode::from_u16(status).is_ok() {
+        status
+    } else {
+        200
+    };
+    json_text_response(status, body)
 }

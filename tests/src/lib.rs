@@ -4,28 +4,51 @@
 //! `ocelot.json`, in front of real HTTP/1.1 upstreams ([`EchoServer`]) on
 //! loopback, and check both what the client gets back and what each upstream
 //! received. Every test owns its ports and temp dir, so tests run in parallel.
+//!
+//! Test files are named after the Ocelot feature they test (`routing.rs`,
+//! `rate_limiting.rs`, `qos.rs`, ...). The modules here are named after what
+//! they provide:
+//!
+//! * [`gateway`]: the binary under test, its ports, files, signals, metrics;
+//! * [`server`]: the one HTTP test server every fake service is built on;
+//! * [`upstream`] (echo), [`json_upstream`], [`oidc`] (JWT authority and
+//!   tokens), [`registries`] (Kubernetes, Consul, Eureka): fake services;
+//! * [`protocol_servers`] (WebSocket, gRPC) and [`protocol_clients`] (TLS,
+//!   HTTP/2, gRPC clients for the gateway's listeners);
+//! * [`redis`], [`dns`]: real `redis-server` and `dnsmasq` processes;
+//! * [`load`]: client load; [`wait`]: polling with a deadline; [`raw`]:
+//!   exact bytes over TCP; [`pki`]: test certificates; [`pattern`]: bodies
+//!   checked byte for byte.
 
-pub mod discovery_support;
+pub mod dns;
 pub mod gateway;
-pub mod identity_support;
 pub mod json_upstream;
+pub mod load;
+pub mod oidc;
 pub mod pattern;
 pub mod pki;
-pub mod protocols_support;
+pub mod protocol_clients;
+pub mod protocol_servers;
 pub mod raw;
-pub mod traffic_support;
+pub mod redis;
+pub mod registries;
+pub mod server;
 pub mod upstream;
+pub mod wait;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 pub use gateway::{
-    closed_addr, free_port, gateway_bin, run_to_exit, workspace_root, Exited, Gateway,
+    closed_addr, free_port, gateway_bin, metric_sample, run_to_exit, signal, workspace_root,
+    Exited, Gateway,
 };
 pub use raw::RawResponse;
-pub use upstream::{EchoServer, Seen};
+pub use upstream::{restart_echo, EchoServer, Seen};
+pub use wait::{eventually, eventually_ok, wait_listening};
 
 /// Default bound for one test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,6 +71,14 @@ pub async fn bounded_for<F: Future>(limit: Duration, f: F) -> F::Output {
 /// build a client unless one is installed for the process.
 fn install_crypto_provider() {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Replaces a file atomically (write a temporary file, rename it over),
+/// as editors and config management do.
+pub fn write_atomically(path: &Path, contents: &[u8]) {
+    let temp = path.with_extension("tmp-write");
+    std::fs::write(&temp, contents).unwrap();
+    std::fs::rename(&temp, path).unwrap();
 }
 
 /// An HTTP/1.1 client for talking to the gateway: no proxy (CI may have
@@ -81,6 +112,18 @@ pub fn route(up: &str, down: &str, upstreams: &[&EchoServer]) -> Value {
         "DownstreamScheme": "http",
         "DownstreamHostAndPorts": upstreams.iter().map(|u| u.host_and_port()).collect::<Vec<_>>(),
     })
+}
+
+/// A config with one route `/secure/{rest}` → `https://localhost:PORT/s/{rest}`
+/// on a TLS echo server, accepting any certificate when `dangerous`.
+pub fn https_route(up: &EchoServer, dangerous: bool) -> Value {
+    config(vec![json!({
+        "UpstreamPathTemplate": "/secure/{rest}",
+        "DownstreamPathTemplate": "/s/{rest}",
+        "DownstreamScheme": "https",
+        "DownstreamHostAndPorts": [up.localhost_and_port()],
+        "DangerousAcceptAnyServerCertificateValidator": dangerous,
+    })])
 }
 
 /// `base` with the members of `extra` added or replaced (shallow).
@@ -151,6 +194,32 @@ pub async fn send(mut req: reqwest::RequestBuilder, headers: &[(&str, &str)]) ->
         req = req.header(*k, *v);
     }
     Reply::read(req.send().await.expect("request to gateway")).await
+}
+
+/// Status of `GET url`, 0 when there was no answer at all.
+pub async fn status_of(url: &str) -> u16 {
+    match client().get(url).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Assert `reply` has this status and an empty body, as the gateway's own
+/// refusals (401, 403, 404, ...) have.
+#[track_caller]
+pub fn assert_refused(reply: &Reply, status: u16, what: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{what}: expected {status}, got {} body {:?}",
+        reply.status,
+        reply.text()
+    );
+    assert!(
+        reply.body.is_empty(),
+        "{what}: error bodies are empty, got {:?}",
+        reply.text()
+    );
 }
 
 /// Assert `reply` is a 200 answered by `server` with this target

@@ -62,6 +62,11 @@ impl TestPki {
         }
     }
 
+    /// A CA and a leaf for `localhost` and `127.0.0.1`.
+    pub fn localhost() -> TestPki {
+        Self::generate(&["localhost", "127.0.0.1"])
+    }
+
     /// rustls server config presenting leaf + CA, speaking HTTP/1.1 only.
     pub fn server_config(&self) -> ServerConfig {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

@@ -80,6 +80,11 @@ impl RawResponse {
         }
     }
 
+    /// [`body`](Self::body) as text (lossy UTF-8).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(self.body()).into_owned()
+    }
+
     /// Whether a full response is in `bytes` (so we can stop without waiting
     /// for a close the peer may never do on a keep-alive connection).
     fn complete(&self) -> bool {

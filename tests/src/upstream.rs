@@ -24,28 +24,23 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::pattern;
 use crate::pki::TestPki;
+use crate::server::{Body, Conn, TestServer};
 
 pub const STATUS: &str = "x-echo-status";
 pub const REASON: &str = "x-echo-reason";
@@ -125,19 +120,15 @@ struct State {
     name: String,
     seen: Mutex<Vec<Seen>>,
     released: watch::Sender<HashSet<String>>,
-    connections: AtomicU64,
-    tls_handshake_failures: AtomicU64,
 }
 
-/// A running echo server. Dropping it stops it.
+/// A running echo server (a [`TestServer`] with the echo handler). Dropping
+/// it stops it.
 pub struct EchoServer {
     name: String,
-    addr: SocketAddr,
     state: Arc<State>,
     pki: Option<TestPki>,
-    // Own runtime: the server keeps answering whatever the test's runtime is
-    // doing (blocking, shutting down), and works from sync and async tests.
-    rt: Option<Runtime>,
+    server: TestServer,
 }
 
 impl EchoServer {
@@ -148,7 +139,7 @@ impl EchoServer {
 
     /// Plain HTTP on a given address (the `demo-upstream` binary uses this).
     pub fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<EchoServer> {
-        Self::spawn(name, addr, None)
+        Self::spawn(name, addr, None, false)
     }
 
     /// HTTPS with a certificate for `localhost` and `127.0.0.1` issued by a
@@ -162,49 +153,69 @@ impl EchoServer {
     /// HTTPS with a certificate valid only for `cert_names`.
     pub fn start_tls_for(name: &str, cert_names: &[&str]) -> EchoServer {
         let pki = TestPki::generate(cert_names);
-        Self::spawn(name, "127.0.0.1:0".parse().unwrap(), Some(pki)).expect("start TLS echo server")
+        let config = pki.server_config();
+        Self::spawn_tls(name, pki, config)
     }
 
-    fn spawn(name: &str, addr: SocketAddr, pki: Option<TestPki>) -> std::io::Result<EchoServer> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("echo-{name}"))
-            .enable_all()
-            .build()?;
+    /// Cleartext HTTP/2 with prior knowledge only (an HTTP/1.1 request is a
+    /// protocol error to it); `version` in its answers tells what arrived.
+    pub fn start_h2c(name: &str) -> EchoServer {
+        Self::spawn(name, "127.0.0.1:0".parse().unwrap(), None, true)
+            .expect("start h2c echo server")
+    }
+
+    /// HTTPS offering `alpn` (e.g. `["h2", "http/1.1"]`; empty: no ALPN at
+    /// all) and speaking HTTP/2 when `h2` is chosen, HTTP/1.1 otherwise; its
+    /// certificate (for `localhost` and `127.0.0.1`) is from a test CA the
+    /// gateway must be told to accept.
+    pub fn start_tls_alpn(name: &str, alpn: &[&str]) -> EchoServer {
+        let pki = TestPki::localhost();
+        let mut config = pki.server_config();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Self::spawn_tls(name, pki, config)
+    }
+
+    fn spawn_tls(name: &str, pki: TestPki, config: ServerConfig) -> EchoServer {
+        Self::spawn(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            Some((pki, config)),
+            false,
+        )
+        .expect("start TLS echo server")
+    }
+
+    fn spawn(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<(TestPki, ServerConfig)>,
+        h2c: bool,
+    ) -> std::io::Result<EchoServer> {
         let state = Arc::new(State {
             name: name.to_string(),
             seen: Mutex::new(Vec::new()),
             released: watch::Sender::new(HashSet::new()),
-            connections: AtomicU64::new(0),
-            tls_handshake_failures: AtomicU64::new(0),
         });
-        let acceptor = pki
-            .as_ref()
-            .map(|p| TlsAcceptor::from(Arc::new(p.server_config())));
-
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let mut listeners = vec![listener];
-        if pki.is_some() {
-            if let Ok(v6) = std::net::TcpListener::bind(("::1", addr.port())) {
-                v6.set_nonblocking(true)?;
-                listeners.push(v6);
-            }
+        let mut builder = TestServer::builder(&format!("echo-{name}"))
+            .threads(2)
+            .bind(addr);
+        if h2c {
+            builder = builder.h2c();
         }
-        {
-            let _guard = rt.enter();
-            for l in listeners {
-                let l = TcpListener::from_std(l)?;
-                rt.spawn(accept_loop(l, state.clone(), acceptor.clone()));
+        let pki = match tls {
+            Some((pki, config)) => {
+                builder = builder.tls(config).also_ipv6();
+                Some(pki)
             }
-        }
+            None => None,
+        };
+        let handler_state = state.clone();
+        let server = builder.serve(move |req, conn| handle(handler_state.clone(), conn, req))?;
         Ok(EchoServer {
             name: name.to_string(),
-            addr,
             state,
             pki,
-            rt: Some(rt),
+            server,
         })
     }
 
@@ -213,16 +224,16 @@ impl EchoServer {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.port()
     }
 
     /// `{"Host": "127.0.0.1", "Port": port}` for `DownstreamHostAndPorts`.
     pub fn host_and_port(&self) -> serde_json::Value {
-        serde_json::json!({ "Host": self.addr.ip().to_string(), "Port": self.port() })
+        self.server.host_and_port()
     }
 
     /// `{"Host": "localhost", "Port": port}`: the name the TLS certificate is for.
@@ -253,12 +264,12 @@ impl EchoServer {
 
     /// TCP connections accepted (a refused TLS handshake still counts).
     pub fn connections(&self) -> u64 {
-        self.state.connections.load(Ordering::SeqCst)
+        self.server.connections()
     }
 
     /// TLS handshakes that failed (e.g. the client rejected our certificate).
     pub fn tls_handshake_failures(&self) -> u64 {
-        self.state.tls_handshake_failures.load(Ordering::SeqCst)
+        self.server.tls_handshake_failures()
     }
 
     /// Let every request held with `x-echo-hold: key` answer.
@@ -270,16 +281,13 @@ impl EchoServer {
 
     /// Poll until at least `n` requests were seen; panics after `timeout`.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.count() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: waited {timeout:?} for {n} requests, saw {}",
-                self.name,
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::eventually_ok(timeout, Duration::from_millis(10), || async {
+            match self.count() {
+                seen if seen >= n => Ok(()),
+                seen => Err(format!("{}: {n} requests, saw {seen}", self.name)),
+            }
+        })
+        .await
     }
 
     /// PEM of the CA that issued this server's certificate (TLS mode only).
@@ -293,56 +301,6 @@ impl EchoServer {
     }
 }
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            // shutdown_background is the one way to drop a runtime that is
-            // allowed from inside another runtime (async tests).
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
-    loop {
-        let Ok((tcp, _peer)) = listener.accept().await else {
-            continue;
-        };
-        state.connections.fetch_add(1, Ordering::SeqCst);
-        let _ = tcp.set_nodelay(true);
-        let state = state.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => serve(tcp, state, false, None).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => {
-                        let sni = stream.get_ref().1.server_name().map(str::to_string);
-                        serve(stream, state, true, sni).await
-                    }
-                    Err(_) => {
-                        state.tls_handshake_failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                },
-            }
-        });
-    }
-}
-
-async fn serve<IO>(io: IO, state: Arc<State>, tls: bool, sni: Option<String>)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |req| handle(state.clone(), tls, sni.clone(), req));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), svc)
-        .await;
-}
-
-type EchoBody = BoxBody<Bytes, Infallible>;
-
 fn header_str<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
@@ -351,12 +309,7 @@ fn header_str<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str
         .map(str::trim)
 }
 
-async fn handle(
-    state: Arc<State>,
-    tls: bool,
-    sni: Option<String>,
-    req: Request<Incoming>,
-) -> Result<Response<EchoBody>, Infallible> {
+async fn handle(state: Arc<State>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let (parts, mut body) = req.into_parts();
     let check_pattern = parts.headers.contains_key(EXPECT_PATTERN);
 
@@ -397,8 +350,8 @@ async fn handle(
         body_error,
         body_pattern_ok: check_pattern.then_some(pattern_ok),
         version: format!("{:?}", parts.version),
-        tls,
-        sni,
+        tls: conn.tls,
+        sni: conn.sni,
     };
     state.seen.lock().unwrap().push(seen.clone());
 
@@ -419,7 +372,7 @@ async fn handle(
         || status.is_informational()
         || parts.method == http::Method::HEAD;
 
-    let body: EchoBody = if bodiless {
+    let body: Body = if bodiless {
         Empty::new().boxed()
     } else if let Some(n) = header_str(&parts, BODY_BYTES).and_then(|v| v.parse().ok()) {
         PatternBody {
@@ -456,7 +409,7 @@ async fn handle(
             resp.extensions_mut().insert(r);
         }
     }
-    Ok(resp)
+    resp
 }
 
 /// A response body of `total` pattern bytes, produced chunk by chunk on demand.
@@ -494,6 +447,19 @@ impl http_body::Body for PatternBody {
             SizeHint::default()
         } else {
             SizeHint::with_exact(self.total - self.offset)
+        }
+    }
+}
+
+/// Starts an echo server on `addr` again (after the old one was dropped),
+/// retrying while the port is still being released.
+pub fn restart_echo(name: &str, addr: SocketAddr) -> EchoServer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EchoServer::start_on(name, addr) {
+            Ok(server) => return server,
+            Err(e) if Instant::now() > deadline => panic!("cannot listen on {addr} again: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }

@@ -1,13 +1,12 @@
 //! The command line: `--check` over the real-world corpus and over broken
-//! configs, the settings file, folder configs, and the admin endpoints.
+//! configs, the settings file, folder configs and lenient JSON.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::{
-    assert_routed, bounded, config, gateway::admin_status, get, route, run_to_exit, workspace_root,
-    EchoServer, Gateway,
+    assert_routed, bounded, config, get, route, run_to_exit, workspace_root, EchoServer, Gateway,
 };
 use serde_json::json;
 
@@ -183,16 +182,6 @@ fn check_accepts_a_valid_config_and_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_health_and_readiness() {
-    bounded(async {
-        let gw = Gateway::start(json!({ "Routes": [] })).await;
-        assert_eq!(admin_status(gw.admin_addr(), "/healthz").await, Some(200));
-        assert_eq!(admin_status(gw.admin_addr(), "/readyz").await, Some(200));
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_file_supplies_listeners_and_config() {
     bounded(async {
         let up = EchoServer::start("up");
@@ -255,42 +244,6 @@ async fn lenient_json_is_served() {
         );
         let gw = Gateway::builder_raw(&text).start().await;
         assert_routed(&get(&gw.url("/lenient/ok"), &[]).await, "up", "/ok");
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_ready_while_the_proxy_port_is_taken() {
-    bounded(async {
-        let up = EchoServer::start("up");
-        // Another process (here: the test) already listens on the proxy port.
-        let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let taken = blocker.local_addr().unwrap();
-        let mut gw = Gateway::builder(config(vec![route("/r", "/r", &[&up])]))
-            .listen(taken)
-            .launch();
-
-        // Exiting with an error is fine; answering ready is not: traffic sent
-        // to the port would reach the other process.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = gw.exit_status() {
-                assert!(!status.success(), "exited 0 without serving");
-                return;
-            }
-            let ready = admin_status(gw.admin_addr(), "/readyz").await;
-            assert_ne!(
-                ready,
-                Some(200),
-                "/readyz is 200 while {taken} belongs to another process"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Once the port is free, the gateway may still come up.
-        drop(blocker);
-        if gw.wait_ready().await.is_ok() {
-            assert_routed(&get(&gw.url("/r"), &[]).await, "up", "/r");
-        }
     })
     .await
 }

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{bounded, client, config, get, route, send, with, EchoServer, Gateway, Reply};
+use e2e::{
+    bounded, client, config, eventually, get, route, send, status_of, with, EchoServer, Gateway,
+    Reply,
+};
 use serde_json::json;
 
 fn backends(names: &[&str]) -> Vec<EchoServer> {
@@ -204,6 +207,35 @@ async fn round_robin_is_exact_under_concurrency() {
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
         // One shared rotation: 60 picks over 3 hosts is exactly 20 each.
         assert_eq!((s[0].count(), s[1].count(), s[2].count()), (20, 20, 20));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_route_keeps_its_round_robin_position_across_a_reload() {
+    bounded(async {
+        let a = EchoServer::start("a");
+        let b = EchoServer::start("b");
+        let rr = with(
+            route("/rr", "/rr", &[&a, &b]),
+            json!({ "LoadBalancerOptions": { "Type": "RoundRobin" } }),
+        );
+        let gw = Gateway::start(config(vec![rr.clone()])).await;
+        let first = get(&gw.url("/rr"), &[]).await.seen().server;
+
+        let other = route("/other", "/other", &[&a]);
+        gw.write_config(&config(vec![rr, other]));
+        eventually(Duration::from_secs(15), "/other after reload", || async {
+            status_of(&gw.url("/other")).await == 200
+        })
+        .await;
+
+        // A rebuilt balancer would start over at the first backend again.
+        let second = get(&gw.url("/rr"), &[]).await.seen().server;
+        assert_ne!(
+            first, second,
+            "round robin restarted after an unrelated reload"
+        );
     })
     .await
 }

@@ -524,11 +524,7 @@ async fn empty_config_answers_404() {
 
 /// A request whose target an HTTP client library would rewrite.
 async fn raw_get(gw: &Gateway, target: &str) -> (u16, String, Vec<u8>) {
-    let r = e2e::raw::exchange(
-        gw.addr(),
-        &e2e::raw::get_request(target, &gw.authority(), &[]),
-    )
-    .await;
+    let r = gw.raw_get(target, &[]).await;
     (r.status().unwrap_or(0), r.describe(), r.body().to_vec())
 }
 

@@ -1,132 +1,21 @@
-//! Service discovery (issue #7, spec §1.3, §1.5, §7.4, §7.8): routes with a
-//! `ServiceName` take their instances from Kubernetes, Consul, Eureka or DNS
-//! and follow them as they appear, change and disappear, without a restart;
-//! an unreachable registry leaves the last good list serving; dynamic routing
-//! sends `/{service}/{rest}` to a service. The registries are the test
-//! servers of `e2e::discovery_support`, speaking each project's real API.
+//! Service discovery (spec §1.3, §1.5, §7.4, §7.8; Ocelot's ServiceDiscovery
+//! acceptance tests): routes with a `ServiceName` take their instances from
+//! Kubernetes, Consul, Eureka or DNS and follow them as they appear, change
+//! and disappear, without a restart; an unreachable registry leaves the last
+//! good list serving; dynamic routing sends `/{service}/{rest}` to a service.
+//! The registries are the test servers of `e2e::registries` and a real
+//! dnsmasq (`e2e::dns`), speaking each project's real API.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::discovery_support::{
-    ConsulInstance, Dnsmasq, EurekaInstance, FakeConsul, FakeEureka, FakeKube, Pod,
-};
-use e2e::{bounded, client, free_port, get, EchoServer, Gateway, Reply};
+use e2e::dns::Dnsmasq;
+use e2e::load::{last_all_from, servers, summary, Load, Outcome};
+use e2e::registries::{ConsulInstance, EurekaInstance, FakeConsul, FakeEureka, FakeKube, Pod};
+use e2e::{bounded, client, eventually_ok, free_port, get, EchoServer, Gateway, Reply};
 use serde_json::{json, Value};
 use tokio::time::Instant;
-
-/// What one request of a [`Load`] got.
-#[derive(Debug, Clone)]
-struct Outcome {
-    /// 0: no HTTP answer at all.
-    status: u16,
-    server: Option<String>,
-}
-
-/// Clients sending requests one after another (with a short pause, so the
-/// two-core machine keeps time for the gateway's background work) until
-/// stopped, recording every outcome.
-struct Load {
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (url, outcomes, stop) = (url.clone(), outcomes.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let http = client();
-                    // Bounded: a minute at most whatever the test does.
-                    let end = Instant::now() + Duration::from_secs(60);
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-                        let outcome = match http.get(&url).send().await {
-                            Ok(resp) => {
-                                let reply = Reply::read(resp).await;
-                                let server = (reply.status == 200).then(|| reply.seen().server);
-                                Outcome {
-                                    status: reply.status,
-                                    server,
-                                }
-                            }
-                            Err(_) => Outcome {
-                                status: 0,
-                                server: None,
-                            },
-                        };
-                        outcomes.lock().unwrap().push(outcome);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            outcomes,
-            stop,
-            tasks,
-        }
-    }
-
-    fn since(&self, mark: usize) -> Vec<Outcome> {
-        self.outcomes.lock().unwrap()[mark..].to_vec()
-    }
-
-    /// Waits until the outcomes after `mark` satisfy `done`; the index reached.
-    async fn wait(&self, mark: usize, what: &str, done: impl Fn(&[Outcome]) -> bool) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let seen = self.since(mark);
-            if done(&seen) {
-                return mark + seen.len();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited 15 s for {what}; outcomes since: {:?}",
-                summary(&seen)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let all = self.outcomes.lock().unwrap().clone();
-        all
-    }
-}
-
-fn servers(outcomes: &[Outcome]) -> BTreeSet<String> {
-    outcomes.iter().filter_map(|o| o.server.clone()).collect()
-}
-
-/// Counts per (status, server), for failure messages.
-fn summary(outcomes: &[Outcome]) -> Vec<(u16, String, usize)> {
-    let mut counts: std::collections::BTreeMap<(u16, String), usize> = Default::default();
-    for o in outcomes {
-        *counts
-            .entry((o.status, o.server.clone().unwrap_or_default()))
-            .or_default() += 1;
-    }
-    counts.into_iter().map(|((s, n), c)| (s, n, c)).collect()
-}
-
-/// The last `n` outcomes all from `server` (and there are `n`).
-fn last_all_from(outcomes: &[Outcome], n: usize, server: &str) -> bool {
-    outcomes.len() >= n
-        && outcomes[outcomes.len() - n..]
-            .iter()
-            .all(|o| o.server.as_deref() == Some(server))
-}
 
 /// Which servers answer `n` requests to `path`, all of which must be 200.
 async fn who_answers(gw: &Gateway, path: &str, n: usize) -> BTreeSet<String> {
@@ -143,43 +32,49 @@ async fn who_answers(gw: &Gateway, path: &str, n: usize) -> BTreeSet<String> {
 /// the `expected` servers.
 async fn eventually_answered_by(gw: &Gateway, path: &str, expected: &[&str]) {
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut seen = BTreeSet::new();
-        for _ in 0..2 * expected.len().max(2) {
-            let r = get(&gw.url(path), &[]).await;
-            seen.insert(if r.status == 200 {
-                r.seen().server
+    eventually_ok(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            let mut seen = BTreeSet::new();
+            for _ in 0..2 * expected.len().max(2) {
+                let r = get(&gw.url(path), &[]).await;
+                seen.insert(if r.status == 200 {
+                    r.seen().server
+                } else {
+                    format!("status {}", r.status)
+                });
+            }
+            if seen == expected {
+                Ok(())
             } else {
-                format!("status {}", r.status)
-            });
-        }
-        if seen == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path}: still answered by {seen:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                Err(format!(
+                    "{path}: still answered by {seen:?}, expected {expected:?}"
+                ))
+            }
+        },
+    )
+    .await
 }
 
 async fn eventually_status(gw: &Gateway, path: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = get(&gw.url(path), &[]).await;
-        if r.status == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path}: still {} ({}), expected {status}",
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_ok(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async {
+            let r = get(&gw.url(path), &[]).await;
+            if r.status == status {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{path}: still {} ({}), expected {status}",
+                    r.status,
+                    r.text()
+                ))
+            }
+        },
+    )
+    .await
 }
 
 fn kube_route(extra: Value) -> Value {
@@ -230,7 +125,7 @@ async fn scale_one_three_one(provider_type: &str, extra_settings: &str) -> (Fake
     )
     .await;
 
-    let load = Load::start(gw.url("/orders/items?page=2"), 2);
+    let load = Load::to(&gw.url("/orders/items?page=2"), 2, Duration::from_millis(5));
     let mark = load
         .wait(0, "traffic to a", |o| {
             servers(o).contains("a") && o.len() >= 20

@@ -1,8 +1,8 @@
-//! Service registries for the discovery tests (issue #7): none of
-//! Kubernetes, Consul or Eureka can run here, so small HTTP servers speak the
-//! parts of their real APIs the gateway uses, as documented by each project,
-//! with instances the test makes appear, change and disappear; and a real
-//! `dnsmasq` on a loopback port for DNS.
+//! Service registries for the service discovery tests: none of Kubernetes,
+//! Consul or Eureka can run here, so [`TestServer`]s speak the parts of their
+//! real APIs the gateway uses, as documented by each project, with instances
+//! the test makes appear, change and disappear. (DNS is a real `dnsmasq`:
+//! [`crate::dns`].)
 //!
 //! * [`FakeKube`]: the Kubernetes API over HTTPS with a bearer token:
 //!   `GET /api/v1/namespaces/{ns}/endpoints/{name}`, the `endpoints` and
@@ -11,52 +11,30 @@
 //! * [`FakeConsul`]: `GET /v1/health/service/{name}?passing` with
 //!   `X-Consul-Token`.
 //! * [`FakeEureka`]: `GET /eureka/apps/{APP}` as JSON.
-//! * [`Dnsmasq`]: A records from a hosts file (changed with SIGHUP) and SRV
-//!   records, with a set TTL.
 //!
-//! Every server can be stopped (its port refuses connections, open streams
+//! Every registry can be stopped (its port refuses connections, open streams
 //! break) and started again on the same port, to play an unreachable registry.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
 use http_body::Frame;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
+use http_body_util::BodyExt;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
 use tokio::sync::{broadcast, mpsc};
-use tokio_rustls::TlsAcceptor;
 
-use crate::gateway::free_port;
 use crate::pki::TestPki;
-
-pub type Body = BoxBody<Bytes, Infallible>;
-type Handler = dyn Fn(Parts) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync;
-
-/// A JSON answer.
-pub fn json_response(status: u16, value: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(value.to_string())).boxed())
-        .unwrap()
-}
+use crate::server::{json_response, response, Body, TestServer};
 
 /// A body fed line by line from a channel (a watch stream).
 struct ChannelBody(mpsc::Receiver<Bytes>);
@@ -75,108 +53,19 @@ impl http_body::Body for ChannelBody {
     }
 }
 
-/// An HTTP/1.1 server on its own runtime, on a fixed loopback port once started.
-pub struct FakeServer {
-    addr: SocketAddr,
-    handler: Arc<Handler>,
-    tls: Option<TlsAcceptor>,
-    rt: Option<Runtime>,
-}
-
-impl FakeServer {
-    fn start(handler: Arc<Handler>, tls: Option<&TestPki>) -> FakeServer {
-        let mut server = FakeServer {
-            addr: ([127, 0, 0, 1], 0).into(),
-            handler,
-            tls: tls.map(|p| TlsAcceptor::from(Arc::new(p.server_config()))),
-            rt: None,
-        };
-        server.spawn().expect("start fake registry");
-        server
+/// A registry's [`TestServer`]: each request's head goes to `handle`.
+fn start_server<F, Fut>(name: &str, tls: Option<&TestPki>, handle: F) -> TestServer
+where
+    F: Fn(Parts) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = TestServer::builder(name);
+    if let Some(pki) = tls {
+        builder = builder.tls(pki.server_config());
     }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let listener = std::net::TcpListener::bind(self.addr)?;
-        listener.set_nonblocking(true)?;
-        self.addr = listener.local_addr()?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("fake-registry")
-            .enable_all()
-            .build()?;
-        let handler = self.handler.clone();
-        let tls = self.tls.clone();
-        {
-            let _guard = rt.enter();
-            let listener = TcpListener::from_std(listener)?;
-            rt.spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let handler = handler.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let service =
-                            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                                let handler = handler.clone();
-                                async move {
-                                    let (parts, _body) = req.into_parts();
-                                    Ok::<_, Infallible>(handler(parts).await)
-                                }
-                            });
-                        let builder = hyper::server::conn::http1::Builder::new();
-                        match tls {
-                            None => {
-                                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-                            }
-                            Some(acceptor) => {
-                                if let Ok(stream) = acceptor.accept(tcp).await {
-                                    let _ = builder
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .await;
-                                }
-                            }
-                        }
-                    });
-                }
-            });
-        }
-        self.rt = Some(rt);
-        Ok(())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Closes the port and every open connection: the registry is unreachable.
-    pub fn stop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    /// Serves again on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("fake registry cannot listen again on {}: {e}", self.addr)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    builder
+        .serve(move |req, _conn| handle(req.into_parts().0))
+        .expect("start fake registry")
 }
 
 fn query_pairs(parts: &Parts) -> BTreeMap<String, String> {
@@ -263,7 +152,7 @@ const HISTORY: usize = 1000;
 /// The Kubernetes API server, for Endpoints and EndpointSlices, over HTTPS
 /// with a bearer token.
 pub struct FakeKube {
-    server: FakeServer,
+    server: TestServer,
     state: Arc<KubeState>,
     pki: TestPki,
 }
@@ -282,11 +171,9 @@ impl FakeKube {
             unauthorized: AtomicUsize::new(0),
         });
         let handler_state = state.clone();
-        let handler: Arc<Handler> = Arc::new(move |parts| {
-            let state = handler_state.clone();
-            Box::pin(async move { kube_handle(state, parts).await })
+        let server = start_server("fake-kube", Some(&pki), move |parts| {
+            kube_handle(handler_state.clone(), parts)
         });
-        let server = FakeServer::start(handler, Some(&pki));
         FakeKube { server, state, pki }
     }
 
@@ -713,7 +600,7 @@ struct ConsulState {
 
 /// A Consul agent's health API, with an ACL token when given.
 pub struct FakeConsul {
-    server: FakeServer,
+    server: TestServer,
     state: Arc<ConsulState>,
 }
 
@@ -726,12 +613,10 @@ impl FakeConsul {
             index: AtomicUsize::new(1),
         });
         let handler_state = state.clone();
-        let handler: Arc<Handler> = Arc::new(move |parts| {
-            let state = handler_state.clone();
-            Box::pin(async move { consul_handle(state, parts) })
-        });
         FakeConsul {
-            server: FakeServer::start(handler, None),
+            server: start_server("fake-consul", None, move |parts| {
+                std::future::ready(consul_handle(handler_state.clone(), parts))
+            }),
             state,
         }
     }
@@ -776,19 +661,13 @@ fn consul_handle(state: Arc<ConsulState>, parts: Parts) -> Response<Body> {
         .unwrap()
         .push((parts.uri.to_string(), token.clone()));
     if state.token.is_some() && token != state.token {
-        return Response::builder()
-            .status(403)
-            .body(Full::new(Bytes::from("ACL not found")).boxed())
-            .unwrap();
+        return response(403, "ACL not found");
     }
     let segments = path_segments(&parts);
     let ["v1", "health", "service", name] =
         segments.iter().map(String::as_str).collect::<Vec<_>>()[..]
     else {
-        return Response::builder()
-            .status(404)
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap();
+        return response(404, Bytes::new());
     };
     let passing_only = query_pairs(&parts).contains_key("passing");
     let services = state.services.lock().unwrap();
@@ -855,7 +734,7 @@ struct EurekaState {
 
 /// A Eureka server's REST API (`/eureka/apps/{APP}`).
 pub struct FakeEureka {
-    server: FakeServer,
+    server: TestServer,
     state: Arc<EurekaState>,
 }
 
@@ -866,12 +745,10 @@ impl FakeEureka {
             accepts: Mutex::new(Vec::new()),
         });
         let handler_state = state.clone();
-        let handler: Arc<Handler> = Arc::new(move |parts| {
-            let state = handler_state.clone();
-            Box::pin(async move { eureka_handle(state, parts) })
-        });
         FakeEureka {
-            server: FakeServer::start(handler, None),
+            server: start_server("fake-eureka", None, move |parts| {
+                std::future::ready(eureka_handle(handler_state.clone(), parts))
+            }),
             state,
         }
     }
@@ -908,17 +785,11 @@ fn eureka_handle(state: Arc<EurekaState>, parts: Parts) -> Response<Body> {
     let segments = path_segments(&parts);
     let ["eureka", "apps", app] = segments.iter().map(String::as_str).collect::<Vec<_>>()[..]
     else {
-        return Response::builder()
-            .status(404)
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap();
+        return response(404, Bytes::new());
     };
     let apps = state.apps.lock().unwrap();
     let Some(instances) = apps.get(&app.to_ascii_uppercase()) else {
-        return Response::builder()
-            .status(404)
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap();
+        return response(404, Bytes::new());
     };
     let list: Vec<Value> = instances
         .iter()
@@ -953,171 +824,4 @@ fn eureka_handle(state: Arc<EurekaState>, parts: Parts) -> Response<Body> {
         200,
         &json!({"application": {"name": app.to_ascii_uppercase(), "instance": instance}}),
     )
-}
-
-// ------------------------------------------------------------------- dnsmasq
-
-/// A real `dnsmasq` answering on a loopback port from a hosts file (A
-/// records, re-read on SIGHUP) and `--srv-host` records (fixed per start),
-/// with `--local-ttl`, logging every query. Names must end in `.test`.
-pub struct Dnsmasq {
-    port: u16,
-    ttl: u32,
-    dir: tempfile::TempDir,
-    srv: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Dnsmasq {
-    /// Starts one answering `hosts` (`(name, ip)`) and `srv`
-    /// (`(name, target, port)`) with records valid `ttl` seconds.
-    pub fn start(hosts: &[(&str, &str)], srv: &[(&str, &str, u16)], ttl: u32) -> Dnsmasq {
-        let mut d = Dnsmasq {
-            port: 0,
-            ttl,
-            dir: tempfile::tempdir().unwrap(),
-            srv: srv
-                .iter()
-                .map(|(name, target, port)| format!("{name},{target},{port}"))
-                .collect(),
-            child: None,
-        };
-        d.write_hosts(hosts);
-        let mut last = String::new();
-        for _ in 0..5 {
-            d.port = free_port();
-            match d.spawn() {
-                Ok(()) => return d,
-                Err(e) => last = e,
-            }
-        }
-        panic!("dnsmasq did not start: {last}");
-    }
-
-    /// The binary: on PATH, or where Debian's `dnsmasq-base` puts it.
-    fn binary() -> PathBuf {
-        for dir in std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .chain(["/usr/sbin", "/sbin"])
-        {
-            let candidate = PathBuf::from(dir).join("dnsmasq");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-        panic!("dnsmasq not found; `make deps` installs it (Debian package dnsmasq-base)");
-    }
-
-    fn hosts_path(&self) -> PathBuf {
-        self.dir.path().join("hosts")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("dnsmasq.log")
-    }
-
-    fn write_hosts(&self, hosts: &[(&str, &str)]) {
-        let text: String = hosts
-            .iter()
-            .map(|(name, ip)| format!("{ip} {name}\n"))
-            .collect();
-        std::fs::write(self.hosts_path(), text).unwrap();
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new(Self::binary());
-        cmd.arg("--no-daemon")
-            .arg("--conf-file=/dev/null")
-            .arg(format!("--port={}", self.port))
-            .arg("--listen-address=127.0.0.1")
-            .arg("--bind-interfaces")
-            .arg("--no-resolv")
-            .arg("--no-hosts")
-            .arg("--no-negcache")
-            // Names under .test are ours: unknown ones get NXDOMAIN, not REFUSED.
-            .arg("--local=/test/")
-            .arg(format!("--addn-hosts={}", self.hosts_path().display()))
-            .arg(format!("--local-ttl={}", self.ttl))
-            .arg("--pid-file=")
-            .arg("--log-queries")
-            .arg(format!("--log-facility={}", self.log_path().display()));
-        // As root dnsmasq would switch to `nobody`, who cannot read the hosts
-        // file in this private temp dir on SIGHUP.
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        for srv in &self.srv {
-            cmd.arg(format!("--srv-host={srv}"));
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run dnsmasq ({e}); `make deps` installs it"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut stderr) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = stderr.read_to_string(&mut err);
-                }
-                return Err(format!("dnsmasq exited ({status}): {err}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        Err("dnsmasq did not listen within 10 s".into())
-    }
-
-    /// `127.0.0.1:PORT`, for `discovery.dns.nameservers`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// New A records, read by dnsmasq on SIGHUP (its cache is cleared too).
-    pub fn set_hosts(&self, hosts: &[(&str, &str)]) {
-        self.write_hosts(hosts);
-        let pid = self.child.as_ref().expect("dnsmasq running").id();
-        let status = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -HUP dnsmasq failed");
-    }
-
-    /// How many queries for `name` of `qtype` (`A`, `AAAA`, `SRV`) dnsmasq logged.
-    pub fn queries(&self, qtype: &str, name: &str) -> usize {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let needle = format!("query[{qtype}] {name} ");
-        log.lines().filter(|l| l.contains(&needle)).count()
-    }
-}
-
-/// Whether this process runs as root (`/proc/self/status` Uid line).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

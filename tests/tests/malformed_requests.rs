@@ -29,8 +29,7 @@ impl Setup {
     }
 
     async fn get(&self, target: &str, extra: &[&str]) -> RawResponse {
-        self.send(&raw::get_request(target, &self.gw.authority(), extra))
-            .await
+        self.gw.raw_get(target, extra).await
     }
 
     /// The gateway is alive and still routes a normal request.

@@ -1,26 +1,52 @@
-//! Identity test support: signing key pairs (RSA, EC P-256), a real OpenID
-//! Connect authority on loopback (discovery document + JWKS) whose keys can
-//! rotate and which can go down, and signed tokens.
+//! JWT identity for the authentication, authorization and claims tests:
+//! signing key pairs (RSA, EC P-256), signed tokens, a real OpenID Connect
+//! authority on loopback (discovery document + JWKS) whose keys can rotate and
+//! which can go down, and the gateway settings and routes that use it.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
+
+use crate::server::{empty, json_response, Body, TestServer};
+use crate::upstream::EchoServer;
+use crate::{route, with};
+
+/// The audience tokens are issued for and providers expect.
+pub const AUDIENCE: &str = "api";
+/// An HMAC secret for static-key providers (32 bytes).
+pub const SECRET: &str = "a-static-hmac-secret-of-32-bytes!";
+
+/// Settings with one OIDC provider named `Bearer` (plus extra YAML lines
+/// indented under `auth_providers`).
+pub fn oidc_settings(authority: &Authority, extra_providers: &str) -> String {
+    format!(
+        "auth_providers:\n  Bearer:\n    authority: \"{}\"\n    require_https_metadata: false\n    audience: {AUDIENCE}\n    min_refresh_interval_seconds: 1\n{extra_providers}",
+        authority.url()
+    )
+}
+
+/// `Bearer TOKEN`, an `Authorization` header value.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A route `up` → `down` on `upstream` authenticated by the `Bearer`
+/// provider, with `extra` members added or replaced.
+pub fn authenticated(up: &str, down: &str, upstream: &EchoServer, extra: Value) -> Value {
+    let base = with(
+        route(up, down, &[upstream]),
+        json!({"AuthenticationOptions": {"AuthenticationProviderKey": "Bearer"}}),
+    );
+    with(base, extra)
+}
 
 /// A private key that signs tokens, with its public JWK.
 #[derive(Clone)]
@@ -162,53 +188,37 @@ struct AuthorityState {
     discovery_fetches: AtomicUsize,
 }
 
-/// An OpenID Connect authority on loopback: `/.well-known/openid-configuration`
-/// names it as issuer and points at `/jwks`. Dropping it stops it.
+/// An OpenID Connect authority on loopback (a [`TestServer`]):
+/// `/.well-known/openid-configuration` names it as issuer and points at
+/// `/jwks`. Dropping it stops it.
 pub struct Authority {
-    addr: SocketAddr,
     state: Arc<AuthorityState>,
-    rt: Option<Runtime>,
+    server: TestServer,
 }
 
 impl Authority {
     /// Serves these keys.
     pub fn start(keys: &[&SigningKey]) -> Authority {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("authority")
-            .enable_all()
-            .build()
-            .expect("authority runtime");
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind authority");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("authority addr");
-        let state = Arc::new(AuthorityState {
-            issuer: format!("http://{addr}"),
-            keys: Mutex::new(keys.iter().map(|k| k.jwk()).collect()),
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+        let state = Arc::new(OnceLock::<Arc<AuthorityState>>::new());
+        let handler_state = state.clone();
+        let server = TestServer::builder("authority")
+            .serve(move |req, _conn| {
+                let state = handler_state.get().expect("authority state").clone();
+                async move { serve(&state, &req) }
+            })
+            .expect("start authority");
+        let authority_state = Arc::new(AuthorityState {
+            issuer: format!("http://{}", server.addr()),
+            keys: Mutex::new(keys),
             down: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
         });
-        {
-            let _guard = rt.enter();
-            let listener = TcpListener::from_std(std_listener).expect("tokio listener");
-            let state = state.clone();
-            rt.spawn(async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| serve(state.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
-                    });
-                }
-            });
-        }
+        let _ = state.set(authority_state.clone());
         Authority {
-            addr,
-            state,
-            rt: Some(rt),
+            state: authority_state,
+            server,
         }
     }
 
@@ -219,9 +229,8 @@ impl Authority {
 
     /// The JWKS URL.
     pub fn jwks_url(&self) -> String {
-        format!("http://{}/jwks", self.addr)
+        format!("http://{}/jwks", self.server.addr())
     }
-
     /// Replaces the published keys (rotation).
     pub fn set_keys(&self, keys: &[&SigningKey]) {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk()).collect();
@@ -243,18 +252,7 @@ impl Authority {
     }
 }
 
-impl Drop for Authority {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn serve(
-    state: Arc<AuthorityState>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+fn serve(state: &AuthorityState, req: &Request<hyper::body::Incoming>) -> Response<Body> {
     let body = match req.uri().path() {
         "/.well-known/openid-configuration" => {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
@@ -264,21 +262,10 @@ async fn serve(
             state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
             json!({"keys": *state.keys.lock().unwrap()})
         }
-        _ => return Ok(status(StatusCode::NOT_FOUND)),
+        _ => return empty(404),
     };
     if state.down.load(Ordering::SeqCst) {
-        return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
+        return empty(503);
     }
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
-}
-
-fn status(code: StatusCode) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = code;
-    resp
+    json_response(200, &body)
 }
