@@ -2,28 +2,29 @@
 //! incoming request before the rate limiter reads it, and an aggregate's
 //! sub-request goes through exactly the steps a direct request does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::{bounded, get, route, with, EchoServer, Gateway};
+use e2e::{bounded, eventually_ok, get, route, with, EchoServer, Gateway};
 use serde_json::{json, Value};
 
+const WAIT: Duration = Duration::from_secs(5);
+const EVERY: Duration = Duration::from_millis(50);
+
 /// Polls the gateway's metrics until every series reads its value.
-async fn metrics_reach(gw: &Gateway, wanted: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+async fn metrics_reach(gw: &Gateway, wanted: &[&str]) {
+    eventually_ok(WAIT, EVERY, || async {
         let text = gw.metrics().await;
-        if wanted.iter().all(|w| text.lines().any(|l| l == *w)) {
-            return text;
+        match wanted.iter().find(|w| !text.lines().any(|l| l == **w)) {
+            None => Ok(()),
+            Some(missing) => Err(format!("{missing} not in:\n{text}")),
         }
-        assert!(Instant::now() < deadline, "{wanted:?} not in:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The access-log lines for `path`, once `count` of them were written.
 async fn access_lines(gw: &Gateway, path: &str, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually_ok(WAIT, EVERY, || async {
         let lines: Vec<Value> = gw
             .stdout()
             .lines()
@@ -31,15 +32,15 @@ async fn access_lines(gw: &Gateway, path: &str, count: usize) -> Vec<Value> {
             .filter(|l| l["path"] == path)
             .collect();
         if lines.len() >= count {
-            return lines;
+            Ok(lines)
+        } else {
+            Err(format!(
+                "{} access-log lines for {path}, wanted {count}",
+                lines.len()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} access-log lines for {path}, wanted {count}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The Ocelot idiom: `"Oc-Client": "{RemoteIpAddress}"` turns client-id
@@ -81,11 +82,9 @@ async fn header_transforms_come_before_the_rate_limiter() {
             "the refused request never reached the service"
         );
 
-        metrics_reach(
-            &gw,
-            &["gateway_refused_requests_total{reason=\"quota_exceeded\",route=\"/limited\"} 1"],
-        )
-        .await;
+        let quota =
+            "gateway_refused_requests_total{reason=\"quota_exceeded\",route=\"/limited\"} 1";
+        metrics_reach(&gw, &[quota]).await;
         let lines = access_lines(&gw, "/limited", 3).await;
         let refusals: Vec<&Value> = lines.iter().map(|l| &l["refusal"]).collect();
         assert_eq!(
