@@ -23,7 +23,7 @@
 //! - `answer.rs`: every response of the gateway's own and the refusal →
 //!   status map.
 //! - `proxy.rs`: the Pingora `ProxyHttp`, a few calls per phase.
-//! - One module per Ocelot feature: `security`, `headers`, `ratelimit/`,
+//! - One module per Ocelot feature: `security`, `headers`, `rate_limiting/`,
 //!   `request_id`, `auth/`, `claims`, `authorization`, `balancing`, `qos`,
 //!   `health`, `cache/`, `aggregate/`, `discovery/`, `cors`, `protocols`.
 //! - Around them: `main.rs` (wiring), `settings`, `listeners`, `reload/`,
@@ -51,7 +51,7 @@ pub mod pipeline;
 pub mod protocols;
 pub mod proxy;
 pub mod qos;
-pub mod ratelimit;
+pub mod rate_limiting;
 pub mod reload;
 pub mod request_id;
 pub mod request_mapper;

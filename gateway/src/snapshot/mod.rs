@@ -22,7 +22,7 @@ use crate::cache::store::MemoryStore;
 use crate::health::HealthState;
 use crate::metrics::METRICS;
 use crate::qos::{BreakerStore, CircuitState};
-use crate::ratelimit::RateLimiter;
+use crate::rate_limiting::RateLimiter;
 use crate::security::TrustedProxies;
 use crate::settings::Settings;
 use ocelot_compat::table::RouteTable;
