@@ -22,7 +22,8 @@
 //! `max_counters` of them, plus a 1 MiB sketch once the store first fills,
 //! whatever arrives.
 
-use super::algorithm::Counter;
+use super::algorithm::{current, legacy, Counter};
+use super::store::{Counted, CounterKey, CounterStore, Stored, Unavailable};
 use pingora_limits::estimator::Estimator;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -133,15 +134,6 @@ impl Shard {
         }
         best
     }
-}
-
-/// What the store did with a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// Counted exactly: the counter after the current request.
-    Exact(Counter),
-    /// Not counted: every slot holds a busier client.
-    Untracked,
 }
 
 /// The bounded store.
@@ -291,9 +283,36 @@ impl LocalStore {
     }
 }
 
+/// Never unavailable: a key that finds no slot is [`Stored::Untracked`].
+impl CounterStore for LocalStore {
+    async fn count_current(
+        &self,
+        key: &CounterKey<'_>,
+        w: &current::Window,
+        now: i64,
+    ) -> Result<Counted, Unavailable> {
+        let stored = self.update(self.key(&key.text), now, |entry| {
+            (current::process(entry, w, now), current::ttl(w))
+        });
+        Ok(Counted { stored, now })
+    }
+
+    async fn count_legacy(
+        &self,
+        key: &CounterKey<'_>,
+        w: &legacy::Window,
+        now: i64,
+    ) -> Result<Counted, Unavailable> {
+        let stored = self.update(self.key(&key.text), now, |entry| {
+            legacy::process(entry, w, now)
+        });
+        Ok(Counted { stored, now })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::algorithm::{current, SECOND};
+    use super::super::algorithm::SECOND;
     use super::*;
 
     fn w() -> current::Window {
