@@ -5,7 +5,10 @@
 //! again. A name with no records (NXDOMAIN, no data) is a service with no
 //! instances; a server that does not answer keeps the last list.
 
-use super::{DnsRecords, DnsSettings, Endpoint, Fetched, Provider, ServiceRef};
+use super::pool::ServiceRef;
+use super::provider::Provider;
+use super::settings::{DnsRecords, DnsSettings};
+use super::source::{Endpoint, Fetched};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};

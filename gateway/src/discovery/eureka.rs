@@ -6,7 +6,9 @@
 //! decides: `https` takes the enabled secure port, anything else the plain
 //! port, so a route never sends plain HTTP to a TLS port.
 
-use super::{read_body, Endpoint, Fetched, Provider, ServiceRef, MAX_BODY};
+use super::pool::ServiceRef;
+use super::provider::{read_body, Provider, MAX_BODY};
+use super::source::{Endpoint, Fetched};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 

@@ -10,7 +10,9 @@
 //! `DownstreamScheme`, else the first port, else 80; only ready addresses
 //! (`addresses`, not `notReadyAddresses`) are instances.
 
-use super::{read_body, resolve, Endpoint, Fetched, Provider, ServiceRef, Source, MAX_BODY};
+use super::pool::ServiceRef;
+use super::provider::{read_body, Provider, MAX_BODY};
+use super::source::{resolve, Endpoint, Fetched, Source};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use std::collections::BTreeMap;
