@@ -11,7 +11,7 @@
 
 use crate::claims::ClaimsError;
 use crate::metrics::METRICS;
-use crate::ratelimit::Rejection;
+use crate::rate_limiting::Rejection;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};

@@ -23,7 +23,7 @@
 //! - `answer.rs`: every response of the gateway's own and the refusal →
 //!   status map.
 //! - `proxy.rs`: the Pingora `ProxyHttp`, a few calls per phase.
-//! - One module per Ocelot feature: `security`, `headers`, `ratelimit/`,
+//! - One module per Ocelot feature: `security`, `headers`, `rate_limiting/`,
 //!   `request_id`, `auth/`, `claims`, `authorization`, `balancing`, `qos`,
 //!   `health`, `cache/`, `aggregate/`, `discovery/`, `cors`, `protocols`.
 //! - Around them: `main.rs` (wiring), `settings`, `listeners`, `reload/`,
@@ -51,7 +51,7 @@ pub(crate) mod pipeline;
 pub mod protocols;
 pub mod proxy;
 pub(crate) mod qos;
-pub(crate) mod ratelimit;
+pub(crate) mod rate_limiting;
 pub mod reload;
 pub(crate) mod request_id;
 pub(crate) mod request_mapper;

@@ -217,7 +217,30 @@ pub(crate) fn export_counter(name: &str, help: &str, source: &'static AtomicU64)
     }
 }
 
+/// Gauges kept as plain atomics, likewise copied at each scrape.
+static EXPORTED_GAUGES: std::sync::Mutex<Vec<(IntGauge, &'static AtomicU64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Exports `source` as the gauge `name` (once per name).
+pub(crate) fn export_gauge(name: &str, help: &str, source: &'static AtomicU64) {
+    let Ok(mut exported) = EXPORTED_GAUGES.lock() else {
+        return;
+    };
+    let Ok(gauge) = IntGauge::new(name, help) else {
+        log::error!("metric {name}: invalid name");
+        return;
+    };
+    if METRICS.registry.register(Box::new(gauge.clone())).is_ok() {
+        exported.push((gauge, source));
+    }
+}
+
 fn sync_exported() {
+    if let Ok(gauges) = EXPORTED_GAUGES.lock() {
+        for (gauge, source) in gauges.iter() {
+            gauge.set(i64::try_from(source.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        }
+    }
     if let Ok(exported) = EXPORTED.lock() {
         for (counter, source) in exported.iter() {
             let now = source.load(Ordering::Relaxed);

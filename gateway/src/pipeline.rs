@@ -27,7 +27,7 @@ use crate::claims::{Claims, ClaimsError};
 use crate::headers::PlaceholderValues;
 use crate::health;
 use crate::qos::Permit;
-use crate::ratelimit::{Decision, RequestView};
+use crate::rate_limiting::{Decision, RequestView};
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use http::header::{self, HeaderMap};
 use http::Method;

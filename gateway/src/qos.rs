@@ -394,14 +394,11 @@ pub(crate) struct Permit {
 impl Permit {
     /// Asks `breaker` for a permit; `None` means the circuit is open.
     pub(crate) fn acquire(breaker: &Arc<CircuitBreaker>) -> Option<Permit> {
-        match breaker.try_acquire() {
-            Some(kind) => Some(Permit {
-                breaker: breaker.clone(),
-                kind,
-                done: false,
-            }),
-            None => None,
-        }
+        breaker.try_acquire().map(|kind| Permit {
+            breaker: breaker.clone(),
+            kind,
+            done: false,
+        })
     }
 
     #[cfg(test)]

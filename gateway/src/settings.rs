@@ -54,7 +54,7 @@ pub struct Settings {
     /// Pid file written by Pingora.
     pub pid_file: Option<String>,
     /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
-    pub(crate) rate_limiting: crate::ratelimit::RateLimitSettings,
+    pub(crate) rate_limiting: crate::rate_limiting::RateLimitSettings,
     /// Active health checks per downstream service, and passive health.
     pub(crate) health_checks: crate::health::HealthCheckSettings,
     /// Proxies whose `X-Forwarded-For` is believed for the client address.

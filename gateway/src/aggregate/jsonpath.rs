@@ -1,27 +1,42 @@
 //! The JSONPath of `RouteKeysConfig[].JsonPath`, as Newtonsoft's
-//! `JToken.SelectTokens` evaluates it (Ocelot's `MultiplexingMiddleware`):
-//! `$`, `.name`, `['name']`, `['a','b']`, `.*`, `[*]`, `[0]`, `[0,2]`,
-//! `[start:end:step]` and the recursive `..name` / `..*`. Names compare
-//! ordinally; `.*` selects an object's values and `[*]` an array's items, as
-//! in Newtonsoft. Filter expressions (`[?(...)]`) are not supported: such a
-//! path is refused when the configuration is loaded.
+//! `JToken.SelectTokens` evaluates it (Ocelot's
+//! `src/Multiplexer/MultiplexingMiddleware.cs`), on the RFC 9535 evaluator of
+//! `serde_json_path`.
+//!
+//! RFC 9535 and Newtonsoft agree on what Ocelot configurations use: `$`,
+//! `.name`, `['name']`, `['a','b']`, `[0]`, `[0,2]`, `[start:end:step]` and
+//! the recursive `..name`, with names compared ordinally. Where Newtonsoft's
+//! syntax or meaning differs, a thin adapter here keeps Newtonsoft's:
+//! * A path may start with a property name instead of `$` (`user.id`), and
+//!   `$` may be left out before `.` or `[`; RFC 9535 requires it.
+//! * A dot name is anything up to the next `.`, `[` or space (`$.user-id`,
+//!   `$.0`), where RFC 9535 only allows identifier-like names: the adapter
+//!   passes every dot name as `['name']`.
+//! * `.*` selects an object's property values only and `[*]` an array's
+//!   items only (Newtonsoft's `FieldFilter` and `ArrayIndexFilter`); in RFC
+//!   9535 both select the children of either. The adapter evaluates these
+//!   two steps itself, and hands each run of other steps to `serde_json_path`.
+//! * Filter (`[?(...)]`) and script expressions are refused when the
+//!   configuration is loaded, as before: Newtonsoft compares with coercions
+//!   of its own (`1 == '1'`), so an RFC 9535 filter would silently select
+//!   something else.
+//!
+//! Where RFC 9535 answers and Newtonsoft throws (which Ocelot answers with
+//! 500), the RFC's answer stands: a negative index (`[-1]`) selects from the
+//! end of the array, a slice step of 0 selects nothing.
 
 use serde_json::Value;
 
+/// One step of a compiled path.
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
-    /// `.name`, `['name']`, `['a','b']`.
-    Names(Vec<String>),
+    /// A run of segments RFC 9535 evaluates as Newtonsoft does, as one query
+    /// relative to the current token.
+    Query(serde_json_path::JsonPath),
     /// `.*`: an object's property values.
     AllProperties,
     /// `[*]`: an array's items.
     AllItems,
-    /// `[0]`, `[0,2]`.
-    Indexes(Vec<i64>),
-    /// `[start:end:step]`.
-    Slice(Option<i64>, Option<i64>, Option<i64>),
-    /// `..` before the next step: apply it to every descendant too.
-    Recursive(Box<Step>),
 }
 
 /// A compiled path.
@@ -33,45 +48,31 @@ pub(crate) struct JsonPath {
 impl JsonPath {
     /// Parses a path; `Err` names what is wrong or unsupported.
     pub(crate) fn parse(path: &str) -> Result<JsonPath, String> {
-        let mut p = Parser {
-            s: path.trim().as_bytes(),
-            i: 0,
-        };
         let mut steps = Vec::new();
-        if p.peek() == Some(b'$') {
-            p.i += 1;
-        } else if p.peek().is_some_and(|c| c != b'.' && c != b'[') {
-            // Newtonsoft accepts a leading property name without `$.`.
-            steps.push(Step::Names(vec![p.name()?]));
-        }
-        while let Some(c) = p.peek() {
-            match c {
-                b'.' if p.s.get(p.i + 1) == Some(&b'.') => {
-                    p.i += 2;
-                    let step = match p.peek() {
-                        Some(b'[') => p.bracket()?,
-                        Some(b'*') => {
-                            p.i += 1;
-                            Step::AllProperties
-                        }
-                        _ => Step::Names(vec![p.name()?]),
-                    };
-                    steps.push(Step::Recursive(Box::new(step)));
-                }
-                b'.' => {
-                    p.i += 1;
-                    if p.peek() == Some(b'*') {
-                        p.i += 1;
-                        steps.push(Step::AllProperties);
+        let mut query = String::new();
+        let flush = |query: &mut String, steps: &mut Vec<Step>| -> Result<(), String> {
+            if !query.is_empty() {
+                let text = format!("${query}");
+                let parsed = serde_json_path::JsonPath::parse(&text).map_err(|e| e.to_string())?;
+                steps.push(Step::Query(parsed));
+                query.clear();
+            }
+            Ok(())
+        };
+        for segment in segments(path)? {
+            match segment {
+                Segment::Rfc(text) => query.push_str(&text),
+                Segment::AllProperties | Segment::AllItems => {
+                    flush(&mut query, &mut steps)?;
+                    steps.push(if segment == Segment::AllItems {
+                        Step::AllItems
                     } else {
-                        steps.push(Step::Names(vec![p.name()?]));
-                    }
+                        Step::AllProperties
+                    });
                 }
-                b'[' => steps.push(p.bracket()?),
-                c if c.is_ascii_whitespace() => p.i += 1,
-                other => return Err(format!("unexpected '{}' at {}", other as char, p.i)),
             }
         }
+        flush(&mut query, &mut steps)?;
         Ok(JsonPath { steps })
     }
 
@@ -81,7 +82,12 @@ impl JsonPath {
         for step in &self.steps {
             let mut next = Vec::new();
             for v in current {
-                apply(step, v, &mut next);
+                match (step, v) {
+                    (Step::Query(q), v) => next.extend(q.query(v)),
+                    (Step::AllProperties, Value::Object(map)) => next.extend(map.values()),
+                    (Step::AllItems, Value::Array(items)) => next.extend(items.iter()),
+                    _ => {}
+                }
             }
             current = next;
         }
@@ -89,164 +95,129 @@ impl JsonPath {
     }
 }
 
-fn apply<'a>(step: &Step, v: &'a Value, out: &mut Vec<&'a Value>) {
-    match step {
-        Step::Names(names) => {
-            if let Value::Object(map) = v {
-                out.extend(names.iter().filter_map(|n| map.get(n)));
-            }
+/// A path segment in Newtonsoft's syntax, rewritten for RFC 9535 where the
+/// two agree.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// RFC 9535 text of one segment (`['name']`, `[0,2]`, `..['name']`).
+    Rfc(String),
+    AllProperties,
+    AllItems,
+}
+
+/// Splits a Newtonsoft path into segments.
+fn segments(path: &str) -> Result<Vec<Segment>, String> {
+    let s = path.trim();
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    match b.first() {
+        Some(b'$') => i = 1,
+        // Newtonsoft accepts a leading property name without `$.`.
+        Some(c) if *c != b'.' && *c != b'[' => {
+            let (name, next) = name(s, 0)?;
+            out.push(Segment::Rfc(quoted(name)));
+            i = next;
         }
-        Step::AllProperties => {
-            if let Value::Object(map) = v {
-                out.extend(map.values());
-            }
-        }
-        Step::AllItems => {
-            if let Value::Array(items) = v {
-                out.extend(items.iter());
-            }
-        }
-        Step::Indexes(indexes) => {
-            if let Value::Array(items) = v {
-                out.extend(
-                    indexes
-                        .iter()
-                        .filter_map(|i| usize::try_from(*i).ok().and_then(|i| items.get(i))),
-                );
-            }
-        }
-        Step::Slice(start, end, step) => {
-            if let Value::Array(items) = v {
-                slice(items, *start, *end, step.unwrap_or(1), out);
-            }
-        }
-        Step::Recursive(inner) => {
-            // Every descendant, in document order, gets the inner step.
-            let mut stack = vec![v];
-            while let Some(node) = stack.pop() {
-                apply(inner, node, out);
-                match node {
-                    Value::Object(map) => stack.extend(map.values().rev()),
-                    Value::Array(items) => stack.extend(items.iter().rev()),
-                    _ => {}
+        _ => {}
+    }
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'.' if b.get(i + 1) == Some(&b'.') => {
+                i += 2;
+                match b.get(i) {
+                    Some(b'[') => {
+                        let (inner, next) = bracket(s, i)?;
+                        out.push(Segment::Rfc(format!("..[{inner}]")));
+                        i = next;
+                    }
+                    Some(b'*') => {
+                        out.push(Segment::Rfc("..*".to_string()));
+                        i += 1;
+                    }
+                    _ => {
+                        let (name, next) = name(s, i)?;
+                        out.push(Segment::Rfc(format!("..{}", quoted(name))));
+                        i = next;
+                    }
                 }
             }
+            b'.' if b.get(i + 1) == Some(&b'*') => {
+                out.push(Segment::AllProperties);
+                i += 2;
+            }
+            b'.' => {
+                let (name, next) = name(s, i + 1)?;
+                out.push(Segment::Rfc(quoted(name)));
+                i = next;
+            }
+            b'[' => {
+                let (inner, next) = bracket(s, i)?;
+                out.push(if inner.trim() == "*" {
+                    Segment::AllItems
+                } else {
+                    Segment::Rfc(format!("[{inner}]"))
+                });
+                i = next;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            other => return Err(format!("unexpected '{}' at {i}", other as char)),
         }
     }
+    Ok(out)
 }
 
-fn slice<'a>(
-    items: &'a [Value],
-    start: Option<i64>,
-    end: Option<i64>,
-    step: i64,
-    out: &mut Vec<&'a Value>,
-) {
-    let len = items.len() as i64;
-    let clamp = |i: i64| if i < 0 { (len + i).max(0) } else { i.min(len) };
-    if step > 0 {
-        let (mut i, end) = (clamp(start.unwrap_or(0)), clamp(end.unwrap_or(len)));
-        while i < end {
-            out.push(&items[i as usize]);
-            i += step;
-        }
-    } else if step < 0 {
-        let mut i = start.map_or(len - 1, |s| clamp(s).min(len - 1));
-        let end = end.map_or(-1, clamp);
-        while i > end && i >= 0 {
-            out.push(&items[i as usize]);
-            i += step;
-        }
+/// A dot name starting at `start`: up to the next `.`, `[` or white space.
+fn name(s: &str, start: usize) -> Result<(&str, usize), String> {
+    let end = s[start..]
+        .find(|c: char| c == '.' || c == '[' || c.is_ascii_whitespace())
+        .map_or(s.len(), |n| start + n);
+    if end == start {
+        return Err(format!("a property name is missing at {start}"));
     }
+    Ok((&s[start..end], end))
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
+/// The inside of the `[...]` opening at `open`, and where it ends; a `]`
+/// inside quotes does not close it. Filters and scripts are refused.
+fn bracket(s: &str, open: usize) -> Result<(&str, usize), String> {
+    let b = s.as_bytes();
+    let mut quote = None;
+    let mut i = open + 1;
+    while let Some(&c) = b.get(i) {
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if c == b']' => {
+                let inner = &s[open + 1..i];
+                if inner.trim_start().starts_with(['?', '(']) {
+                    return Err("filter and script expressions are not supported".to_string());
+                }
+                return Ok((inner, i + 1));
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    Err(format!("'[' at {open} is not closed"))
 }
 
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
+/// `name` as an RFC 9535 name selector, `['name']`.
+fn quoted(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    out.push_str("['");
+    for c in name.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
     }
-
-    fn name(&mut self) -> Result<String, String> {
-        let start = self.i;
-        while let Some(c) = self.peek() {
-            if c == b'.' || c == b'[' || c.is_ascii_whitespace() {
-                break;
-            }
-            self.i += 1;
-        }
-        if start == self.i {
-            return Err(format!("a property name is missing at {start}"));
-        }
-        Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned())
-    }
-
-    fn bracket(&mut self) -> Result<Step, String> {
-        let open = self.i;
-        self.i += 1;
-        let Some(close) = self.s[self.i..]
-            .iter()
-            .position(|c| *c == b']')
-            .map(|p| p + self.i)
-        else {
-            return Err(format!("'[' at {open} is not closed"));
-        };
-        let inner = String::from_utf8_lossy(&self.s[self.i..close])
-            .trim()
-            .to_string();
-        self.i = close + 1;
-        if inner.starts_with('?') || inner.starts_with('(') {
-            return Err("filter and script expressions are not supported".to_string());
-        }
-        if inner == "*" {
-            return Ok(Step::AllItems);
-        }
-        if inner.starts_with('\'') || inner.starts_with('"') {
-            let names = inner
-                .split(',')
-                .map(|n| {
-                    let n = n.trim();
-                    let q = n.chars().next().unwrap_or('\'');
-                    n.strip_prefix(q)
-                        .and_then(|n| n.strip_suffix(q))
-                        .map(str::to_string)
-                        .ok_or_else(|| format!("bad quoted name {n}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Step::Names(names));
-        }
-        let number = |s: &str| -> Result<Option<i64>, String> {
-            let s = s.trim();
-            if s.is_empty() {
-                return Ok(None);
-            }
-            s.parse::<i64>()
-                .map(Some)
-                .map_err(|_| format!("'{s}' is not an index"))
-        };
-        if inner.contains(':') {
-            let parts: Vec<&str> = inner.split(':').collect();
-            if parts.len() > 3 {
-                return Err(format!("bad slice [{inner}]"));
-            }
-            let step = match parts.get(2) {
-                Some(s) => number(s)?,
-                None => None,
-            };
-            if step == Some(0) {
-                return Err("a slice step cannot be 0".to_string());
-            }
-            return Ok(Step::Slice(number(parts[0])?, number(parts[1])?, step));
-        }
-        let indexes = inner
-            .split(',')
-            .map(|s| number(s).and_then(|n| n.ok_or_else(|| format!("bad index list [{inner}]"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Step::Indexes(indexes))
-    }
+    out.push_str("']");
+    out
 }
 
 /// `JToken.ToString()` of a selected token, which Ocelot uses as the
@@ -306,5 +277,27 @@ mod tests {
         );
         assert!(JsonPath::parse("$[?(@.id == 1)]").is_err());
         assert!(JsonPath::parse("$[0").is_err());
+    }
+
+    #[test]
+    fn newtonsoft_syntax_beyond_rfc_9535() {
+        let doc = json!({"user-id": 7, "0": "zero", "it's": 1, "a": {"b": [10, 20, 30]}});
+        assert_eq!(strings("$.user-id", &doc), ["7"], "any dot name");
+        assert_eq!(strings("$.0", &doc), ["zero"]);
+        assert_eq!(strings("it's", &doc), ["1"], "a leading name, quoted");
+        assert_eq!(strings(".a.b[1]", &doc), ["20"], "no $");
+        assert_eq!(strings("$ .a .b [2]", &doc), ["30"], "spaces between steps");
+        assert_eq!(strings("$..b[*]", &doc), ["10", "20", "30"]);
+        assert_eq!(strings("$['a'][\"b\"][0:3:2]", &doc), ["10", "30"]);
+        assert_eq!(strings("$.a.*[1]", &doc), ["20"], ".* then more steps");
+        assert_eq!(strings("$", &doc).len(), 1);
+        assert_eq!(
+            strings("$['a.b', 'a']", &doc).len(),
+            1,
+            "a quoted '.' is a name"
+        );
+        assert!(JsonPath::parse("$['a'").is_err());
+        assert!(JsonPath::parse("$.a[(@.length-1)]").is_err(), "script");
+        assert!(JsonPath::parse("$.").is_err());
     }
 }

@@ -1,5 +1,4 @@
-//! Request aggregation (`Aggregates`; Ocelot's
-//! `src/Multiplexer/*`).
+//! Request aggregation (`Aggregates`; Ocelot's `src/Multiplexer/`).
 //!
 //! An aggregate is matched like a route. With one route key Ocelot simply
 //! proxies that route (the proxy does the same, see [`CompiledAggregate::single_route`]).

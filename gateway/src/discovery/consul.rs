@@ -7,7 +7,9 @@
 //! name when it has a node, else the service address
 //! (`discovery.consul.use_service_address` always takes the address).
 
-use super::{read_body, Endpoint, Fetched, Provider, ServiceRef, MAX_BODY};
+use super::pool::ServiceRef;
+use super::provider::{read_body, Provider, MAX_BODY};
+use super::source::{Endpoint, Fetched};
 use reqwest::Url;
 use serde::Deserialize;
 
@@ -68,7 +70,7 @@ fn endpoints(entries: Vec<ServiceEntry>, use_service_address: bool) -> Vec<Endpo
         .collect()
 }
 
-pub async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
+pub(crate) async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
     // Consul's own default address when ocelot.json names no port.
     let port = if provider.port > 0 {
         provider.port

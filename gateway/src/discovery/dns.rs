@@ -5,7 +5,10 @@
 //! again. A name with no records (NXDOMAIN, no data) is a service with no
 //! instances; a server that does not answer keeps the last list.
 
-use super::{DnsRecords, DnsSettings, Endpoint, Fetched, Provider, ServiceRef};
+use super::pool::ServiceRef;
+use super::provider::Provider;
+use super::settings::{DnsRecords, DnsSettings};
+use super::source::{Endpoint, Fetched};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -14,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// `ip` or `ip:port` (`[v6]:port`), port 53 by default.
-pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -27,10 +30,10 @@ pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// A resolver for the provider's name servers.
-pub struct Resolver(TokioResolver);
+pub(crate) struct Resolver(TokioResolver);
 
 impl Resolver {
-    pub fn new(settings: &DnsSettings) -> Result<Resolver, String> {
+    pub(crate) fn new(settings: &DnsSettings) -> Result<Resolver, String> {
         let builder = if settings.nameservers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
@@ -77,7 +80,7 @@ fn remaining(valid_until: Instant) -> Duration {
     valid_until.saturating_duration_since(Instant::now())
 }
 
-pub async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
+pub(crate) async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
     let settings = &provider.settings.dns;
     let scheme = if service.scheme.is_empty() {
         "http"

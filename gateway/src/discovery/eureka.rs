@@ -6,7 +6,9 @@
 //! decides: `https` takes the enabled secure port, anything else the plain
 //! port, so a route never sends plain HTTP to a TLS port.
 
-use super::{read_body, Endpoint, Fetched, Provider, ServiceRef, MAX_BODY};
+use super::pool::ServiceRef;
+use super::provider::{read_body, Provider, MAX_BODY};
+use super::source::{Endpoint, Fetched};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
@@ -106,7 +108,7 @@ fn endpoints(instances: Vec<Instance>, https: bool) -> Vec<Endpoint> {
         .collect()
 }
 
-pub async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
+pub(crate) async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
     let base = &provider.settings.eureka.service_url;
     let mut url = Url::parse(base).map_err(|e| format!("Eureka service URL {base:?}: {e}"))?;
     // Eureka keeps application names upper-case.

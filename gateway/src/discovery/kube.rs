@@ -10,7 +10,9 @@
 //! `DownstreamScheme`, else the first port, else 80; only ready addresses
 //! (`addresses`, not `notReadyAddresses`) are instances.
 
-use super::{read_body, resolve, Endpoint, Fetched, Provider, ServiceRef, Source, MAX_BODY};
+use super::pool::ServiceRef;
+use super::provider::{read_body, Provider, MAX_BODY};
+use super::source::{resolve, Endpoint, Fetched, Source};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -398,7 +400,7 @@ fn status_message(body: &[u8]) -> String {
 }
 
 /// One read of the service's endpoints (`Kube`, `PollKube`).
-pub async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
+pub(crate) async fn fetch(provider: &Provider, service: &ServiceRef) -> Result<Fetched, String> {
     let api = Api::new(provider, service).await?;
     Ok(Fetched {
         endpoints: api.read().await?,
@@ -419,7 +421,7 @@ impl Drop for Alive {
 /// `WatchKube`: list, then follow the watch stream, forever; every change
 /// goes to `source`. Ends when the source is gone. Failures keep the last
 /// list and retry after a second, as Ocelot's `RetryAfter` does.
-pub async fn watch(
+pub(crate) async fn watch(
     service: ServiceRef,
     source: Weak<Source>,
     alive: Arc<AtomicBool>,

@@ -24,7 +24,7 @@ use crate::cache::store::MemoryStore;
 use crate::health::HealthState;
 use crate::metrics::METRICS;
 use crate::qos::{BreakerStore, CircuitState};
-use crate::ratelimit::RateLimiter;
+use crate::rate_limiting::RateLimiter;
 use crate::security::TrustedProxies;
 use crate::settings::Settings;
 use ocelot_compat::table::RouteTable;
@@ -50,6 +50,7 @@ impl Env {
     pub fn from_settings(settings: &Settings) -> Result<Env, String> {
         crate::qos::export_metrics();
         crate::health::export_metrics();
+        crate::rate_limiting::export_metrics();
         let ca_file = settings.upstream_ca_file.as_deref();
         Ok(Env {
             breakers: BreakerStore::default(),

@@ -12,7 +12,7 @@ use crate::headers::{self, HeaderTransforms};
 use crate::metrics::RouteMetrics;
 use crate::protocols::UpstreamProtocol;
 use crate::qos::{QosPolicy, RouteQos};
-use crate::ratelimit::RouteRule;
+use crate::rate_limiting::RouteRule;
 use crate::request_id::RequestIdPolicy;
 use crate::security::IpPolicy;
 use ocelot_compat::effective;

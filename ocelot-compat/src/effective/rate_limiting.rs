@@ -1,5 +1,5 @@
 //! `RateLimitOptions`, in both schemas the gateway can run
-//! (`gateway/src/ratelimit/mod.rs` picks one by setting):
+//! (`gateway/src/rate_limiting/rule.rs` picks one by setting):
 //!
 //! - [`rate_limiting`]: Ocelot 24.1+ (`src/Configuration/Creator/RateLimitOptionsCreator.cs`),
 //!   route-over-global with `RouteKeys`, where either side can switch rate

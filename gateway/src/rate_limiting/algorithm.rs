@@ -15,18 +15,18 @@
 
 /// One client's counter on one route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter {
+pub(crate) struct Counter {
     /// When the counting window started.
-    pub started: i64,
+    pub(crate) started: i64,
     /// When the limit was first exceeded in this window (24.0: reached).
-    pub exceeded: Option<i64>,
+    pub(crate) exceeded: Option<i64>,
     /// Requests counted in this window, the current one included.
-    pub total: u64,
+    pub(crate) total: u64,
 }
 
 impl Counter {
     /// A fresh window started by the current request.
-    pub fn start(now: i64) -> Counter {
+    pub(crate) fn start(now: i64) -> Counter {
         Counter {
             started: now,
             exceeded: None,
@@ -36,26 +36,26 @@ impl Counter {
 }
 
 /// Microseconds in a second.
-pub const SECOND: i64 = 1_000_000;
+pub(crate) const SECOND: i64 = 1_000_000;
 
 fn seconds(micros: i64) -> f64 {
     micros as f64 / SECOND as f64
 }
 
 /// Ocelot 24.1+.
-pub mod current {
+pub(crate) mod current {
     use super::*;
 
     /// The numbers of a rule the algorithm needs.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Window {
-        pub limit: u64,
-        pub period: i64,
-        pub wait: i64,
+    pub(crate) struct Window {
+        pub(crate) limit: u64,
+        pub(crate) period: i64,
+        pub(crate) wait: i64,
     }
 
     /// `Count`: the counter after the current request.
-    pub fn count(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
+    pub(crate) fn count(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
         let Some(mut c) = entry else {
             return Counter::start(now);
         };
@@ -74,7 +74,7 @@ pub mod current {
 
     /// `RetryAfter` in seconds: 0 when not blocked, the remaining window (no
     /// `Wait`) or remaining wait, and -1 when the wait is over.
-    pub fn retry_after(c: &Counter, w: &Window, now: i64) -> f64 {
+    pub(crate) fn retry_after(c: &Counter, w: &Window, now: i64) -> f64 {
         let Some(exceeded) = c.exceeded else {
             return 0.0;
         };
@@ -93,7 +93,7 @@ pub mod current {
     }
 
     /// `ProcessRequest`: the counter to store (a finished wait restarts it).
-    pub fn process(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
+    pub(crate) fn process(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
         let c = count(entry, w, now);
         if c.total > w.limit && retry_after(&c, w, now) < 0.0 {
             return Counter::start(now);
@@ -103,22 +103,22 @@ pub mod current {
 
     /// How long the storage keeps a counter after its last update:
     /// `Period + Wait + 1 s`.
-    pub fn ttl(w: &Window) -> i64 {
+    pub(crate) fn ttl(w: &Window) -> i64 {
         w.period.saturating_add(w.wait).saturating_add(SECOND)
     }
 }
 
 /// Ocelot ≤ 24.0.
-pub mod legacy {
+pub(crate) mod legacy {
     use super::*;
 
     /// The numbers of a 24.0 rule.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Window {
-        pub limit: u64,
-        pub period: i64,
+    pub(crate) struct Window {
+        pub(crate) limit: u64,
+        pub(crate) period: i64,
         /// `PeriodTimespan` as configured (may be below a second, even 0).
-        pub ban: i64,
+        pub(crate) ban: i64,
     }
 
     impl Window {
@@ -129,7 +129,7 @@ pub mod legacy {
     }
 
     /// `Count`.
-    pub fn count(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
+    pub(crate) fn count(entry: Option<Counter>, w: &Window, now: i64) -> Counter {
         let Some(c) = entry else {
             return Counter::start(now);
         };
@@ -154,7 +154,7 @@ pub mod legacy {
     }
 
     /// `RetryAfter` in seconds; not above 0 means "let it through".
-    pub fn retry_after(c: &Counter, w: &Window, now: i64) -> f64 {
+    pub(crate) fn retry_after(c: &Counter, w: &Window, now: i64) -> f64 {
         let ban = w.min_ban();
         if c.started.saturating_add(w.period) >= now {
             return if c.total < w.limit {
@@ -173,7 +173,7 @@ pub mod legacy {
     }
 
     /// `ProcessRequest`: the counter to store and how long to keep it.
-    pub fn process(entry: Option<Counter>, w: &Window, now: i64) -> (Counter, i64) {
+    pub(crate) fn process(entry: Option<Counter>, w: &Window, now: i64) -> (Counter, i64) {
         let c = count(entry, w, now);
         if c.total > w.limit {
             if retry_after(&c, w, now) > 0.0 {

@@ -4,7 +4,7 @@
 
 /// A UTC instant (microseconds since the Unix epoch) as .NET's
 /// `DateTime.ToString("o")` writes it: `2026-01-01T00:00:01.0000000Z`.
-pub fn round_trip_date(micros: i64) -> String {
+pub(crate) fn round_trip_date(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
@@ -36,7 +36,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// A double as .NET's `double.ToString(CultureInfo.InvariantCulture)`
 /// writes it: shortest round-trip digits, scientific below 1E-05.
-pub fn dotnet_double(value: f64) -> String {
+pub(crate) fn dotnet_double(value: f64) -> String {
     if value != 0.0 && value.abs() < 1e-4 {
         // Rust: "1.2e-5"; .NET: "1.2E-05".
         let sci = format!("{value:e}");
@@ -55,7 +55,7 @@ pub fn dotnet_double(value: f64) -> String {
 /// .NET `string.Format(format, args)` for the `{0}`, `{1}` … items of a quota
 /// message (`{{`/`}}` are literal braces; alignment and format parts are
 /// accepted and ignored). An item that .NET would reject is kept as written.
-pub fn dotnet_format(format: &str, args: &[&str]) -> String {
+pub(crate) fn dotnet_format(format: &str, args: &[&str]) -> String {
     let mut out = String::with_capacity(format.len() + 16);
     let mut rest = format;
     while let Some(pos) = rest.find(['{', '}']) {

@@ -22,7 +22,8 @@
 //! `max_counters` of them, plus a 1 MiB sketch once the store first fills,
 //! whatever arrives.
 
-use super::algorithm::Counter;
+use super::algorithm::{current, legacy, Counter};
+use super::store::{Counted, CounterKey, CounterStore, Stored, Unavailable};
 use pingora_limits::estimator::Estimator;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -37,11 +38,11 @@ const SKETCH_HASHES: usize = 4;
 const SKETCH_SLOTS: usize = 32_768;
 
 /// A 128-bit key: collisions between two live keys are out of reach.
-pub type Key = u128;
+pub(crate) type Key = u128;
 
 /// Hashes counter keys with process-random keys, so clients cannot aim
 /// collisions at each other.
-pub struct KeyHasher {
+pub(crate) struct KeyHasher {
     a: RandomState,
     b: RandomState,
 }
@@ -56,7 +57,7 @@ impl Default for KeyHasher {
 }
 
 impl KeyHasher {
-    pub fn key(&self, text: &str) -> Key {
+    pub(crate) fn key(&self, text: &str) -> Key {
         (u128::from(self.a.hash_one(text)) << 64) | u128::from(self.b.hash_one(text))
     }
 }
@@ -135,17 +136,8 @@ impl Shard {
     }
 }
 
-/// What the store did with a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// Counted exactly: the counter after the current request.
-    Exact(Counter),
-    /// Not counted: every slot holds a busier client.
-    Untracked,
-}
-
 /// The bounded store.
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: KeyHasher,
@@ -159,7 +151,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// A store for at most `max_counters` counters.
-    pub fn new(max_counters: usize) -> LocalStore {
+    pub(crate) fn new(max_counters: usize) -> LocalStore {
         let per_shard = max_counters.div_ceil(SHARDS).max(1);
         let seed = RandomState::new().hash_one(0u8) | 1;
         let shards = (0..SHARDS as u64)
@@ -188,20 +180,17 @@ impl LocalStore {
         }
     }
 
-    pub fn key(&self, text: &str) -> Key {
+    pub(crate) fn key(&self, text: &str) -> Key {
         self.hasher.key(text)
     }
 
     /// Counters held (live or expired, not yet reused).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map_or(0, |s| s.slots.len()))
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Estimated recent use of `key` (counting this request).
@@ -219,7 +208,7 @@ impl LocalStore {
 
     /// Runs `process` on the key's counter atomically and keeps the result
     /// for `ttl` (as returned by `process`) after `now`.
-    pub fn update(
+    pub(crate) fn update(
         &self,
         key: Key,
         now: i64,
@@ -291,9 +280,36 @@ impl LocalStore {
     }
 }
 
+/// Never unavailable: a key that finds no slot is [`Stored::Untracked`].
+impl CounterStore for LocalStore {
+    async fn count_current(
+        &self,
+        key: &CounterKey<'_>,
+        w: &current::Window,
+        now: i64,
+    ) -> Result<Counted, Unavailable> {
+        let stored = self.update(self.key(&key.text), now, |entry| {
+            (current::process(entry, w, now), current::ttl(w))
+        });
+        Ok(Counted { stored, now })
+    }
+
+    async fn count_legacy(
+        &self,
+        key: &CounterKey<'_>,
+        w: &legacy::Window,
+        now: i64,
+    ) -> Result<Counted, Unavailable> {
+        let stored = self.update(self.key(&key.text), now, |entry| {
+            legacy::process(entry, w, now)
+        });
+        Ok(Counted { stored, now })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::algorithm::{current, SECOND};
+    use super::super::algorithm::SECOND;
     use super::*;
 
     fn w() -> current::Window {

@@ -9,6 +9,7 @@
 //! request probe; the caller applies the failure policy meanwhile.
 
 use super::algorithm::{current, legacy, Counter, SECOND};
+use super::store::{Counted, CounterKey, CounterStore, Stored, Unavailable};
 use super::METRICS;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -81,17 +82,8 @@ redis.call('SET', KEYS[1], string.format('%.0f:%.0f:%.0f', s, e, n), 'PX', ttl_m
 return {s, e, n, now}
 ";
 
-/// Why Redis gave no counter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unavailable {
-    /// A recent call failed; not retried until the retry interval is over.
-    Backoff,
-    /// This call failed or took longer than the timeout.
-    Failed(String),
-}
-
 /// The shared store.
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     client: redis::Client,
     url: String,
     manager: OnceLock<ConnectionManager>,
@@ -116,7 +108,11 @@ fn redacted(url: &str) -> String {
 
 impl RedisStore {
     /// Parses the URL; nothing connects until the first request.
-    pub fn new(url: &str, timeout: Duration, retry_every: Duration) -> Result<RedisStore, String> {
+    pub(crate) fn new(
+        url: &str,
+        timeout: Duration,
+        retry_every: Duration,
+    ) -> Result<RedisStore, String> {
         let client =
             redis::Client::open(url).map_err(|e| format!("rate_limiting.redis_url: {e}"))?;
         Ok(RedisStore {
@@ -132,8 +128,9 @@ impl RedisStore {
         })
     }
 
+    #[cfg(test)]
     /// Whether the last call succeeded.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
@@ -179,7 +176,7 @@ impl RedisStore {
         key: &str,
         args: [i64; 4],
         now: i64,
-    ) -> Result<(Counter, i64), Unavailable> {
+    ) -> Result<Counted, Unavailable> {
         if !self.may_call(now) {
             return Err(Unavailable::Backoff);
         }
@@ -207,7 +204,10 @@ impl RedisStore {
                     exceeded: (v[1] >= 0).then_some(v[1]),
                     total: u64::try_from(v[2]).unwrap_or(0),
                 };
-                Ok((counter, v[3]))
+                Ok(Counted {
+                    stored: Stored::Exact(counter),
+                    now: v[3],
+                })
             }
             other => {
                 let why = match other {
@@ -241,31 +241,47 @@ impl RedisStore {
             log::debug!("rate limiting: Redis probe failed: {why}");
         }
     }
+}
 
-    /// Ocelot 24.1+ counting of `key`; returns the counter and Redis' now.
-    pub async fn process_current(
+/// The Redis key: the prefix for operators, then the SHA-1 of the counter
+/// key (as Ocelot's `GetStorageKey`), so keys are short whatever the client id.
+fn redis_key(key: &CounterKey<'_>) -> String {
+    format!(
+        "{}:{}",
+        key.prefix,
+        sha1_smol::Sha1::from(&key.text).digest()
+    )
+}
+
+/// Counts on Redis' clock: [`Counted::now`] is Redis' `TIME`.
+impl CounterStore for RedisStore {
+    async fn count_current(
         &self,
-        key: &str,
+        key: &CounterKey<'_>,
         w: &current::Window,
         now: i64,
-    ) -> Result<(Counter, i64), Unavailable> {
+    ) -> Result<Counted, Unavailable> {
         let ttl_ms = (current::ttl(w).saturating_add(999) / 1000).max(1);
         let limit = i64::try_from(w.limit).unwrap_or(i64::MAX);
-        self.run(&self.current, key, [limit, w.period, w.wait, ttl_ms], now)
-            .await
+        self.run(
+            &self.current,
+            &redis_key(key),
+            [limit, w.period, w.wait, ttl_ms],
+            now,
+        )
+        .await
     }
 
-    /// Ocelot ≤ 24.0 counting of `key`.
-    pub async fn process_legacy(
+    async fn count_legacy(
         &self,
-        key: &str,
+        key: &CounterKey<'_>,
         w: &legacy::Window,
         now: i64,
-    ) -> Result<(Counter, i64), Unavailable> {
+    ) -> Result<Counted, Unavailable> {
         let limit = i64::try_from(w.limit).unwrap_or(i64::MAX);
         self.run(
             &self.legacy,
-            key,
+            &redis_key(key),
             [limit, w.period, w.ban, w.ban.max(SECOND)],
             now,
         )

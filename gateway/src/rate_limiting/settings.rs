@@ -1,0 +1,143 @@
+//! The `rate_limiting` section of the gateway settings: which Ocelot
+//! version's rate limiting to reproduce, where counters live and what to do
+//! while Redis is down. Read once at start-up; a change needs a restart
+//! (`reload/live.rs`).
+
+use serde::Deserialize;
+
+/// What to do with a request while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FailurePolicy {
+    /// Let it through, uncounted and without rate-limit headers.
+    #[default]
+    Open,
+    /// Refuse it with 503 and an empty body.
+    Closed,
+}
+
+/// An Ocelot version, as `23`, `24.0`, `"24.1"` or `"23.4.3"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CompatVersion {
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+}
+
+impl Default for CompatVersion {
+    fn default() -> Self {
+        CompatVersion {
+            major: 25,
+            minor: 0,
+        }
+    }
+}
+
+impl CompatVersion {
+    /// Parses `25`, `24.0`, `23.4.3`.
+    pub(crate) fn parse(text: &str) -> Option<CompatVersion> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+        parts
+            .all(|p| p.parse::<u32>().is_ok())
+            .then_some(CompatVersion { major, minor })
+    }
+
+    /// Whether rate limiting follows Ocelot 24.0 and older.
+    pub(crate) fn legacy_rate_limiting(&self) -> bool {
+        *self
+            < CompatVersion {
+                major: 24,
+                minor: 1,
+            }
+    }
+}
+
+impl<'de> Deserialize<'de> for CompatVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Float(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) => format!("{f}"),
+            Raw::Text(t) => t,
+        };
+        CompatVersion::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "'{text}' is not a version such as 25, 24.0 or 23.4.3"
+            ))
+        })
+    }
+}
+
+/// The `rate_limiting` section of the gateway settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RateLimitSettings {
+    /// Ocelot version whose rate limiting to reproduce (default 25; 24.0 or
+    /// lower selects the legacy behaviour).
+    pub(crate) ocelot_compat_version: CompatVersion,
+    /// Count in Redis, shared by every replica (`redis://host:port/db`).
+    pub(crate) redis_url: Option<String>,
+    /// Longest time one Redis call may take.
+    pub(crate) redis_timeout_ms: u64,
+    /// After a failed call, how long to apply the failure policy before
+    /// trying Redis again.
+    pub(crate) redis_retry_ms: u64,
+    /// What to do while Redis is unreachable: `open` or `closed`.
+    pub(crate) failure_policy: FailurePolicy,
+    /// Exact counters kept in memory (per process, without Redis).
+    pub(crate) max_counters: usize,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            ocelot_compat_version: CompatVersion::default(),
+            redis_url: None,
+            redis_timeout_ms: 100,
+            redis_retry_ms: 1000,
+            failure_policy: FailurePolicy::Open,
+            max_counters: 200_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = |s: &str| {
+            serde_yaml::from_str::<RateLimitSettings>(s)
+                .expect("yaml")
+                .ocelot_compat_version
+        };
+        assert_eq!(
+            v("{}"),
+            CompatVersion {
+                major: 25,
+                minor: 0
+            }
+        );
+        assert!(v("ocelot_compat_version: 23").legacy_rate_limiting());
+        assert!(v("ocelot_compat_version: 24.0").legacy_rate_limiting());
+        assert!(v("ocelot_compat_version: '23.4.3'").legacy_rate_limiting());
+        assert!(!v("ocelot_compat_version: 24.1").legacy_rate_limiting());
+        assert!(!v("ocelot_compat_version: 25").legacy_rate_limiting());
+        assert!(serde_yaml::from_str::<RateLimitSettings>("ocelot_compat_version: new").is_err());
+        assert!(serde_yaml::from_str::<RateLimitSettings>("failure_policy: maybe").is_err());
+        assert_eq!(
+            serde_yaml::from_str::<RateLimitSettings>("failure_policy: closed")
+                .expect("yaml")
+                .failure_policy,
+            FailurePolicy::Closed
+        );
+    }
+}
