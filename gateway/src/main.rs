@@ -151,8 +151,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // Breakers, counters, health, output cache, aggregation client: what
     // every snapshot is built with and what outlives them.
     let env = Arc::new(Env::from_settings(&settings)?);
-    // Routes with a ServiceName take their provider from it.
-    gateway::discovery::install(&settings.discovery)?;
     let auth = gateway::auth::Authenticator::from_settings(&settings.auth_providers)?;
     let snapshot = Snapshot::build(loaded, None, &env, &auth);
     for warning in &snapshot.warnings {

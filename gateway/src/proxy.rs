@@ -320,21 +320,7 @@ impl ProxyHttp for Gateway {
             .downstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no downstream path"))?;
-        let path_and_query = match &target.query {
-            Some(q) => format!("{}?{}", target.path, q),
-            None => target.path.clone(),
-        };
-        let uri = http::Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| {
-                Error::because(
-                    ErrorType::HTTPStatus(400),
-                    "downstream path is not a valid URI",
-                    e,
-                )
-            })?;
-        upstream.set_uri(uri);
+        upstream.set_uri(request_mapper::uri(target)?);
         if let Some(method) = &route.method {
             upstream.set_method(method.clone());
         }

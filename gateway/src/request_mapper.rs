@@ -7,6 +7,7 @@
 use crate::balancing::Selected;
 use crate::headers::Headers;
 use http::header::{self, HeaderName};
+use ocelot_compat::template::DownstreamTarget;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1):
 /// never forwarded.
@@ -42,6 +43,25 @@ pub(crate) fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
         }
         headers.remove(name);
     }
+}
+
+/// The request target sent to the service; 400 when the path and query the
+/// templates made are not a valid URI.
+pub(crate) fn uri(target: &DownstreamTarget) -> pingora_error::Result<http::Uri> {
+    let path_and_query = match &target.query {
+        Some(q) => format!("{}?{}", target.path, q),
+        None => target.path.clone(),
+    };
+    http::Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| {
+            pingora_error::Error::because(
+                pingora_error::ErrorType::HTTPStatus(400),
+                "downstream path is not a valid URI",
+                e,
+            )
+        })
 }
 
 /// The `Host` the service is sent: its host name, with the port unless it

@@ -1,4 +1,4 @@
-//! Aggregates (spec §1.4, §6): Ocelot's simple aggregator byte for byte, its
+//! Aggregates: Ocelot's simple aggregator byte for byte, its
 //! error behaviour, `RouteKeysConfig` fan-out, named aggregators and
 //! abp-next-admin's `AbpResponseMergeAggregator`, against the real binary.
 

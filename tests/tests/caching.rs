@@ -1,4 +1,4 @@
-//! The output cache (`CacheOptions` / `FileCacheOptions`, spec §7.5): hits
+//! The output cache (`CacheOptions` / `FileCacheOptions`): hits
 //! served without the upstream, expiry after `TtlSeconds`, the `Header` and
 //! `EnableContentHashing` key rules, and region purges through the admin API.
 

@@ -1,4 +1,4 @@
-//! Load balancers (spec §7.4): NoLoadBalancer, RoundRobin, LeastConnection,
+//! Load balancers: NoLoadBalancer, RoundRobin, LeastConnection,
 //! CookieStickySessions. Backends are told apart by the echo server's name.
 
 use std::collections::{BTreeMap, HashSet};

@@ -1,4 +1,4 @@
-//! What the gateway sends upstream and hands back (spec §7.2): method
+//! What the gateway sends upstream and hands back: method
 //! override, Host, header forwarding, hop-by-hop removal, bodies, response
 //! headers.
 

@@ -1,4 +1,4 @@
-//! Quality of service (Ocelot's `QoSOptions`, spec §4; Ocelot's
+//! Quality of service (Ocelot's `QoSOptions`; Ocelot's
 //! QualityOfService acceptance tests): the circuit breaker opening after
 //! consecutive failures and half-opening after the break, QoS and route
 //! timeouts, and breaker state kept across a reload.

@@ -1,4 +1,4 @@
-//! Rate limiting (Ocelot's `RateLimitOptions`, spec §3; Ocelot's RateLimiting
+//! Rate limiting (Ocelot's `RateLimitOptions`; Ocelot's RateLimiting
 //! acceptance tests): fixed windows per client, the X-RateLimit-* and
 //! Retry-After headers, whitelists, global route-key groups with a wait,
 //! Ocelot 23 configs, counters shared between gateways through Redis and its

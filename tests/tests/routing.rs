@@ -1,4 +1,4 @@
-//! Route matching and downstream URL building (spec §2): placeholders,
+//! Route matching and downstream URL building: placeholders,
 //! catch-alls, trailing slashes, case, priority, UpstreamHost, methods,
 //! header templates and query strings.
 

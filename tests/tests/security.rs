@@ -1,4 +1,4 @@
-//! IP security (Ocelot's `SecurityOptions`, spec §7.6; Ocelot's Security
+//! IP security (Ocelot's `SecurityOptions`; Ocelot's Security
 //! acceptance tests): allow and block lists for IPv4 and IPv6 clients, ranges
 //! and masks, and `X-Forwarded-For` from trusted proxies only.
 

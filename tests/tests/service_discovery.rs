@@ -1,4 +1,4 @@
-//! Service discovery (spec §1.3, §1.5, §7.4, §7.8; Ocelot's ServiceDiscovery
+//! Service discovery (Ocelot's ServiceDiscovery
 //! acceptance tests): routes with a `ServiceName` take their instances from
 //! Kubernetes, Consul, Eureka or DNS and follow them as they appear, change
 //! and disappear, without a restart; an unreachable registry leaves the last

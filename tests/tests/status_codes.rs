@@ -1,4 +1,4 @@
-//! Gateway errors (spec §4.3–4.4: unreachable or broken services are 502)
+//! Gateway errors (unreachable or broken services are 502)
 //! and upstream statuses passed through. Timeouts are in `qos.rs`.
 
 use e2e::{bounded, closed_addr, config, get, raw, route, EchoServer, Gateway};

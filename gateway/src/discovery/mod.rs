@@ -38,8 +38,7 @@ mod source;
 pub(crate) use pool::ServiceRef;
 pub(crate) use provider::Provider;
 pub use refresher::DiscoveryRefresher;
-pub(crate) use settings::dynamic_route_limits;
 pub use settings::{
-    install, ConsulSettings, DiscoverySettings, DnsRecords, DnsSettings, EurekaSettings,
+    ConsulSettings, Discovery, DiscoverySettings, DnsRecords, DnsSettings, EurekaSettings,
     KubeSettings,
 };

@@ -3,6 +3,7 @@
 //! the service's shared [`Source`] (`source.rs`).
 
 use super::provider::{Provider, ProviderKind};
+use super::settings::Discovery;
 use super::source::Source;
 use crate::balancing::{BackendMeta, DiscoveredService};
 use async_trait::async_trait;
@@ -31,14 +32,18 @@ pub(crate) struct ServiceRef {
 
 impl ServiceRef {
     /// The service a route asks for, or `None` when it has no `ServiceName`.
-    pub(crate) fn for_route(route: &FileRoute, config: &FileConfiguration) -> Option<ServiceRef> {
+    pub(crate) fn for_route(
+        route: &FileRoute,
+        config: &FileConfiguration,
+        discovery: &Discovery,
+    ) -> Option<ServiceRef> {
         let service = route
             .service_name
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())?;
         Some(ServiceRef {
-            provider: Provider::for_config(&config.global),
+            provider: Provider::for_config(&config.global, discovery),
             service: service.to_string(),
             namespace: route
                 .service_namespace

@@ -5,7 +5,7 @@
 //! resolver its queries share.
 
 use super::dns;
-use super::settings::{DiscoverySettings, Environment, MIN_INTERVAL, SETTINGS};
+use super::settings::{Discovery, DiscoverySettings, Environment, MIN_INTERVAL};
 use ocelot_compat::model::{FileGlobalConfiguration, FileServiceDiscoveryProvider};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -81,12 +81,16 @@ impl std::fmt::Debug for Provider {
 impl Provider {
     /// The provider for `global` (shared with the previous snapshot when
     /// nothing changed).
-    pub(crate) fn for_config(global: &FileGlobalConfiguration) -> Arc<Provider> {
-        static LAST: Mutex<Option<Arc<Provider>>> = Mutex::new(None);
-        let current = SETTINGS.load_full();
-        let (settings, env) = (&current.0, &current.1);
-        let provider = Provider::new(global.service_discovery_provider.as_ref(), settings, env);
-        let Ok(mut last) = LAST.lock() else {
+    pub(crate) fn for_config(
+        global: &FileGlobalConfiguration,
+        discovery: &Discovery,
+    ) -> Arc<Provider> {
+        let provider = Provider::new(
+            global.service_discovery_provider.as_ref(),
+            &discovery.settings,
+            &discovery.environment,
+        );
+        let Ok(mut last) = discovery.last.lock() else {
             return Arc::new(provider);
         };
         match last.as_ref() {

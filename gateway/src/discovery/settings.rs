@@ -3,11 +3,9 @@
 //! no refresh reads the environment or the file system for them.
 
 use super::dns;
-use arc_swap::ArcSwap;
-use once_cell::sync::Lazy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The `discovery` section of the gateway settings: what `ocelot.json`
@@ -232,25 +230,37 @@ impl Environment {
     }
 }
 
-pub(super) static SETTINGS: Lazy<ArcSwap<(DiscoverySettings, Environment)>> =
-    Lazy::new(|| ArcSwap::from_pointee((DiscoverySettings::default(), Environment::default())));
-
-/// Installs the settings for the process (before the first snapshot is
-/// built), with the in-cluster defaults found now.
-pub fn install(settings: &DiscoverySettings) -> Result<(), String> {
-    settings.validate()?;
-    SETTINGS.store(Arc::new((settings.clone(), Environment::detect())));
-    Ok(())
+/// Service discovery as the settings configure it, with the in-cluster
+/// defaults found at start-up: what every snapshot's routes take their
+/// provider from (`snapshot::Env` holds it).
+pub struct Discovery {
+    pub(super) settings: DiscoverySettings,
+    pub(super) environment: Environment,
+    /// The provider of the last snapshot, shared with the next one when
+    /// nothing about it changed (its registry state carries over).
+    pub(super) last: Mutex<Option<Arc<super::Provider>>>,
 }
 
-/// What dynamic routing may keep: at most this many services, and how long
-/// a service without instances is remembered as such (one polling interval).
-pub(crate) fn dynamic_route_limits() -> (usize, Duration) {
-    let settings = SETTINGS.load();
-    (
-        settings.0.max_dynamic_services.max(1),
-        Duration::from_millis(settings.0.poll_interval_ms).max(MIN_INTERVAL),
-    )
+impl Discovery {
+    /// Checks the settings and looks for in-cluster defaults.
+    pub fn from_settings(settings: &DiscoverySettings) -> Result<Discovery, String> {
+        settings.validate()?;
+        Ok(Discovery {
+            settings: settings.clone(),
+            environment: Environment::detect(),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// What dynamic routing may keep: at most this many services, and how
+    /// long a service without instances is remembered as such (one polling
+    /// interval).
+    pub(crate) fn dynamic_route_limits(&self) -> (usize, Duration) {
+        (
+            self.settings.max_dynamic_services.max(1),
+            Duration::from_millis(self.settings.poll_interval_ms).max(MIN_INTERVAL),
+        )
+    }
 }
 
 /// The shortest interval between two queries of a registry: a

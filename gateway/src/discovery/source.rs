@@ -370,7 +370,12 @@ mod tests {
             service_name: Some("keep-last-good".into()),
             ..Default::default()
         };
-        let service = ServiceRef::for_route(&route, &c).expect("a service");
+        let service = ServiceRef::for_route(
+            &route,
+            &c,
+            &crate::discovery::Discovery::from_settings(&Default::default()).unwrap(),
+        )
+        .expect("a service");
         let source = Source::shared(&service);
         let now = Instant::now();
         let endpoint = |port| Endpoint {

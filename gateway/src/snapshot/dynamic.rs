@@ -87,7 +87,7 @@ impl DynamicRoutes {
         if !enabled(config) {
             return None;
         }
-        let (capacity, miss_ttl) = crate::discovery::dynamic_route_limits();
+        let (capacity, miss_ttl) = env.discovery.dynamic_route_limits();
         let mut compiled = config.clone();
         compiled.routes.clear();
         compiled.aggregates.clear();

@@ -21,6 +21,7 @@ use crate::aggregate::{Aggregation, CompiledAggregate};
 use crate::auth::Authenticator;
 use crate::balancing::Pool;
 use crate::cache::store::MemoryStore;
+use crate::discovery::Discovery;
 use crate::health::HealthState;
 use crate::metrics::METRICS;
 use crate::qos::{BreakerStore, CircuitState};
@@ -43,6 +44,8 @@ pub struct Env {
     pub(crate) aggregation: Arc<Aggregation>,
     /// The output cache's storage; Pingora's cache phases take it `'static`.
     pub cache: &'static MemoryStore,
+    /// Service discovery settings and providers.
+    pub discovery: Discovery,
 }
 
 impl Env {
@@ -68,6 +71,7 @@ impl Env {
                 settings.cache.max_bytes,
                 settings.cache.max_object_bytes,
             ))),
+            discovery: Discovery::from_settings(&settings.discovery)?,
         })
     }
 

@@ -98,7 +98,7 @@ impl CompiledRoute {
         // With a ServiceName the hosts come from the registry (Ocelot ignores
         // DownstreamHostAndPorts then); the key names provider and service so
         // a reload that changes neither keeps the pool and its instances.
-        let service = crate::discovery::ServiceRef::for_route(route, config);
+        let service = crate::discovery::ServiceRef::for_route(route, config, &env.discovery);
         if let Some(warning) = service.as_ref().and_then(|s| s.warning()) {
             warnings.warn("ServiceName", warning);
         }
