@@ -430,11 +430,10 @@ fn claims_to_headers(
         .headers(state.claims())
         .map_err(claims_refusal)?;
     for (name, value) in headers {
-        req.head.insert_header(name, value).map_err(|_| {
-            Refusal::Claims(ClaimsError::InvalidHeaderValue(
-                "a claims header".to_string(),
-            ))
-        })?;
+        let refused = || Refusal::Claims(ClaimsError::InvalidHeaderValue(name.to_string()));
+        req.head
+            .insert_header(name.clone(), value)
+            .map_err(|_| refused())?;
     }
     Ok(())
 }
