@@ -7,6 +7,7 @@
 //! Each dictionary is parsed once when the route is compiled; a request only
 //! looks claims up and copies strings.
 
+use crate::diagnostics::Warnings;
 use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
@@ -242,16 +243,17 @@ pub(crate) struct ClaimsConfig<'a> {
 
 impl ClaimsTransforms {
     /// Compiles the dictionaries. Entries Ocelot would skip are skipped too,
-    /// each with a warning `(field, message)` for the load report.
-    pub(crate) fn compile(config: ClaimsConfig<'_>) -> (ClaimsTransforms, Vec<(String, String)>) {
-        let mut warnings = Vec::new();
+    /// each with a warning for the load report.
+    pub(crate) fn compile(
+        config: ClaimsConfig<'_>,
+        warnings: &mut Warnings<'_>,
+    ) -> ClaimsTransforms {
         let mut parse_all = |field: &str, dict: &[(String, String)]| -> Vec<ClaimToThing> {
             dict.iter()
                 .filter_map(|(k, v)| match ClaimToThing::parse(k, v) {
                     Ok(c) => Some(c),
                     Err(why) => {
-                        warnings
-                            .push((format!("{field}.{k}"), format!("\"{v}\" is ignored: {why}")));
+                        warnings.warn(format!("{field}.{k}"), format!("\"{v}\" is ignored: {why}"));
                         None
                     }
                 })
@@ -265,10 +267,10 @@ impl ClaimsTransforms {
         for c in headers {
             match HeaderName::from_bytes(c.key.as_bytes()) {
                 Ok(name) => to_headers.push((name, c)),
-                Err(_) => warnings.push((
+                Err(_) => warnings.warn(
                     format!("AddHeadersToRequest.{}", c.key),
-                    "is not a valid header name; ignored".to_string(),
-                )),
+                    "is not a valid header name; ignored",
+                ),
             }
         }
         let to_path = path
@@ -276,26 +278,23 @@ impl ClaimsTransforms {
             .map(|c| {
                 let present = config.downstream_template.contains(&format!("{{{}}}", c.key));
                 if !present {
-                    warnings.push((
+                    warnings.warn(
                         format!("ChangeDownstreamPathTemplate.{}", c.key),
                         format!(
                             "the DownstreamPathTemplate has no {{{}}} placeholder: requests are answered 404, as Ocelot does",
                             c.key
                         ),
-                    ));
+                    );
                 }
                 (c, present)
             })
             .collect();
-        (
-            ClaimsTransforms {
-                to_claims,
-                to_headers,
-                to_queries,
-                to_path,
-            },
-            warnings,
-        )
+        ClaimsTransforms {
+            to_claims,
+            to_headers,
+            to_queries,
+            to_path,
+        }
     }
 
     /// Whether the route has no claims transform at all.
@@ -575,12 +574,17 @@ mod tests {
         template: &str,
     ) -> ClaimsTransforms {
         let (a, b, c, d) = (dict(add_claims), dict(headers), dict(queries), dict(path));
-        ClaimsTransforms::compile(ClaimsConfig {
-            add_claims: &a,
-            add_headers: &b,
-            add_queries: &c,
-            change_path: &d,
-            downstream_template: template,
+        crate::diagnostics::collecting(|w| {
+            ClaimsTransforms::compile(
+                ClaimsConfig {
+                    add_claims: &a,
+                    add_headers: &b,
+                    add_queries: &c,
+                    change_path: &d,
+                    downstream_template: template,
+                },
+                w,
+            )
         })
         .0
     }

@@ -9,6 +9,7 @@
 //! route is compiled; `{BaseUrl}` is resolved then too, the other placeholders
 //! per request.
 
+use crate::diagnostics::Warnings;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Ocelot's `{BaseUrl}` when `GlobalConfiguration.BaseUrl` is not set
@@ -436,29 +437,26 @@ pub(crate) struct HeaderTransforms {
 }
 
 impl HeaderTransforms {
-    /// Compiles both merged dictionaries; warnings are `(field, message)`.
+    /// Compiles both merged dictionaries; entries Ocelot would skip are
+    /// reported under their field.
     pub(crate) fn compile(
         upstream: &[(String, String)],
         downstream: &[(String, String)],
         base_url: &str,
-    ) -> (HeaderTransforms, Vec<(String, String)>) {
+        warnings: &mut Warnings<'_>,
+    ) -> HeaderTransforms {
         let (up, w1) = Transforms::compile(Direction::Upstream, upstream, base_url);
         let (down, w2) = Transforms::compile(Direction::Downstream, downstream, base_url);
-        let warnings = w1
-            .into_iter()
-            .map(|(k, m)| (format!("UpstreamHeaderTransform.{k}"), m))
-            .chain(
-                w2.into_iter()
-                    .map(|(k, m)| (format!("DownstreamHeaderTransform.{k}"), m)),
-            )
-            .collect();
-        (
-            HeaderTransforms {
-                upstream: up,
-                downstream: down,
-            },
-            warnings,
-        )
+        for (key, message) in w1 {
+            warnings.warn(format!("UpstreamHeaderTransform.{key}"), message);
+        }
+        for (key, message) in w2 {
+            warnings.warn(format!("DownstreamHeaderTransform.{key}"), message);
+        }
+        HeaderTransforms {
+            upstream: up,
+            downstream: down,
+        }
     }
 }
 
@@ -596,12 +594,15 @@ mod tests {
 
     #[test]
     fn merged_compile_names_fields() {
-        let (t, w) = HeaderTransforms::compile(
-            &dict(&[("X", "{Nope}")]),
-            &dict(&[("Y", "1")]),
-            DEFAULT_BASE_URL,
-        );
-        assert_eq!(w[0].0, "UpstreamHeaderTransform.X");
+        let (t, w) = crate::diagnostics::collecting(|w| {
+            HeaderTransforms::compile(
+                &dict(&[("X", "{Nope}")]),
+                &dict(&[("Y", "1")]),
+                DEFAULT_BASE_URL,
+                w,
+            )
+        });
+        assert_eq!(w[0].field, "UpstreamHeaderTransform.X");
         assert!(t.upstream.is_empty() && !t.downstream.is_empty());
     }
 }

@@ -40,6 +40,7 @@ pub mod cache;
 pub mod certificates;
 pub(crate) mod claims;
 pub(crate) mod cors;
+pub(crate) mod diagnostics;
 pub mod discovery;
 pub(crate) mod headers;
 pub mod health;

@@ -20,6 +20,7 @@
 //! route's, so a quiet socket is not cut after `Timeout` seconds.
 
 use crate::balancing::Selected;
+use crate::diagnostics::Warnings;
 use http::header::{self, HeaderValue};
 use http::Version;
 use pingora_core::listeners::ALPN;
@@ -67,9 +68,6 @@ pub(crate) struct UpstreamProtocol {
     pub(crate) require_h2: bool,
     /// Send `HTTP/1.0` request lines (`DownstreamHttpVersion: 1.0`).
     pub(crate) http10: bool,
-    /// What Ocelot would silently do differently than the file suggests, as
-    /// (field, message) for the configuration warnings.
-    pub(crate) warnings: Vec<(String, String)>,
 }
 
 impl Default for UpstreamProtocol {
@@ -78,7 +76,6 @@ impl Default for UpstreamProtocol {
             alpn: ALPN::H1,
             require_h2: false,
             http10: false,
-            warnings: Vec::new(),
         }
     }
 }
@@ -102,32 +99,33 @@ fn parse_dotnet_version(text: &str) -> Option<(u32, u32)> {
 
 impl UpstreamProtocol {
     /// Ocelot's `HttpVersionCreator` and `HttpVersionPolicyCreator`, mapped
-    /// onto what Pingora can offer (module docs).
+    /// onto what Pingora can offer (module docs). What Ocelot would silently
+    /// do differently than the file suggests is reported.
     pub(crate) fn compile(
         version: Option<&str>,
         policy: Option<&str>,
         tls: bool,
+        warnings: &mut Warnings<'_>,
     ) -> UpstreamProtocol {
-        let mut warnings = Vec::new();
         let text = version.map(str::trim).filter(|v| !v.is_empty());
         let (major, minor) = match text.map(|t| (t, parse_dotnet_version(t))) {
             None => (1, 1),
             Some((_, Some(v))) => v,
             Some((t, None)) => {
-                warnings.push((
-                    "DownstreamHttpVersion".to_string(),
+                warnings.warn(
+                    "DownstreamHttpVersion",
                     format!("'{t}' is not a .NET version string (major.minor); Ocelot and the gateway use 1.1 — write 2.0 for HTTP/2"),
-                ));
+                );
                 (1, 1)
             }
         };
         if major >= 3 {
-            warnings.push((
-                "DownstreamHttpVersion".to_string(),
+            warnings.warn(
+                "DownstreamHttpVersion",
                 format!(
                     "HTTP/{major}.{minor} (QUIC) is not supported; the gateway uses HTTP/2 instead"
                 ),
-            ));
+            );
         }
         let policy = VersionPolicy::parse(policy);
         let wants_h2 = major >= 2;
@@ -145,7 +143,6 @@ impl UpstreamProtocol {
             alpn,
             require_h2,
             http10: (major, minor) == (1, 0) || major == 0,
-            warnings,
         }
     }
 
@@ -280,20 +277,29 @@ impl TlsListenSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnostics::collecting;
+
+    fn compiled(
+        version: Option<&str>,
+        policy: Option<&str>,
+        tls: bool,
+    ) -> (UpstreamProtocol, Vec<ocelot_compat::Diagnostic>) {
+        collecting(|w| UpstreamProtocol::compile(version, policy, tls, w))
+    }
 
     fn p(version: &str, policy: &str, tls: bool) -> UpstreamProtocol {
-        UpstreamProtocol::compile(Some(version), Some(policy), tls)
+        compiled(Some(version), Some(policy), tls).0
     }
 
     #[test]
     fn defaults_to_http11() {
-        let d = UpstreamProtocol::compile(None, None, true);
+        let (d, warnings) = compiled(None, None, true);
         assert_eq!(
             (d.alpn.clone(), d.require_h2, d.http10),
             (ALPN::H1, false, false)
         );
-        assert!(d.warnings.is_empty());
-        assert_eq!(UpstreamProtocol::compile(None, None, false).alpn, ALPN::H1);
+        assert!(warnings.is_empty());
+        assert_eq!(compiled(None, None, false).0.alpn, ALPN::H1);
     }
 
     #[test]
@@ -308,10 +314,7 @@ mod tests {
         assert_eq!(p("1.1", "RequestVersionExact", true).alpn, ALPN::H1);
         assert_eq!(p("1.1", "RequestVersionOrHigher", true).alpn, ALPN::H2H1);
         // No policy is OrLower.
-        assert_eq!(
-            UpstreamProtocol::compile(Some("2.0"), None, true).alpn,
-            ALPN::H2H1
-        );
+        assert_eq!(compiled(Some("2.0"), None, true).0.alpn, ALPN::H2H1);
     }
 
     #[test]
@@ -329,13 +332,13 @@ mod tests {
         assert!(p("2.0.0", "RequestVersionExact", false).require_h2);
         // Version.TryParse refuses these; Ocelot falls back to 1.1.
         for odd in ["2", "2,0", "two"] {
-            let proto = p(odd, "RequestVersionExact", true);
+            let (proto, warnings) = compiled(Some(odd), Some("RequestVersionExact"), true);
             assert_eq!(proto.alpn, ALPN::H1, "{odd}");
-            assert_eq!(proto.warnings.len(), 1, "{odd}");
+            assert_eq!(warnings.len(), 1, "{odd}");
         }
-        let h3 = p("3.0", "RequestVersionOrLower", true);
+        let (h3, warnings) = compiled(Some("3.0"), Some("RequestVersionOrLower"), true);
         assert_eq!(h3.alpn, ALPN::H2H1);
-        assert_eq!(h3.warnings.len(), 1);
+        assert_eq!(warnings.len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! integers, merged and sorted once at load, so a `/64` costs as little as a
 //! single address and a lookup is a binary search.
 
+use crate::diagnostics::Warnings;
 use ocelot_compat::model::FileSecurityOptions;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -231,7 +232,10 @@ impl IpPolicy {
     /// `ocelot_compat::effective::security`); `None` when it restricts
     /// nothing. Invalid entries are returned for a warning; Ocelot drops them
     /// silently.
-    pub(crate) fn compile(options: &FileSecurityOptions) -> (Option<IpPolicy>, Vec<String>) {
+    pub(crate) fn compile(
+        options: &FileSecurityOptions,
+        warnings: &mut Warnings<'_>,
+    ) -> Option<IpPolicy> {
         let (allowed, mut invalid) =
             IpSet::parse(options.ip_allowed_list.iter().map(String::as_str));
         let (blocked, invalid_blocked) =
@@ -242,9 +246,17 @@ impl IpPolicy {
             blocked,
             exclude_allowed_from_blocked: options.exclude_allowed_from_blocked,
         };
+        if !invalid.is_empty() {
+            warnings.warn(
+                "SecurityOptions",
+                format!(
+                    "not an address, range or CIDR, ignored as Ocelot does: {}",
+                    invalid.join(", ")
+                ),
+            );
+        }
         // Lists whose every entry was invalid restrict nothing, as in Ocelot.
-        let policy = (!policy.allowed.is_empty() || !policy.blocked.is_empty()).then_some(policy);
-        (policy, invalid)
+        (!policy.allowed.is_empty() || !policy.blocked.is_empty()).then_some(policy)
     }
 
     /// Blocked list first, then the allow list when it is not empty; with
@@ -338,6 +350,7 @@ fn parse_forwarded_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnostics::collecting;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
@@ -443,7 +456,7 @@ mod tests {
     fn ocelot_acceptance_cases() {
         // SecurityOptionsTests: allowed 192.168.1.30-50, blocked 192.168.1.1-100.
         let o = options(&["192.168.1.30-50"], &["192.168.1.1-100"], false);
-        let (p, _) = IpPolicy::compile(&o);
+        let (p, _) = collecting(|w| IpPolicy::compile(&o, w));
         let p = p.expect("policy");
         assert!(
             !p.permits(ip("192.168.1.35")),
@@ -451,7 +464,7 @@ mod tests {
         );
         assert!(!p.permits(ip("192.168.1.55")));
         let o = options(&["192.168.1.30-50"], &["192.168.1.1-100"], true);
-        let p = IpPolicy::compile(&o).0.expect("policy");
+        let p = collecting(|w| IpPolicy::compile(&o, w)).0.expect("policy");
         assert!(
             p.permits(ip("192.168.1.35")),
             "allowed is excluded from blocked"
@@ -463,13 +476,18 @@ mod tests {
     #[test]
     fn invalid_entries_are_reported_and_ignored() {
         let o = options(&["bogus", "10.0.0.1"], &["also bogus"], false);
-        let (p, invalid) = IpPolicy::compile(&o);
-        assert_eq!(invalid, vec!["bogus", "also bogus"]);
+        let (p, invalid) = collecting(|w| IpPolicy::compile(&o, w));
+        assert_eq!(invalid.len(), 1, "{invalid:?}");
+        assert_eq!(invalid[0].field, "SecurityOptions");
+        assert!(
+            invalid[0].message.ends_with(": bogus, also bogus"),
+            "{invalid:?}"
+        );
         let p = p.expect("policy");
         assert!(p.permits(ip("10.0.0.1")) && !p.permits(ip("10.0.0.2")));
         let o = options(&["bogus"], &[], false);
         assert_eq!(
-            IpPolicy::compile(&o).0,
+            collecting(|w| IpPolicy::compile(&o, w)).0,
             None,
             "nothing valid: no restriction"
         );
@@ -478,7 +496,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_clients_match_ipv4_entries() {
         let o = options(&[], &["127.0.0.1"], false);
-        let p = IpPolicy::compile(&o).0.expect("policy");
+        let p = collecting(|w| IpPolicy::compile(&o, w)).0.expect("policy");
         assert!(!p.permits(ip("::ffff:127.0.0.1")));
         assert!(p.permits(ip("::ffff:127.0.0.2")));
     }

@@ -11,8 +11,9 @@
 //! one polling interval; and at most 100 unknown names a second are looked up,
 //! so a flood of made-up names cannot flood the registry.
 
-use super::{CompiledRoute, Env, Warnings};
+use super::{CompiledRoute, Env};
 use crate::balancing::Pool;
+use crate::diagnostics::Warnings;
 use crate::discovery::Provider;
 use ocelot_compat::model::{FileConfiguration, FileDynamicRoute, FileRoute};
 use std::collections::HashMap;

@@ -21,6 +21,7 @@ use crate::aggregate::{Aggregation, CompiledAggregate};
 use crate::auth::Authenticator;
 use crate::balancing::Pool;
 use crate::cache::store::MemoryStore;
+use crate::diagnostics::Warnings;
 use crate::discovery::Discovery;
 use crate::health::HealthState;
 use crate::metrics::METRICS;
@@ -83,34 +84,6 @@ impl Env {
             .iter()
             .filter_map(|v| v.to_str().ok());
         self.trusted_proxies.client_ip(peer, forwarded)
-    }
-}
-
-/// Collects what Ocelot would silently ignore while a route compiles, as
-/// diagnostics that name the route.
-pub(crate) struct Warnings<'a> {
-    location: String,
-    out: &'a mut Vec<Diagnostic>,
-}
-
-impl<'a> Warnings<'a> {
-    pub(crate) fn new(location: String, out: &'a mut Vec<Diagnostic>) -> Warnings<'a> {
-        Warnings { location, out }
-    }
-
-    pub(crate) fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.out.push(Diagnostic::warning(
-            self.location.clone(),
-            field.into(),
-            message.into(),
-        ));
-    }
-
-    /// Every `(field, message)` pair a feature's compile returned.
-    pub(crate) fn extend(&mut self, pairs: impl IntoIterator<Item = (String, String)>) {
-        for (field, message) in pairs {
-            self.warn(field, message);
-        }
     }
 }
 

@@ -2,12 +2,13 @@
 //! from the route's effective options (route over global, as Ocelot's
 //! `src/Configuration/Creator/` merges them).
 
-use super::{Env, Warnings};
+use super::Env;
 use crate::auth::Authenticator;
 use crate::authorization::Authorization;
 use crate::balancing::{BalancerKind, Pool, Target};
 use crate::cache::CachePolicy;
 use crate::claims::{ClaimsConfig, ClaimsTransforms};
+use crate::diagnostics::Warnings;
 use crate::headers::{self, HeaderTransforms};
 use crate::metrics::RouteMetrics;
 use crate::protocols::UpstreamProtocol;
@@ -127,19 +128,10 @@ impl CompiledRoute {
             route.downstream_http_version.as_deref(),
             route.downstream_http_version_policy.as_deref(),
             tls,
+            warnings,
         );
-        warnings.extend(protocol.warnings.iter().cloned());
 
-        let (security, invalid) = IpPolicy::compile(&effective::security(route, global));
-        if !invalid.is_empty() {
-            warnings.warn(
-                "SecurityOptions",
-                format!(
-                    "not an address, range or CIDR, ignored as Ocelot does: {}",
-                    invalid.join(", ")
-                ),
-            );
-        }
+        let security = IpPolicy::compile(&effective::security(route, global), warnings);
         let rate_limit = env
             .limiter
             .compile(route, global, &identity, &ocelot_name)
@@ -172,21 +164,23 @@ impl CompiledRoute {
             !authentication.is_empty(),
             &route.route_claims_requirement,
         );
-        let (claims, w) = ClaimsTransforms::compile(ClaimsConfig {
-            add_claims: &route.add_claims_to_request,
-            add_headers: &route.add_headers_to_request,
-            add_queries: &route.add_queries_to_request,
-            change_path: &route.change_downstream_path_template,
-            downstream_template: route.downstream_path_template.as_deref().unwrap_or(""),
-        });
-        warnings.extend(w);
+        let claims = ClaimsTransforms::compile(
+            ClaimsConfig {
+                add_claims: &route.add_claims_to_request,
+                add_headers: &route.add_headers_to_request,
+                add_queries: &route.add_queries_to_request,
+                change_path: &route.change_downstream_path_template,
+                downstream_template: route.downstream_path_template.as_deref().unwrap_or(""),
+            },
+            warnings,
+        );
         let base_url = effective::base_url(global).unwrap_or(headers::DEFAULT_BASE_URL);
-        let (headers, w) = HeaderTransforms::compile(
+        let headers = HeaderTransforms::compile(
             &effective::upstream_header_transform(route, global),
             &effective::downstream_header_transform(route, global),
             base_url,
+            warnings,
         );
-        warnings.extend(w);
         let request_id = RequestIdPolicy::compile(effective::request_id_key(route, global))
             .unwrap_or_else(|e| {
                 warnings.warn("RequestIdKey", format!("{e}; ignored"));
