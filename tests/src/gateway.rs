@@ -437,6 +437,52 @@ impl Gateway {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
+    /// The access-log lines written so far for requests to `path`, parsed.
+    pub fn access_log_lines(&self, path: &str) -> Vec<Value> {
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["path"] == path)
+            .collect()
+    }
+
+    /// Waits (5 s at most) until `count` access-log lines for `path` were
+    /// written (lines are written in blocks), and returns them.
+    pub async fn wait_for_access_log(&self, path: &str, count: usize) -> Vec<Value> {
+        crate::eventually_ok(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || async {
+                let lines = self.access_log_lines(path);
+                if lines.len() >= count {
+                    Ok(lines)
+                } else {
+                    Err(format!(
+                        "{} access-log lines for {path}, wanted {count}",
+                        lines.len()
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits (5 s at most) until `/metrics` has every one of these lines.
+    pub async fn wait_for_metrics(&self, lines: &[&str]) {
+        crate::eventually_ok(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || async {
+                let text = self.metrics().await;
+                match lines.iter().find(|w| !text.lines().any(|l| l == **w)) {
+                    None => Ok(()),
+                    Some(missing) => Err(format!("{missing} not in:\n{text}")),
+                }
+            },
+        )
+        .await
+    }
+
     /// Whether the process is still alive (it has not crashed or exited).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

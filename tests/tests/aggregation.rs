@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::json_upstream::JsonServer;
-use e2e::{bounded, closed_addr, get, workspace_root, Gateway};
+use e2e::{bounded, closed_addr, get, route, with, workspace_root, EchoServer, Gateway};
 use serde_json::{json, Value};
 
 /// A route `up` → `down` on `server`, with a `Key`.
@@ -454,34 +454,127 @@ async fn aggregates_have_their_own_metrics_and_access_log_name() {
             assert_eq!(get(&gw.url("/family"), &[]).await.status, 200);
         }
         // Metrics are recorded after the response has gone out: poll.
-        let wanted = [
+        gw.wait_for_metrics(&[
             "gateway_requests_total{method=\"GET\",route=\"/family\",status_class=\"2xx\"} 2",
             "gateway_request_duration_seconds_count{route=\"/family\"} 2",
-        ];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = gw.metrics().await;
-            if wanted.iter().all(|w| text.contains(w)) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{wanted:?} not in {text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        ])
+        .await;
+        let lines = gw.wait_for_access_log("/family", 1).await;
+        assert_eq!(lines[0]["route"], "/family", "{}", lines[0]);
+        assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
+    })
+    .await
+}
+
+/// A route refused by `SecurityOptions`, asked for directly and as part of
+/// an aggregate: the same answer, the same count, the same log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_sub_requests_are_refused_like_direct_requests() {
+    bounded(async {
+        let open_svc = EchoServer::start("open");
+        let closed_svc = EchoServer::start("closed");
+        let closed = with(
+            route("/closed", "/closed", &[&closed_svc]),
+            json!({
+                "Key": "closed",
+                "SecurityOptions": { "IPBlockedList": ["127.0.0.1"] },
+            }),
+        );
+        let open = with(
+            route("/open", "/open", &[&open_svc]),
+            json!({"Key": "open"}),
+        );
+        let gw = Gateway::builder(json!({
+            "Routes": [closed, open],
+            "Aggregates": [{ "UpstreamPathTemplate": "/both", "RouteKeys": ["open", "closed"] }],
+            "GlobalConfiguration": {},
+        }))
+        .settings("access_log: true\naccess_log_flush_ms: 50\n")
+        .start()
+        .await;
+
+        let direct = get(&gw.url("/closed"), &[]).await;
+        assert_eq!((direct.status, direct.text().as_str()), (403, ""));
+        let aggregate = get(&gw.url("/both"), &[]).await;
+        assert_eq!(
+            (aggregate.status, aggregate.text().as_str()),
+            (403, ""),
+            "Ocelot's aggregate answers its first error"
+        );
+        assert_eq!(
+            closed_svc.count(),
+            0,
+            "a denied client never reaches the service"
+        );
+
+        gw.wait_for_metrics(&[
+            "gateway_refused_requests_total{reason=\"ip_denied\",route=\"/closed\"} 2",
+        ])
+        .await;
+        let denials = gw
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("route /closed: client IP denied by SecurityOptions"))
+            .count();
+        assert_eq!(denials, 2, "one log line each:\n{}", gw.stderr());
+        let direct_line = gw.wait_for_access_log("/closed", 1).await;
+        assert_eq!(direct_line[0]["refusal"], "ip_denied");
+        assert_eq!(direct_line[0]["status"], 403);
+        let aggregate_line = gw.wait_for_access_log("/both", 1).await;
+        assert_eq!(aggregate_line[0]["status"], 403);
+        assert_eq!(aggregate_line[0]["route"], "/both");
+    })
+    .await
+}
+
+/// A sub-request meets the route's open circuit breaker as a direct request
+/// does: Ocelot's QoS answer, counted as a breaker rejection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_sub_requests_meet_the_same_circuit_breaker() {
+    bounded(async {
+        let ok_svc = EchoServer::start("ok");
+        let fragile_svc = EchoServer::start("fragile");
+        let fragile = with(
+            route("/fragile", "/fragile", &[&fragile_svc]),
+            json!({
+                "Key": "fragile",
+                "QoSOptions": { "MinimumThroughput": 2, "BreakDuration": 60000 },
+            }),
+        );
+        let ok = with(route("/ok", "/ok", &[&ok_svc]), json!({"Key": "ok"}));
+        let gw = Gateway::start(json!({
+            "Routes": [fragile, ok],
+            "Aggregates": [{ "UpstreamPathTemplate": "/both", "RouteKeys": ["ok", "fragile"] }],
+            "GlobalConfiguration": {},
+        }))
+        .await;
+        // Two failures open the circuit.
+        for _ in 0..2 {
+            let failed = get(&gw.url("/fragile"), &[("x-echo-status", "500")]).await;
+            assert_eq!(failed.status, 500);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let line = gw
-                .stdout()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|l| l["path"] == "/family");
-            if let Some(line) = line {
-                assert_eq!(line["route"], "/family", "{line}");
-                assert_eq!(line["status"], 200, "{line}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "no access log line for /family");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let direct = get(&gw.url("/fragile"), &[]).await;
+        assert_eq!(direct.status, 503);
+        assert_eq!(
+            direct.text(),
+            "Circuit breaker is open for route -> /fragile"
+        );
+        // In an aggregate the breaker's answer is a response, as Ocelot's
+        // QoS handler gives one: the simple aggregator inserts its body.
+        let aggregate = get(&gw.url("/both"), &[]).await;
+        assert_eq!(aggregate.status, 200, "{}", aggregate.text());
+        assert!(
+            aggregate
+                .text()
+                .contains(r#""fragile":Circuit breaker is open for route -> /fragile"#),
+            "{}",
+            aggregate.text()
+        );
+        gw.wait_for_metrics(&[
+            "gateway_breaker_rejected_total{route=\"/fragile\"} 2",
+            "gateway_refused_requests_total{reason=\"breaker_open\",route=\"/fragile\"} 2",
+        ])
+        .await;
     })
     .await
 }
