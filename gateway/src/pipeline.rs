@@ -27,7 +27,7 @@ use crate::claims::{Claims, ClaimsError};
 use crate::headers::PlaceholderValues;
 use crate::health;
 use crate::qos::Permit;
-use crate::rate_limiting::{Decision, RequestView};
+use crate::rate_limiting::{ClientIdentity, Decision, RequestView};
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use http::header::{self, HeaderMap};
 use http::Method;
@@ -260,9 +260,20 @@ pub(crate) async fn run(
 ) -> Result<(), Refusal> {
     security(env, route, req)?;
     header_transforms(env, route, req, state);
-    rate_limit(env, route, req, state).await?;
+    // A limit counted by a claim of the user (a gateway setting beyond
+    // Ocelot) can only be counted once authentication has found the user.
+    let by_claim = route
+        .rate_limit
+        .as_ref()
+        .is_some_and(|r| r.counts_by_claim());
+    if !by_claim {
+        rate_limit(env, route, req, state).await?;
+    }
     request_id(route, req, state);
     authentication(auth, route, req, state).await?;
+    if by_claim {
+        rate_limit(env, route, req, state).await?;
+    }
     claims_to_claims(route, state)?;
     authorization(route, req, state, &matched)?;
     claims_to_headers(route, req, state)?;
@@ -316,7 +327,8 @@ fn header_transforms(
     }
 }
 
-/// `RateLimitOptions`, counting the client its (transformed) headers name.
+/// `RateLimitOptions`, counting the client its (transformed) headers name,
+/// or, as the settings say, its address or a claim.
 async fn rate_limit(
     env: &Env,
     route: &CompiledRoute,
@@ -326,10 +338,18 @@ async fn rate_limit(
     let Some(rule) = route.rate_limit.as_ref().filter(|_| !req.upgrade) else {
         return Ok(());
     };
+    let client = match rule.identity() {
+        ClientIdentity::ClientIdHeader => None,
+        ClientIdentity::Ip => req
+            .peer
+            .map(|peer| env.client_ip(peer, &req.head.headers).to_string()),
+        ClientIdentity::Claim(name) => state.claims().values(name).next().map(str::to_string),
+    };
     let view = RequestView {
         method: req.head.method.as_str(),
         path: req.head.uri.path(),
         headers: &req.head.headers,
+        client: client.as_deref(),
     };
     match env.limiter.check(rule, &view).await {
         Decision::Allow(headers) => {
@@ -703,6 +723,121 @@ mod tests {
         // Another address is another client.
         let mut h = head("/a", &[("oc-client", "forged-1")]);
         assert_eq!(pass(&env, &s, &mut h, "10.9.9.9").await.0, Ok(()));
+    }
+
+    /// Runs one request through `find_route` and `run` with these settings.
+    async fn pass_with(
+        env: &Env,
+        auth: &Authenticator,
+        s: &Snapshot,
+        head: &mut RequestHeader,
+        peer: &str,
+    ) -> Result<(), Refusal> {
+        let Found::Route { index, matched } = find_route(env, s, head).await? else {
+            return Err(Refusal::NoRoute);
+        };
+        let route = s.route(index).expect("route");
+        let mut req = Request {
+            head,
+            peer: Some(peer.parse().expect("ip")),
+            upgrade: false,
+        };
+        run(
+            env,
+            auth,
+            route,
+            matched,
+            &mut req,
+            &mut RequestState::default(),
+        )
+        .await
+    }
+
+    const LIMITED: &str = r#"{"Routes": [{"UpstreamPathTemplate": "/a", "DownstreamPathTemplate": "/a",
+        "DownstreamHostAndPorts": [{"Host": "127.0.0.1", "Port": 1}],
+        "AuthenticationOptions": {"AuthenticationProviderKey": "Bearer"},
+        "RateLimitOptions": {"Limit": 1, "Period": "1m", "PeriodTimespan": 60}},
+        {"UpstreamPathTemplate": "/b", "DownstreamPathTemplate": "/b",
+        "DownstreamHostAndPorts": [{"Host": "127.0.0.1", "Port": 1}],
+        "RateLimitOptions": {"Limit": 1, "Period": "1m", "PeriodTimespan": 60}}]}"#;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn token(sub: Option<&str>) -> String {
+        let mut claims = serde_json::json!({
+            "exp": jsonwebtoken::get_current_timestamp() + 60,
+            "iss": "https://issuer", "aud": "api",
+        });
+        if let Some(sub) = sub {
+            claims["sub"] = serde_json::json!(sub);
+        }
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("token");
+        format!("Bearer {token}")
+    }
+
+    #[tokio::test]
+    async fn clients_counted_by_address_or_by_claim() {
+        let yaml = [
+            "rate_limiting:",
+            "  client_identity: ip",
+            "  client_identity_routes: {'/a': 'claim:sub'}",
+            "auth_providers:",
+            "  Bearer:",
+            &format!("    keys: [{{secret: '{SECRET}'}}]"),
+            "    issuer: https://issuer",
+            "    audience: api",
+        ]
+        .join("\n");
+        let settings: Settings = serde_yaml::from_str(&yaml).expect("settings");
+        let env = Env::from_settings(&settings).expect("env");
+        let auth = Authenticator::from_settings(&settings.auth_providers).expect("auth");
+        let value: serde_json::Value = serde_json::from_str(LIMITED).expect("json");
+        let loaded = from_json(value, std::path::Path::new("ocelot.json")).expect("config");
+        let s = Snapshot::build(loaded, None, &env, &auth);
+
+        // By address: the client id header changes nothing.
+        let b = |id: &str| head("/b", &[("oc-client", id)]);
+        assert_eq!(
+            pass_with(&env, &auth, &s, &mut b("x"), "10.0.0.1").await,
+            Ok(())
+        );
+        let second = pass_with(&env, &auth, &s, &mut b("y"), "10.0.0.1").await;
+        assert!(
+            matches!(second, Err(Refusal::QuotaExceeded(_))),
+            "{second:?}"
+        );
+        assert_eq!(
+            pass_with(&env, &auth, &s, &mut b("x"), "10.0.0.2").await,
+            Ok(())
+        );
+
+        // By claim, after authentication: the address changes nothing.
+        let a = |sub: Option<&str>| head("/a", &[("authorization", &token(sub))]);
+        assert_eq!(
+            pass_with(&env, &auth, &s, &mut a(Some("u1")), "10.0.0.1").await,
+            Ok(())
+        );
+        let again = pass_with(&env, &auth, &s, &mut a(Some("u1")), "10.0.0.9").await;
+        assert!(matches!(again, Err(Refusal::QuotaExceeded(_))), "{again:?}");
+        assert_eq!(
+            pass_with(&env, &auth, &s, &mut a(Some("u2")), "10.0.0.1").await,
+            Ok(())
+        );
+        assert_eq!(
+            pass_with(&env, &auth, &s, &mut head("/a", &[]), "10.0.0.1").await,
+            Err(Refusal::Unauthenticated),
+            "authentication comes first"
+        );
+        let nameless = pass_with(&env, &auth, &s, &mut a(None), "10.0.0.1").await;
+        assert!(
+            matches!(nameless, Err(Refusal::UnidentifiedClient(_))),
+            "{nameless:?}"
+        );
     }
 
     #[tokio::test]

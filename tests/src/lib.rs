@@ -93,6 +93,19 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// As [`client`], with connections from this loopback address (e.g.
+/// 127.0.0.2), to be another client to the gateway.
+pub fn client_from(local: std::net::IpAddr) -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .local_address(local)
+        .build()
+        .unwrap()
+}
+
 /// A client without a total timeout, for multi-GiB transfers (bound the test
 /// with [`bounded_for`] instead).
 pub fn streaming_client() -> reqwest::Client {

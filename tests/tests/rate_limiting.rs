@@ -2,14 +2,16 @@
 //! acceptance tests): fixed windows per client, the X-RateLimit-* and
 //! Retry-After headers, whitelists, global route-key groups with a wait,
 //! Ocelot 23 configs, counters shared between gateways through Redis and its
-//! outages, and the limiter's memory bound.
+//! outages, and the limiter's memory bound; beyond Ocelot, clients counted
+//! by their address or by a claim of their token.
 
 use std::time::{Duration, Instant};
 
 use e2e::load::get_for_each_id;
 use e2e::redis::RedisServer;
 use e2e::{
-    bounded, bounded_for, closed_addr, config, eventually, get, route, with, EchoServer, Gateway,
+    bounded, bounded_for, client_from, closed_addr, config, eventually, get, route, send, with,
+    EchoServer, Gateway,
 };
 use serde_json::{json, Value};
 
@@ -496,6 +498,102 @@ async fn a_million_distinct_client_ids_keep_memory_bounded() {
             }
             assert_eq!(statuses.last(), Some(&429), "{id}: {statuses:?}");
         }
+    })
+    .await
+}
+
+/// `client_identity: ip`: two loopback addresses are two clients, whatever
+/// client id header each sends; a whitelisted address is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_counted_by_address() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let options = json!({"Limit": 1, "Period": "1m", "PeriodTimespan": 60, "ClientWhitelist": ["127.0.0.3"]});
+        let gw = Gateway::builder(config(vec![limited("/by-ip", &up, options)]))
+            .settings("rate_limiting:\n  client_identity: ip\n")
+            .start()
+            .await;
+        let one = client_from("127.0.0.1".parse().unwrap());
+        let two = client_from("127.0.0.2".parse().unwrap());
+        let vip = client_from("127.0.0.3".parse().unwrap());
+        let url = gw.url("/by-ip");
+        let status = |c: &reqwest::Client, id: &str| {
+            let req = c.get(&url).header("Oc-Client", id);
+            async move { send(req, &[]).await.status }
+        };
+        assert_eq!(status(&one, "a").await, 200);
+        assert_eq!(status(&one, "b").await, 429, "a new client id is still the same address");
+        assert_eq!(status(&two, "a").await, 200, "another address is another client");
+        assert_eq!(status(&two, "a").await, 429);
+        for _ in 0..3 {
+            assert_eq!(status(&vip, "a").await, 200, "whitelists still apply");
+        }
+        assert_eq!(up.count(), 5);
+    })
+    .await
+}
+
+const HMAC_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn token_for(sub: Option<&str>) -> String {
+    let mut claims = json!({
+        "exp": jsonwebtoken::get_current_timestamp() + 300,
+        "iss": "https://issuer",
+        "aud": "api",
+    });
+    if let Some(sub) = sub {
+        claims["sub"] = json!(sub);
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET.as_bytes()),
+    )
+    .unwrap();
+    format!("Bearer {token}")
+}
+
+/// `client_identity_routes: {route: claim:sub}`: two tokens are two
+/// clients, counted after authentication, whatever address they come from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_counted_by_a_claim_of_their_token() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let route = with(
+            limited("/by-user", &up, json!({"Limit": 1, "Period": "1m", "PeriodTimespan": 60})),
+            json!({"Key": "orders", "AuthenticationOptions": {"AuthenticationProviderKey": "Bearer"}}),
+        );
+        let settings = format!(
+            "rate_limiting:\n  client_identity_routes:\n    orders: 'claim:sub'\n\
+             auth_providers:\n  Bearer:\n    keys: [{{secret: '{HMAC_SECRET}'}}]\n    issuer: https://issuer\n    audience: api\n"
+        );
+        let gw = Gateway::builder(config(vec![route]))
+            .settings(&settings)
+            .start()
+            .await;
+        let url = gw.url("/by-user");
+        let as_user = |sub: Option<&str>, from: &str| {
+            let req = client_from(from.parse().unwrap())
+                .get(&url)
+                .header("Authorization", token_for(sub));
+            async move { send(req, &[]).await }
+        };
+        assert_eq!(as_user(Some("alice"), "127.0.0.1").await.status, 200);
+        assert_eq!(
+            as_user(Some("alice"), "127.0.0.2").await.status,
+            429,
+            "another address, the same user"
+        );
+        assert_eq!(as_user(Some("bob"), "127.0.0.1").await.status, 200);
+        assert_eq!(
+            get(&url, &[]).await.status,
+            401,
+            "authentication comes before the count"
+        );
+        let nameless = as_user(None, "127.0.0.1").await;
+        assert_eq!(nameless.status, 503, "{}", nameless.text());
+        assert!(nameless.text().contains("missing claim 'sub'"), "{}", nameless.text());
+        assert_eq!(up.count(), 2);
     })
     .await
 }

@@ -12,7 +12,7 @@ use super::headers::{self, Headers};
 use super::local::LocalStore;
 use super::redis::RedisStore;
 use super::rule::{self, Algorithm, RouteRule};
-use super::settings::{FailurePolicy, RateLimitSettings};
+use super::settings::{ClientIdentity, FailurePolicy, RateLimitSettings};
 use super::store::{Counted, CounterStore, Store, Stored, Unavailable};
 use super::METRICS;
 use ocelot_compat::model::{FileGlobalConfiguration, FileRoute};
@@ -53,6 +53,9 @@ pub(crate) struct RequestView<'a> {
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
     pub(crate) headers: &'a http::HeaderMap,
+    /// The client's identity when the rule does not read `ClientIdHeader`
+    /// (its address or claim, found by the pipeline).
+    pub(crate) client: Option<&'a str>,
 }
 
 /// The limiter: settings plus the counter store, shared by every snapshot.
@@ -60,6 +63,10 @@ pub(crate) struct RateLimiter {
     legacy: bool,
     store: Store,
     policy: FailurePolicy,
+    /// Who counts as one client, unless the route has its own entry.
+    identity: ClientIdentity,
+    /// By route `Key` or upstream template.
+    identities: std::collections::BTreeMap<String, ClientIdentity>,
 }
 
 impl Default for RateLimiter {
@@ -68,6 +75,8 @@ impl Default for RateLimiter {
             legacy: false,
             store: Store::Local(LocalStore::new(RateLimitSettings::default().max_counters)),
             policy: FailurePolicy::Open,
+            identity: ClientIdentity::ClientIdHeader,
+            identities: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -90,6 +99,8 @@ impl RateLimiter {
             legacy: settings.ocelot_compat_version.legacy_rate_limiting(),
             store,
             policy: settings.failure_policy,
+            identity: settings.client_identity.clone(),
+            identities: settings.client_identity_routes.clone(),
         })
     }
 
@@ -110,12 +121,27 @@ impl RateLimiter {
         route_key: &str,
         route_name: &str,
     ) -> Result<Option<RouteRule>, String> {
-        rule::compile(route, global, route_key, route_name, self.legacy)
+        let mut rule = rule::compile(route, global, route_key, route_name, self.legacy)?;
+        if let Some(rule) = &mut rule {
+            let by_route = route
+                .key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .and_then(|k| self.identities.get(k))
+                .or_else(|| {
+                    route
+                        .upstream_path_template
+                        .as_deref()
+                        .and_then(|t| self.identities.get(t))
+                });
+            rule.identity = by_route.unwrap_or(&self.identity).clone();
+        }
+        Ok(rule)
     }
 
     /// Ocelot's `RateLimitingMiddleware` for one request.
     pub(crate) async fn check(&self, rule: &RouteRule, req: &RequestView<'_>) -> Decision {
-        let client = rule.client(req.headers);
+        let client = rule.client(req.headers, req.client);
         if rule.whitelist.contains(&client) {
             return Decision::Allow(Vec::new());
         }
@@ -187,7 +213,10 @@ impl RateLimiter {
             .inc();
         log::info!(
             "Blocked request from client {}({client}) to route '{}': quota {} exceeded by {total}",
-            rule.client_header,
+            match rule.identity() {
+                ClientIdentity::ClientIdHeader => rule.client_header.to_string(),
+                other => other.describe(),
+            },
             rule.route_name,
             rule.rule_text
         );
@@ -206,10 +235,18 @@ impl RateLimiter {
 /// 24.1+: a request without a client id is refused with 503.
 fn unidentified(rule: &RouteRule) -> Decision {
     METRICS.unidentified.fetch_add(1, Ordering::Relaxed);
-    let message = format!(
-        "Rate limiting client could not be identified for the route '{}' due to a missing or unknown client ID header required by rule '{}'!",
-        rule.route_name, rule.rule_text
-    );
+    let message = match rule.identity() {
+        ClientIdentity::ClientIdHeader => format!(
+            "Rate limiting client could not be identified for the route '{}' due to a missing or unknown client ID header required by rule '{}'!",
+            rule.route_name, rule.rule_text
+        ),
+        other => format!(
+            "Rate limiting client could not be identified for the route '{}' due to a missing {} required by rule '{}'!",
+            rule.route_name,
+            other.describe(),
+            rule.rule_text
+        ),
+    };
     log::warn!("{message}");
     Decision::Unidentified(Rejection {
         status: 503,
@@ -262,6 +299,7 @@ mod tests {
                 method: "GET",
                 path: "/api/Values",
                 headers: &h,
+                client: None,
             },
         )
         .await

@@ -34,7 +34,7 @@ pub(crate) mod store;
 
 pub(crate) use limiter::{Decision, RateLimiter, Rejection, RequestView};
 pub(crate) use rule::RouteRule;
-pub(crate) use settings::RateLimitSettings;
+pub(crate) use settings::{ClientIdentity, RateLimitSettings};
 
 use std::sync::atomic::AtomicU64;
 

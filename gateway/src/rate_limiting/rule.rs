@@ -8,6 +8,7 @@
 
 use super::algorithm::{current, legacy, Counter, SECOND};
 use super::format::dotnet_format;
+use super::settings::ClientIdentity;
 use super::store::CounterKey;
 use ocelot_compat::model::{FileGlobalConfiguration, FileRoute};
 
@@ -67,6 +68,8 @@ pub(crate) struct RouteRule {
     pub(super) period_text: String,
     pub(super) limit: u64,
     pub(super) algorithm: Algorithm,
+    /// Who counts as one client (gateway settings).
+    pub(super) identity: ClientIdentity,
 }
 
 impl std::fmt::Debug for RouteRule {
@@ -94,10 +97,25 @@ impl RouteRule {
         }
     }
 
-    /// The client id from `ClientIdHeader`: 24.1+ joins repeated headers
-    /// with commas (`StringValues` to string) and may find none; 24.0 took
-    /// the first value, and "client" for everyone without one.
-    pub(super) fn client(&self, headers: &http::HeaderMap) -> String {
+    /// Whether the rule counts clients by a claim, and so must run after
+    /// authentication.
+    pub(crate) fn counts_by_claim(&self) -> bool {
+        matches!(self.identity, ClientIdentity::Claim(_))
+    }
+
+    /// Who counts as one client.
+    pub(crate) fn identity(&self) -> &ClientIdentity {
+        &self.identity
+    }
+
+    /// The client id: the identity the pipeline found (address or claim), or
+    /// from `ClientIdHeader`, where 24.1+ joins repeated headers with commas
+    /// (`StringValues` to string) and may find none, and 24.0 took the first
+    /// value, and "client" for everyone without one.
+    pub(super) fn client(&self, headers: &http::HeaderMap, given: Option<&str>) -> String {
+        if self.identity != ClientIdentity::ClientIdHeader {
+            return given.unwrap_or_default().to_string();
+        }
         let values = headers.get_all(&self.client_header);
         match self.algorithm {
             Algorithm::Current(_) => values
@@ -210,6 +228,7 @@ fn compile_current(
         rule_text: format!("{limit}/{period_text}/w{wait_text}"),
         period_text,
         limit,
+        identity: ClientIdentity::ClientIdHeader,
         algorithm: Algorithm::Current(current::Window {
             limit,
             period,
@@ -266,6 +285,7 @@ fn compile_legacy(
         period_text,
         limit,
         algorithm: Algorithm::Legacy(legacy::Window { limit, period, ban }),
+        identity: ClientIdentity::ClientIdHeader,
     }))
 }
 

@@ -75,6 +75,49 @@ impl<'de> Deserialize<'de> for CompatVersion {
     }
 }
 
+/// Who a route's `RateLimitOptions` count as one client. Ocelot knows only
+/// its `ClientIdHeader`, which the client chooses; the address (after
+/// `trusted_proxies`) or a claim of the authenticated user cannot be forged.
+/// Written `client_id_header`, `ip` or `claim:NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum ClientIdentity {
+    /// Ocelot's `ClientIdHeader`.
+    #[default]
+    ClientIdHeader,
+    /// The client's IP address.
+    Ip,
+    /// The first value of this claim of the authenticated user: the limit
+    /// is then counted after authentication.
+    Claim(String),
+}
+
+impl ClientIdentity {
+    /// How logs name the identity.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            ClientIdentity::ClientIdHeader => "client ID header".to_string(),
+            ClientIdentity::Ip => "client IP address".to_string(),
+            ClientIdentity::Claim(name) => format!("claim '{name}'"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "client_id_header" => Ok(ClientIdentity::ClientIdHeader),
+            "ip" => Ok(ClientIdentity::Ip),
+            other => match other.strip_prefix("claim:").map(str::trim) {
+                Some(name) if !name.is_empty() => Ok(ClientIdentity::Claim(name.to_string())),
+                _ => Err(serde::de::Error::custom(format!(
+                    "'{text}' is not a client identity: client_id_header, ip or claim:NAME"
+                ))),
+            },
+        }
+    }
+}
+
 /// The `rate_limiting` section of the gateway settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +136,12 @@ pub(crate) struct RateLimitSettings {
     pub(crate) failure_policy: FailurePolicy,
     /// Exact counters kept in memory (per process, without Redis).
     pub(crate) max_counters: usize,
+    /// Who counts as one client on every rate-limited route (default
+    /// `client_id_header`, as Ocelot).
+    pub(crate) client_identity: ClientIdentity,
+    /// The same per route, by the route's `Key` or else its upstream path
+    /// template; wins over `client_identity`.
+    pub(crate) client_identity_routes: std::collections::BTreeMap<String, ClientIdentity>,
 }
 
 impl Default for RateLimitSettings {
@@ -104,6 +153,8 @@ impl Default for RateLimitSettings {
             redis_retry_ms: 1000,
             failure_policy: FailurePolicy::Open,
             max_counters: 200_000,
+            client_identity: ClientIdentity::ClientIdHeader,
+            client_identity_routes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -133,6 +184,22 @@ mod tests {
         assert!(!v("ocelot_compat_version: 25").legacy_rate_limiting());
         assert!(serde_yaml::from_str::<RateLimitSettings>("ocelot_compat_version: new").is_err());
         assert!(serde_yaml::from_str::<RateLimitSettings>("failure_policy: maybe").is_err());
+        let identity =
+            |s: &str| serde_yaml::from_str::<RateLimitSettings>(s).map(|r| r.client_identity);
+        assert_eq!(
+            identity("{}").expect("default"),
+            ClientIdentity::ClientIdHeader
+        );
+        assert_eq!(
+            identity("client_identity: ip").expect("ip"),
+            ClientIdentity::Ip
+        );
+        assert_eq!(
+            identity("client_identity: 'claim: tenant'").expect("claim"),
+            ClientIdentity::Claim("tenant".into())
+        );
+        assert!(identity("client_identity: claim:").is_err());
+        assert!(identity("client_identity: cookie").is_err());
         assert_eq!(
             serde_yaml::from_str::<RateLimitSettings>("failure_policy: closed")
                 .expect("yaml")
