@@ -56,6 +56,7 @@ pub(crate) mod rate_limiting;
 pub mod reload;
 pub(crate) mod request_id;
 pub(crate) mod request_mapper;
+pub(crate) mod retries;
 pub(crate) mod security;
 pub mod settings;
 pub mod snapshot;

@@ -17,9 +17,10 @@ use crate::headers::downstream_base_url;
 use crate::lifecycle::Readiness;
 use crate::metrics::METRICS;
 use crate::multiplexer;
-use crate::pipeline::{self, CallFailure, CallState, Found, Request, RequestState};
+use crate::pipeline::{self, CallFailure, CallState, Found, Request, RequestState, Retryable};
 use crate::reload::LiveSettings;
 use crate::request_mapper;
+use crate::retries::Outcome as RetryOutcome;
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -149,14 +150,9 @@ impl Gateway {
         let (Some(policy), Some(downstream)) = (&route.cache, &ctx.state.downstream) else {
             return Ok(());
         };
-        let cookies = session
-            .req_header()
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .map(|v| v.as_bytes());
+        let headers = &session.req_header().headers;
         if let Ok(selected) =
-            pipeline::select_backend(&self.env, route, &ctx.call, cookies, &self.sticky)
+            pipeline::select_backend(&self.env, route, &ctx.call, headers, &self.sticky)
         {
             ctx.cache = crate::cache::request_key(
                 session,
@@ -170,6 +166,15 @@ impl Gateway {
             ctx.preselected = Some(selected);
         }
         Ok(())
+    }
+}
+
+/// What a retry decision needs of the session.
+fn retryable<'a>(session: &'a Session, selected: Option<&Selected>) -> Retryable<'a> {
+    Retryable {
+        method: &session.req_header().method,
+        replayable: !session.as_ref().retry_buffer_truncated(),
+        addr: selected.map(|s| s.addr),
     }
 }
 
@@ -270,13 +275,8 @@ impl ProxyHttp for Gateway {
         let selected = match ctx.preselected.take() {
             Some(selected) => selected,
             None => {
-                let cookies = session
-                    .req_header()
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes());
-                match pipeline::select_backend(&self.env, route, &ctx.call, cookies, &self.sticky) {
+                let headers = &session.req_header().headers;
+                match pipeline::select_backend(&self.env, route, &ctx.call, headers, &self.sticky) {
                     Ok(selected) => selected,
                     Err(refusal) => {
                         // Answered by `fail_to_proxy`, which Pingora calls next.
@@ -292,11 +292,12 @@ impl ProxyHttp for Gateway {
             }
         };
         let upgrade = session.is_upgrade_req();
+        let timeout = pipeline::attempt_started(route, &mut ctx.call);
         let peer = route.protocol.peer(
             &selected,
             route.tls,
             route.verify_cert,
-            route.downstream_timeout(),
+            timeout,
             upgrade,
             self.websocket_idle_timeout,
         );
@@ -451,12 +452,33 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = upstream.status.as_u16();
+        if status >= 500 {
+            if let Some(route) = route_at(&ctx.snapshot, ctx.route) {
+                let retryable = retryable(session, ctx.selected.as_ref());
+                if pipeline::retry(
+                    route,
+                    &mut ctx.call,
+                    RetryOutcome::Status(status),
+                    &retryable,
+                ) {
+                    // Nothing of this response reaches the client: Pingora
+                    // drops the connection and asks `upstream_peer` again.
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "downstream service answered with a status that is retried",
+                    );
+                    e.set_retry(true);
+                    return Err(e.into_up());
+                }
+            }
+        }
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
-        pipeline::answered(&mut ctx.call, upstream.status.as_u16());
+        pipeline::answered(&mut ctx.call, status);
         Ok(())
     }
 
@@ -490,7 +512,7 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -509,12 +531,60 @@ impl ProxyHttp for Gateway {
                 | ErrorType::ConnectTimedout
                 | ErrorType::ConnectError
         );
-        let addr = ctx.selected.as_ref().map(|s| s.addr);
-        if connect_failure && pipeline::connect_failed(&self.env, route, &mut ctx.call, addr) {
-            log::info!(
-                "route {}: retrying on another backend after: {e}",
-                route.ocelot_name
-            );
+        let retryable = retryable(session, ctx.selected.as_ref());
+        if connect_failure && pipeline::connect_failed(&self.env, route, &mut ctx.call, &retryable)
+        {
+            log::info!("route {}: trying again after: {e}", route.ocelot_name);
+            ctx.call.take_retry_decision();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.call.take_retry_decision() {
+            // Decided in `upstream_response_filter` (a retried status).
+            return e;
+        }
+        let retryable = retryable(session, ctx.selected.as_ref());
+        // Pingora's own rule first: a pooled connection that turned out to
+        // be closed is tried again for idempotent requests.
+        if !session.req_header().method.is_idempotent() || !retryable.replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() || session.response_written().is_some() {
+            return e;
+        }
+        let Some(route) = route_at(&ctx.snapshot, ctx.route) else {
+            return e;
+        };
+        let outcome = if answer::is_downstream_timeout(&e) {
+            RetryOutcome::Timeout
+        } else if e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
+            )
+        {
+            RetryOutcome::Reset
+        } else {
+            return e;
+        };
+        if pipeline::retry(route, &mut ctx.call, outcome, &retryable) {
+            ctx.call.take_retry_decision();
             e.set_retry(true);
         }
         e

@@ -15,6 +15,7 @@ use crate::protocols::UpstreamProtocol;
 use crate::qos::{QosPolicy, RouteQos};
 use crate::rate_limiting::RouteRule;
 use crate::request_id::RequestIdPolicy;
+use crate::retries::RetryPolicy;
 use crate::security::IpPolicy;
 use ocelot_compat::effective;
 use ocelot_compat::model::{FileConfiguration, FileRoute};
@@ -58,6 +59,8 @@ pub struct CompiledRoute {
     /// `AddClaimsToRequest`, `AddHeadersToRequest`, `AddQueriesToRequest`,
     /// `ChangeDownstreamPathTemplate`.
     pub(crate) claims: ClaimsTransforms,
+    /// Retries of the downstream call (the gateway's `retries` settings).
+    pub(crate) retry: Option<RetryPolicy>,
     /// `QoSOptions`: timeout and circuit breaker.
     pub(crate) qos: Option<RouteQos>,
     /// `CacheOptions` with `TtlSeconds` > 0.
@@ -149,6 +152,14 @@ impl CompiledRoute {
             RouteQos { policy, breaker }
         });
 
+        let name = route.upstream_path_template.clone().unwrap_or_default();
+        // The settings were checked when they were loaded.
+        let retry = RetryPolicy::compile(&env.retries, route.key.as_deref(), &name, &name)
+            .unwrap_or_else(|e| {
+                warnings.warn("retries", format!("{e}; retries are off for this route"));
+                None
+            });
+
         let auth_options = effective::authentication(route, global);
         let authentication = effective::authentication_schemes(&auth_options);
         if let Some(auth) = auth {
@@ -192,7 +203,7 @@ impl CompiledRoute {
         let cache = CachePolicy::compile(route, config, &identity);
 
         CompiledRoute {
-            name: route.upstream_path_template.clone().unwrap_or_default(),
+            name,
             ocelot_name,
             downstream: DownstreamTemplate::parse(
                 route.downstream_path_template.as_deref().unwrap_or("/"),
@@ -219,6 +230,7 @@ impl CompiledRoute {
             authentication,
             authorization,
             claims,
+            retry,
             qos,
             cache,
             metrics: RouteMetrics::default(),
