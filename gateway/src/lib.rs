@@ -48,6 +48,7 @@ pub mod lifecycle;
 pub mod listeners;
 pub mod metrics;
 pub(crate) mod multiplexer;
+pub mod otel;
 pub(crate) mod pipeline;
 pub mod protocols;
 pub mod proxy;

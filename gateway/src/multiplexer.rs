@@ -15,6 +15,7 @@ use crate::aggregate::{jsonpath, AggregatorConfig, AggregatorKind};
 use crate::answer::{Answer, Refusal};
 use crate::auth::Authenticator;
 use crate::balancing::{Selected, StickySessions};
+use crate::otel::TraceParent;
 use crate::pipeline::{
     self, AggregateMatch, CallFailure, CallState, Request, RequestState, Retryable,
 };
@@ -42,6 +43,8 @@ pub(crate) struct Parts {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) sticky: Arc<StickySessions>,
+    /// The request's trace, whose server span parents every attempt's span.
+    pub(crate) trace: Option<TraceParent>,
 }
 
 /// What sub-requests share (owned, so they can run as tasks).
@@ -228,6 +231,7 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
         snapshot,
         auth,
         sticky,
+        trace,
     } = &shared.parts;
     let Some(route) = snapshot.route(job.route) else {
         return error(500, "no such route");
@@ -274,10 +278,45 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
     // the body is held whole, so it can always be sent again.
     let result = loop {
         let timeout = pipeline::attempt_started(route, &mut call);
+        let mut span = trace.as_ref().map(|t| {
+            t.client_span(
+                &method,
+                selected.addr,
+                &selected.meta.host,
+                &url_for(route, &selected, &target),
+                call_attempts(&call),
+            )
+        });
+        let mut attempt_headers = headers.clone();
+        if let (Some(t), Some(span)) = (trace, &span) {
+            for (name, value) in span.propagation(t.tracing()).0 {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    attempt_headers.insert(name, value);
+                }
+            }
+        }
         let sent = send(
-            env, shared, route, &selected, &method, &target, &headers, timeout,
+            env,
+            shared,
+            route,
+            &selected,
+            &method,
+            &target,
+            attempt_headers,
+            timeout,
         )
         .await;
+        if let Some(mut span) = span.take() {
+            match &sent {
+                Sent::Response(response) => {
+                    span.answered(response.status().as_u16());
+                    span.end();
+                }
+                Sent::Failed(e) if e.is_timeout() => span.failed("timeout"),
+                Sent::Failed(e) if e.is_connect() => span.failed("connect_failure"),
+                Sent::Failed(_) => span.failed("reset"),
+            }
+        }
         let retryable = Retryable {
             method: &method,
             replayable: true,
@@ -336,6 +375,31 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
     }
 }
 
+/// The URL of a sub-request to `selected`. Plain HTTP goes to the address
+/// the balancer resolved; TLS needs the name for SNI and certificate checks.
+fn url_for(route: &CompiledRoute, selected: &Selected, target: &DownstreamTarget) -> String {
+    let authority = if route.tls {
+        selected.meta.authority.to_string()
+    } else {
+        selected.addr.to_string()
+    };
+    let mut url = format!(
+        "{}://{authority}{}",
+        if route.tls { "https" } else { "http" },
+        target.path
+    );
+    if let Some(q) = &target.query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Attempts made before the one starting (for `http.request.resend_count`).
+fn call_attempts(call: &CallState) -> u32 {
+    call.attempts().saturating_sub(1)
+}
+
 /// What one attempt of a sub-request got.
 enum Sent {
     Response(reqwest::Response),
@@ -351,26 +415,10 @@ async fn send(
     selected: &Selected,
     method: &http::Method,
     target: &DownstreamTarget,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     timeout: std::time::Duration,
 ) -> Sent {
-    // Plain HTTP goes to the address the balancer resolved; TLS needs the
-    // name for SNI and certificate checks.
-    let authority = if route.tls {
-        selected.meta.authority.to_string()
-    } else {
-        selected.addr.to_string()
-    };
-    let mut url = format!(
-        "{}://{authority}{}",
-        if route.tls { "https" } else { "http" },
-        target.path
-    );
-    if let Some(q) = &target.query {
-        url.push('?');
-        url.push_str(q);
-    }
-    let mut headers = headers.clone();
+    let url = url_for(route, selected, target);
     if let Ok(value) =
         http::HeaderValue::from_str(&request_mapper::host_header(selected, route.tls))
     {

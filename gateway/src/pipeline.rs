@@ -53,7 +53,10 @@ pub(crate) struct Request<'a> {
 /// What the steps learnt, kept for the response and the access log.
 #[derive(Debug, Default)]
 pub(crate) struct RequestState {
-    /// The request id (`{TraceId}`), when the route uses one.
+    /// The request id (`RequestIdKey`; `{TraceId}` without tracing), when
+    /// the route uses one.
+    pub(crate) request_id: Option<String>,
+    /// The OpenTelemetry trace id, when the request is traced: `{TraceId}`.
     pub(crate) trace_id: Option<String>,
     /// The client's address (`{RemoteIpAddress}`), when transforms use it.
     pub(crate) remote_ip: Option<String>,
@@ -80,7 +83,7 @@ impl RequestState {
     pub(crate) fn placeholders(&self) -> PlaceholderValues<'_> {
         PlaceholderValues {
             remote_ip: self.remote_ip.clone(),
-            trace_id: self.trace_id.as_deref(),
+            trace_id: self.trace_id.as_deref().or(self.request_id.as_deref()),
             upstream_host: self.upstream_host.as_deref(),
             downstream_base_url: None,
         }
@@ -305,8 +308,8 @@ fn header_transforms(
     req: &mut Request<'_>,
     state: &mut RequestState,
 ) {
-    if route.needs_trace_id {
-        state.trace_id = Some(route.request_id.id(&req.head.headers));
+    if route.needs_request_id {
+        state.request_id = Some(route.request_id.id(&req.head.headers));
     }
     let transforms = &route.headers;
     if transforms.upstream.is_empty() && transforms.downstream.is_empty() {
@@ -365,7 +368,7 @@ async fn rate_limit(
 
 /// `RequestIdKey`: the request id header sent downstream.
 fn request_id(route: &CompiledRoute, req: &mut Request<'_>, state: &RequestState) {
-    if let Some(id) = &state.trace_id {
+    if let Some(id) = &state.request_id {
         route.request_id.apply(req.head, id);
     }
 }
@@ -532,6 +535,11 @@ impl CallState {
     /// already tried by this request.
     fn may_use(&self, env: &Env, addr: &SocketAddr, now: Instant) -> bool {
         !self.tried.contains(addr) && !env.health.passive().is_down(addr, now)
+    }
+
+    /// Attempts started so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// Whether an earlier attempt of this request was decided to be retried;
@@ -992,7 +1000,7 @@ mod tests {
         let mut h = head("/u/7?x=1", &[("oc-requestid", "id-1")]);
         let (result, state) = pass(&env, &s, &mut h, "10.0.0.2").await;
         assert_eq!(result, Ok(()));
-        assert_eq!(state.trace_id.as_deref(), Some("id-1"));
+        assert_eq!(state.request_id.as_deref(), Some("id-1"));
         assert_eq!(h.headers["x-trace"], "id-1");
         let target = state.downstream.expect("url");
         assert_eq!(

@@ -17,6 +17,7 @@ use crate::headers::downstream_base_url;
 use crate::lifecycle::Readiness;
 use crate::metrics::METRICS;
 use crate::multiplexer;
+use crate::otel::{Finished, RequestTrace, Tracing};
 use crate::pipeline::{self, CallFailure, CallState, Found, Request, RequestState, Retryable};
 use crate::reload::LiveSettings;
 use crate::request_mapper;
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub websocket_idle_timeout: Duration,
     /// The parts of the settings that a settings reload replaces.
     pub live: Arc<ArcSwap<LiveSettings>>,
+    /// OpenTelemetry tracing, when a collector is configured.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Per-request state.
@@ -71,6 +74,8 @@ pub struct Ctx {
     aggregate: Option<usize>,
     /// Why the gateway answered itself, if it did.
     refusal: Option<Refusal>,
+    /// The request's spans, when it is traced.
+    trace: Option<RequestTrace>,
 }
 
 /// Route `index` of `snapshot`: a free function, so that the route can be
@@ -126,11 +131,17 @@ impl Gateway {
         matched: pipeline::AggregateMatch,
     ) -> Result<bool> {
         ctx.aggregate = Some(matched.index);
+        if let (Some(trace), Some(aggregate)) =
+            (&ctx.trace, ctx.snapshot.aggregates.get(matched.index))
+        {
+            trace.matched(&aggregate.name);
+        }
         let parts = multiplexer::Parts {
             env: self.env.clone(),
             snapshot: ctx.snapshot.clone(),
             auth: self.live.load().auth.clone(),
             sticky: self.sticky.clone(),
+            trace: ctx.trace.as_ref().map(RequestTrace::parent),
         };
         match multiplexer::answer(session, parts, matched).await? {
             Ok(answer) => {
@@ -213,10 +224,18 @@ impl ProxyHttp for Gateway {
             cache: None,
             aggregate: None,
             refusal: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(tracing) = &self.tracing {
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            let trace = RequestTrace::start(tracing, session.req_header(), client, tls);
+            ctx.state.trace_id = Some(trace.trace_id());
+            ctx.trace = Some(trace);
+        }
         let live = self.live.load();
         if let Some(cors) = &live.cors {
             let req = session.req_header();
@@ -244,6 +263,9 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(index);
         let route = route_at(&ctx.snapshot, ctx.route).ok_or_else(no_route)?;
+        if let Some(trace) = &ctx.trace {
+            trace.matched(&route.name);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -304,6 +326,15 @@ impl ProxyHttp for Gateway {
         if upgrade {
             session.set_read_timeout(Some(self.websocket_idle_timeout));
         }
+        if let (Some(trace), Some(target)) = (&mut ctx.trace, &ctx.state.downstream) {
+            let url = format!(
+                "{}://{}{}",
+                if route.tls { "https" } else { "http" },
+                selected.meta.authority,
+                request_mapper::uri_text(target)
+            );
+            trace.attempt_started(selected.addr, &selected.meta.host, &url);
+        }
         ctx.selected = Some(selected);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
@@ -333,6 +364,11 @@ impl ProxyHttp for Gateway {
         }
         let upgrade = session.is_upgrade_req();
         request_mapper::remove_hop_by_hop(upstream, upgrade);
+        if let Some(trace) = &ctx.trace {
+            for (name, value) in trace.propagation().0 {
+                upstream.insert_header(name, value)?;
+            }
+        }
         let unframed_body =
             !session.is_body_empty() && !upstream.headers.contains_key(header::CONTENT_LENGTH);
         route
@@ -457,6 +493,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_answered(status);
+        }
         if status >= 500 {
             if let Some(route) = route_at(&ctx.snapshot, ctx.route) {
                 let retryable = retryable(session, ctx.selected.as_ref());
@@ -473,6 +512,9 @@ impl ProxyHttp for Gateway {
                         "downstream service answered with a status that is retried",
                     );
                     e.set_retry(true);
+                    if let Some(trace) = &mut ctx.trace {
+                        trace.attempt_failed(&status.to_string());
+                    }
                     return Err(e.into_up());
                 }
             }
@@ -517,6 +559,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_failed(e.etype().as_str());
+        }
         let Some(route) = route_at(&ctx.snapshot, ctx.route) else {
             return e;
         };
@@ -550,6 +595,9 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_failed(e.etype().as_str());
+        }
         if ctx.call.take_retry_decision() {
             // Decided in `upstream_response_filter` (a retried status).
             return e;
@@ -610,6 +658,15 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(trace) = ctx.trace.take() {
+            trace.finish(Finished {
+                status,
+                refusal: ctx.refusal.as_ref().map(Refusal::name),
+                request_body_bytes: session.body_bytes_read(),
+                response_body_bytes: session.body_bytes_sent(),
+                error: error.map(|e| e.etype().as_str().to_string()),
+            });
+        }
         let method = session.req_header().method.as_str();
         let elapsed = ctx.started.elapsed();
         let label = ctx.label();
@@ -625,7 +682,8 @@ impl ProxyHttp for Gateway {
         if self.live.load().access_log {
             let line = access_log::Line {
                 time: humantime::format_rfc3339_millis(SystemTime::now()),
-                request_id: ctx.state.trace_id.as_deref(),
+                request_id: ctx.state.request_id.as_deref(),
+                trace_id: ctx.state.trace_id.as_deref(),
                 route: label,
                 method,
                 path: session.req_header().uri.path(),
@@ -670,6 +728,7 @@ mod tests {
             readiness: Arc::new(Readiness::default()),
             websocket_idle_timeout: Duration::from_secs(60),
             live: Arc::new(ArcSwap::from_pointee(live)),
+            tracing: None,
         }
     }
 
@@ -739,7 +798,7 @@ mod tests {
         .await;
         let mut ctx = gw.new_ctx();
         assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
-        assert_eq!(ctx.state.trace_id.as_deref(), Some("r-1"));
+        assert_eq!(ctx.state.request_id.as_deref(), Some("r-1"));
         assert_eq!(s.req_header().headers["x-who"], "gw");
         gw.state.load().routes[0].pool.refresh().await;
         let peer = gw.upstream_peer(&mut s, &mut ctx).await.expect("peer");

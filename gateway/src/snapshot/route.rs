@@ -68,7 +68,7 @@ pub struct CompiledRoute {
     /// Handles into the request metrics, labelled with `name`.
     pub(crate) metrics: RouteMetrics,
     /// Some step needs the request id (`RequestIdKey`, `{TraceId}`).
-    pub(crate) needs_trace_id: bool,
+    pub(crate) needs_request_id: bool,
 }
 
 impl CompiledRoute {
@@ -197,7 +197,7 @@ impl CompiledRoute {
                 warnings.warn("RequestIdKey", format!("{e}; ignored"));
                 RequestIdPolicy::default()
             });
-        let needs_trace_id = request_id.is_configured()
+        let needs_request_id = request_id.is_configured()
             || headers.upstream.needs_trace_id()
             || headers.downstream.needs_trace_id();
         let cache = CachePolicy::compile(route, config, &identity);
@@ -234,7 +234,7 @@ impl CompiledRoute {
             qos,
             cache,
             metrics: RouteMetrics::default(),
-            needs_trace_id,
+            needs_request_id,
         }
     }
 
