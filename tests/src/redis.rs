@@ -92,6 +92,24 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it (SIGSTOP): it still accepts connections and the kernel
+    /// queues what clients send, but nothing is answered until [`thaw`].
+    ///
+    /// [`thaw`]: RedisServer::thaw
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            crate::signal(child.id(), "STOP");
+        }
+    }
+
+    /// Lets a frozen one run again (SIGCONT): it then executes whatever was
+    /// queued meanwhile, with its data intact.
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            crate::signal(child.id(), "CONT");
+        }
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
