@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::load::get_for_each_id;
+use e2e::load::{get_for_each_id, rate_limited_burst};
 use e2e::redis::RedisServer;
 use e2e::{
     bounded, bounded_for, client_from, closed_addr, config, get, route, send, with, EchoServer,
@@ -345,30 +345,6 @@ enum Outage {
 const OUTAGE_LIMIT: usize = 10;
 const OUTAGE_RETRY_MS: u64 = 1000;
 
-/// Sends `per_gateway` requests of `client` to each gateway, all at once;
-/// how many got each status, and how many 200s were counted (carried
-/// `X-RateLimit-Remaining`).
-async fn burst(
-    gateways: [&Gateway; 2],
-    client: &str,
-    per_gateway: usize,
-) -> (BTreeMap<u16, usize>, usize) {
-    let requests = (0..per_gateway).flat_map(|_| gateways).map(|gw| {
-        let url = gw.url("/shared");
-        async move { get(&url, &[("Oc-Client", client)]).await }
-    });
-    let replies = futures_util::future::join_all(requests).await;
-    let mut statuses = BTreeMap::new();
-    for r in &replies {
-        *statuses.entry(r.status).or_insert(0) += 1;
-    }
-    let counted = replies
-        .iter()
-        .filter(|r| r.status == 200 && r.header("X-RateLimit-Remaining").is_some())
-        .count();
-    (statuses, counted)
-}
-
 /// Issue #14, item 3: two gateways share a limit of 10 through one Redis;
 /// client `a` has used 3 when Redis goes away. While it is away both apply
 /// the failure policy. Once it answers again, the first requests after
@@ -432,11 +408,12 @@ async fn redis_outage_ends_by_itself(outage: Outage, policy: &str) {
         Outage::FrozenAndThawed => redis.thaw(),
     }
     tokio::time::sleep(Duration::from_millis(OUTAGE_RETRY_MS + 100)).await;
+    let urls = [g1.url("/shared"), g2.url("/shared")];
     let rest = match outage {
         Outage::RestartedEmpty => OUTAGE_LIMIT,
         Outage::FrozenAndThawed => OUTAGE_LIMIT - 3,
     };
-    let (statuses, counted) = burst([&g1, &g2], "a", 2 * OUTAGE_LIMIT).await;
+    let (statuses, counted) = rate_limited_burst(&urls, "a", 2 * OUTAGE_LIMIT).await;
     assert_eq!(
         (statuses, counted),
         (
@@ -445,7 +422,7 @@ async fn redis_outage_ends_by_itself(outage: Outage, policy: &str) {
         ),
         "client a after {outage:?} (failure_policy: {policy})"
     );
-    let (statuses, counted) = burst([&g1, &g2], "b", OUTAGE_LIMIT).await;
+    let (statuses, counted) = rate_limited_burst(&urls, "b", OUTAGE_LIMIT).await;
     assert_eq!(
         (statuses, counted),
         (

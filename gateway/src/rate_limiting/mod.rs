@@ -19,8 +19,10 @@
 //!
 //! Ocelot's counting is in `algorithm.rs`, as pure functions. Counters live
 //! behind one [`CounterStore`](store::CounterStore) trait (`store.rs`): a
-//! [`local::LocalStore`] (exact, bounded, per process) or, with `redis_url`,
-//! Redis ([`redis::RedisStore`]) so that replicas share one limit.
+//! [`local::LocalStore`] (exact, bounded, per process) or Redis
+//! ([`redis::RedisStore`]) so that replicas share one limit: one server
+//! (`redis_url`), the master Sentinel names (`redis_sentinel`) or a Cluster
+//! (`redis_cluster`), in `topology.rs`.
 
 pub(crate) mod algorithm;
 pub(crate) mod format;
@@ -31,6 +33,7 @@ pub(crate) mod redis;
 mod rule;
 mod settings;
 pub(crate) mod store;
+mod topology;
 
 pub(crate) use limiter::{Decision, RateLimiter, Rejection, RequestView};
 pub(crate) use rule::RouteRule;

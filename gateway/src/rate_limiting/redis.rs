@@ -4,8 +4,11 @@
 //! inside Redis, on Redis' clock (`TIME`), so replicas with skewed clocks
 //! still share one window. Every call is bounded by `redis_timeout_ms`.
 //!
+//! Where Redis is (one server, Sentinel, Cluster) is `topology.rs`'s.
+//!
 //! Outages end by themselves, exactly:
-//! * The store holds one multiplexed connection. Any failed call drops it
+//! * The store holds one connection (multiplexed; to a cluster, one per
+//!   node). Any failed call drops it
 //!   (a dead socket, a frozen server, a master demoted to replica), and for
 //!   `redis_retry_ms` no request calls Redis: the limiter applies the
 //!   failure policy. After that the next request connects afresh, and the
@@ -27,10 +30,10 @@
 use super::algorithm::{current, legacy, Counter, SECOND};
 use super::limiter::now_micros;
 use super::store::{Counted, CounterKey, CounterStore, Stored, Unavailable};
+use super::topology::{Connection, Topology};
 use super::METRICS;
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::Script;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,7 +111,7 @@ return {s, e, n, now}
 
 /// The shared store.
 pub(crate) struct RedisStore {
-    client: redis::Client,
+    topology: Topology,
     /// Where Redis is, for logs (never a password).
     name: String,
     /// The connection in use; none while Redis is considered down.
@@ -132,32 +135,21 @@ pub(crate) struct RedisStore {
 /// drop its successor.
 struct Live {
     generation: u64,
-    connection: MultiplexedConnection,
-}
-
-/// The host part of a Redis URL, for logs (never the password).
-fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
-        }
-        None => "redis".to_string(),
-    }
+    connection: Connection,
 }
 
 impl RedisStore {
-    /// Parses the URL; nothing connects until the first request.
+    /// A store on `topology` (called `name` in logs); nothing connects
+    /// until the first request.
     pub(crate) fn new(
-        url: &str,
+        topology: Topology,
+        name: String,
         timeout: Duration,
         retry_every: Duration,
-    ) -> Result<RedisStore, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("rate_limiting.redis_url: {e}"))?;
-        Ok(RedisStore {
-            client,
-            name: redacted(url),
+    ) -> RedisStore {
+        RedisStore {
+            topology,
+            name,
             live: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             generations: AtomicU64::new(0),
@@ -168,7 +160,7 @@ impl RedisStore {
             up: AtomicBool::new(true),
             next_probe: AtomicI64::new(0),
             clock_offset: AtomicI64::new(i64::MIN),
-        })
+        }
     }
 
     #[cfg(test)]
@@ -194,13 +186,12 @@ impl RedisStore {
         if now_micros() < self.next_probe.load(Ordering::Relaxed) {
             return Err(Unavailable::Backoff);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+        // Connecting takes several round trips (with Sentinel: ask a
+        // sentinel, check the master's role, connect), each bounded by the
+        // timeout; the whole by three of them.
         let connected = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
+            self.timeout.saturating_mul(3),
+            self.topology.connect(self.timeout),
         )
         .await;
         match connected {
@@ -215,7 +206,7 @@ impl RedisStore {
             Ok(Err(e)) => Err(self.failed(None, format!("cannot connect: {e}"))),
             Err(_) => Err(self.failed(
                 None,
-                format!("cannot connect within {} ms", self.timeout.as_millis()),
+                format!("cannot connect within {} ms", 3 * self.timeout.as_millis()),
             )),
         }
     }
@@ -339,12 +330,20 @@ impl RedisStore {
     }
 }
 
-/// The Redis key: the prefix for operators, then the SHA-1 of the counter
-/// key (as Ocelot's `GetStorageKey`), so keys are short whatever the client id.
+/// The Redis key: the prefix for operators, a hash tag naming the rule so
+/// that in a cluster every counter of one rule is in one hash slot, then the
+/// SHA-1 of the counter key (as Ocelot's `GetStorageKey`), so keys are short
+/// whatever the client id.
 fn redis_key(key: &CounterKey<'_>) -> String {
+    let mut rule = sha1_smol::Sha1::new();
+    rule.update(key.route.as_bytes());
+    rule.update(b"\n");
+    rule.update(key.rule.as_bytes());
+    let rule = rule.digest().to_string();
     format!(
-        "{}:{}",
+        "{}:{{{}}}:{}",
         key.prefix,
+        &rule[..16],
         sha1_smol::Sha1::from(&key.text).digest()
     )
 }
@@ -389,25 +388,40 @@ impl CounterStore for RedisStore {
 mod tests {
     use super::*;
 
+    fn store(url: &str, retry_every: Duration) -> RedisStore {
+        let topology = Topology::Single(redis::Client::open(url).expect("url"));
+        RedisStore::new(
+            topology,
+            url.into(),
+            Duration::from_millis(100),
+            retry_every,
+        )
+    }
+
     #[test]
-    fn urls_are_checked_and_redacted() {
-        assert!(RedisStore::new(
-            "redis://127.0.0.1:6379/0",
-            Duration::from_millis(50),
-            Duration::from_secs(1)
-        )
-        .is_ok());
-        assert!(RedisStore::new(
-            "http://x",
-            Duration::from_millis(50),
-            Duration::from_secs(1)
-        )
-        .is_err());
-        assert_eq!(
-            redacted("redis://:secret@cache:6379/1"),
-            "redis://cache:6379/1"
+    fn counters_of_one_rule_share_a_hash_tag() {
+        let key = |route: &'static str, rule: &'static str, client: &str| {
+            redis_key(&CounterKey {
+                prefix: "ocelot",
+                route,
+                rule,
+                text: format!("ocelot_{client}:{route}_{rule}"),
+            })
+        };
+        let tag = |k: &str| {
+            k.split_once('{')
+                .and_then(|(_, r)| r.split_once('}'))
+                .map(|(t, _)| t.to_string())
+        };
+        let a = key("/a", "5/1m/w0ms", "alice");
+        assert!(
+            a.starts_with("ocelot:{") && a.len() == "ocelot:{}:".len() + 16 + 40,
+            "{a}"
         );
-        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(tag(&a), tag(&key("/a", "5/1m/w0ms", "bob")));
+        assert_ne!(a, key("/a", "5/1m/w0ms", "bob"));
+        assert_ne!(tag(&a), tag(&key("/b", "5/1m/w0ms", "alice")));
+        assert_ne!(tag(&a), tag(&key("/a", "6/1m/w0ms", "alice")));
     }
 
     #[tokio::test]
@@ -415,12 +429,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("port");
-        let store = RedisStore::new(
-            &format!("redis://{closed}"),
-            Duration::from_millis(200),
-            Duration::from_millis(300),
-        )
-        .expect("url");
+        let store = store(&format!("redis://{closed}"), Duration::from_millis(300));
         assert!(matches!(
             store.connection(now_micros()).await,
             Err(Unavailable::Failed(_))
@@ -442,12 +451,7 @@ mod tests {
 
     #[test]
     fn deadlines_are_on_redis_clock_once_known() {
-        let store = RedisStore::new(
-            "redis://127.0.0.1:6379",
-            Duration::from_millis(100),
-            Duration::from_secs(1),
-        )
-        .expect("url");
+        let store = store("redis://127.0.0.1:6379", Duration::from_secs(1));
         assert_eq!(store.deadline(1_000), -1, "unknown clock: no deadline");
         store.clock_offset.store(5 * SECOND, Ordering::Relaxed);
         assert_eq!(store.deadline(SECOND), 6 * SECOND + 50_000);
