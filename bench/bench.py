@@ -91,6 +91,7 @@ SCENARIO_INFO = {
     "c": "10,000 generated routes",
     "d": "100 KiB response body",
     "e": "1,000 connections",
+    "t": "one route, tiny body, every request traced (OpenTelemetry, ratio 1.0, OTLP/HTTP to a sink)",
 }
 
 
@@ -230,6 +231,9 @@ http {{
         listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
         listen 127.0.0.1:{UPSTREAM_PORT2} backlog=4096;
         location = /big {{ root {big}; default_type application/octet-stream; }}
+        # Scenario (t): the gateway's OTLP/HTTP exports; an empty 200 is an
+        # empty ExportTraceServiceResponse.
+        location = /v1/traces {{ return 200; }}
         location / {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
     }}
 }}
@@ -404,6 +408,8 @@ def scenario_setup(scenario):
         return one_route, ["/big"], CONNECTIONS
     if scenario == "e":
         return one_route, ["/hello"], env_num("BENCH_MANY_CONNECTIONS", 1000, int)
+    if scenario == "t":
+        return one_route, ["/hello"], CONNECTIONS
     raise ValueError(f"unknown scenario {scenario}")
 
 
@@ -419,6 +425,13 @@ graceful_shutdown_timeout_seconds: 1
 drain_seconds: 0
 upgrade_sock: {workdir}/{name}-{scenario}.sock
 pid_file: {workdir}/{name}-{scenario}.pid
+"""
+    if scenario == "t":
+        # Every request sampled; exported every second, as a busy gateway would.
+        text += f"""tracing:
+  endpoint: http://127.0.0.1:{UPSTREAM_PORT}
+  sampler_ratio: 1.0
+  export_interval_ms: 1000
 """
     if scenario == "b" and JWT:
         text += f"""auth_providers:

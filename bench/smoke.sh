@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-BENCH_QUICK=1 BENCH_RESULTS="$out" bash bench/run.sh >/dev/null
+BENCH_QUICK=1 BENCH_SCENARIOS=${BENCH_SCENARIOS:-a,b,c,d,e,t} BENCH_RESULTS="$out" bash bench/run.sh >/dev/null
 python3 - "$out/latest.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))

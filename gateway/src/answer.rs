@@ -268,10 +268,13 @@ pub(crate) async fn write(
 /// The status Ocelot would answer for a failure, or `None` when the client is
 /// gone and nothing can be written.
 pub(crate) fn status_for(error: &Error) -> Option<u16> {
+    use pingora_core::protocols::http::downstream_limits::MIN_REQUEST_BODY_DATA_RATE;
     use ErrorType::*;
     match error.etype() {
         HTTPStatus(code) => Some(*code),
         CustomCode(_, code) => Some(*code),
+        // Kestrel's MinRequestBodyDataRate: 408 where a response is still possible.
+        Custom(MIN_REQUEST_BODY_DATA_RATE) => Some(408),
         // Ocelot's route timeout (TimeoutDelegatingHandler) → RequestTimedOutError → 503.
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
             if error.esource() != &ErrorSource::Downstream =>

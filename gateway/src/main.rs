@@ -275,9 +275,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         live: live.clone(),
         tracing: tracing.map(Arc::new),
     };
-    let h2c = listeners::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
+    let limits = settings.client_limits.limits();
+    let h2c = listeners::h2c_service(
+        &server.configuration,
+        gateway.clone(),
+        &settings.h2c_listen,
+        &limits,
+    );
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    listeners::apply_limits(&mut proxy, &limits, false);
     let listen = settings.listen_addresses();
     // Pingora gives every accepted connection a 64 KiB read buffer, which pays
     // off under TLS (records are read in small pieces) but not for plain HTTP/1:

@@ -55,6 +55,8 @@ pub struct Settings {
     pub pid_file: Option<String>,
     /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
     pub(crate) rate_limiting: crate::rate_limiting::RateLimitSettings,
+    /// Deadlines and limits for clients, Kestrel's by default.
+    pub client_limits: crate::listeners::ClientLimitsSettings,
     /// OpenTelemetry tracing (off unless a collector is named here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; restart to change).
     pub tracing: crate::otel::TracingSettings,
@@ -111,6 +113,7 @@ impl Default for Settings {
             upgrade_sock: None,
             pid_file: None,
             rate_limiting: Default::default(),
+            client_limits: Default::default(),
             tracing: Default::default(),
             retries: Default::default(),
             health_checks: Default::default(),

@@ -39,6 +39,37 @@ impl Outcome {
     }
 }
 
+/// How a load client uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// One kept-alive connection, reused request after request.
+    KeepAlive,
+    /// `Connection: close` on every request: the server closes after answering.
+    Close,
+    /// A new connection for every request, closed by the client after it.
+    FreshConnection,
+}
+
+impl ClientKind {
+    pub const ALL: [ClientKind; 3] = [
+        ClientKind::KeepAlive,
+        ClientKind::Close,
+        ClientKind::FreshConnection,
+    ];
+
+    fn client(self) -> reqwest::Client {
+        match self {
+            ClientKind::KeepAlive | ClientKind::Close => crate::client(),
+            ClientKind::FreshConnection => reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+}
+
 /// Clients sending requests one after another (each pausing `pause` between
 /// requests, so the two-core machine keeps time for the gateway's background
 /// work) to the current targets in turn, until stopped or for a minute at
@@ -58,13 +89,25 @@ impl Load {
     /// `clients` clients on whatever `targets` holds at each request (client
     /// `i` starts at target `i`); while it is empty, they wait.
     pub fn start(clients: usize, targets: Arc<Mutex<Vec<String>>>, pause: Duration) -> Load {
+        Self::start_kinds(&[ClientKind::KeepAlive], clients, targets, pause)
+    }
+
+    /// `clients` clients of each kind in `kinds`.
+    pub fn start_kinds(
+        kinds: &[ClientKind],
+        clients: usize,
+        targets: Arc<Mutex<Vec<String>>>,
+        pause: Duration,
+    ) -> Load {
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..clients)
-            .map(|c| {
+        let tasks = kinds
+            .iter()
+            .flat_map(|kind| (0..clients).map(move |c| (*kind, c)))
+            .map(|(kind, c)| {
                 let (targets, outcomes, stop) = (targets.clone(), outcomes.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let http = crate::client();
+                    let http = kind.client();
                     let end = Instant::now() + Duration::from_secs(60);
                     let mut n = c;
                     while !stop.load(Ordering::SeqCst) && Instant::now() < end {
@@ -77,7 +120,7 @@ impl Load {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         };
-                        let outcome = request(&http, url).await;
+                        let outcome = request(&http, url, kind).await;
                         outcomes.lock().unwrap().push(outcome);
                         if !pause.is_zero() {
                             tokio::time::sleep(pause).await;
@@ -138,15 +181,19 @@ impl Load {
     }
 }
 
-async fn request(http: &reqwest::Client, url: String) -> Outcome {
-    let resp = match http.get(&url).send().await {
+async fn request(http: &reqwest::Client, url: String, kind: ClientKind) -> Outcome {
+    let mut req = http.get(&url);
+    if kind == ClientKind::Close {
+        req = req.header("connection", "close");
+    }
+    let resp = match req.send().await {
         Ok(resp) => resp,
         Err(e) => {
             return Outcome {
                 url,
                 status: 0,
                 server: None,
-                error: Some(format!("{e:?}")),
+                error: Some(format!("{kind:?} client: {e:?}")),
             }
         }
     };

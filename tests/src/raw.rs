@@ -193,3 +193,61 @@ pub fn get_request(target: &str, host: &str, extra: &[&str]) -> Vec<u8> {
     r.push_str("Connection: close\r\n\r\n");
     r.into_bytes()
 }
+
+/// One connection held open across requests and pauses: for clients that
+/// connect and wait, drip a request, or keep a connection idle.
+pub struct RawConnection {
+    stream: TcpStream,
+    /// Bytes read past the last response returned.
+    pending: Vec<u8>,
+}
+
+impl RawConnection {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<RawConnection> {
+        let stream = TcpStream::connect(addr).await?;
+        Ok(RawConnection {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Writes `bytes`; `false` when the connection is gone.
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
+    /// Reads one response: until it is complete, the peer closes, or `limit`.
+    pub async fn read_response(&mut self, limit: Duration) -> RawResponse {
+        let mut resp = RawResponse {
+            bytes: std::mem::take(&mut self.pending),
+            closed: false,
+            timed_out: false,
+        };
+        let read = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            while !resp.complete() {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        resp.closed = true;
+                        break;
+                    }
+                    Ok(n) => resp.bytes.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        if tokio::time::timeout(limit, read).await.is_err() {
+            resp.timed_out = true;
+        }
+        resp
+    }
+
+    /// Waits up to `limit` for the peer to close (EOF or reset) without
+    /// sending anything; `true` if it did.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(limit, self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}

@@ -1,6 +1,7 @@
 //! The process's life: not ready while the proxy port is taken, SIGTERM
 //! drains without failing a request, and `-u` hands the listening socket to
-//! a new process under load.
+//! a new process under load, whatever the clients do with their connections
+//! (kept alive, `Connection: close`, a new one per request).
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::gateway::admin_status;
-use e2e::load::Load;
+use e2e::load::{ClientKind, Load};
+use e2e::raw::RawConnection;
 use e2e::{
     assert_routed, bounded, bounded_for, config, eventually, gateway_bin, get, route, status_of,
     EchoServer, Gateway,
@@ -90,7 +92,8 @@ async fn sigterm_drains_without_failing_a_request() {
         let targets = Arc::new(Mutex::new(Vec::new()));
         let stop_controller = Arc::new(AtomicBool::new(false));
         let controller = endpoints_controller(instances, targets.clone(), stop_controller.clone());
-        let load = Load::start(8, targets.clone(), Duration::ZERO);
+        // Keep-alive, `Connection: close` and new-connection-per-request clients.
+        let load = Load::start_kinds(&ClientKind::ALL, 3, targets.clone(), Duration::ZERO);
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         first.signal("TERM");
@@ -143,7 +146,8 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
         let mut old = Gateway::builder(config(vec![route("/a", "/a", &[&up])])).settings(&settings).start().await;
         let dir = old.dir().to_path_buf();
         let targets = Arc::new(Mutex::new(vec![old.url("/a")]));
-        let load = Load::start(8, targets, Duration::ZERO);
+        // Keep-alive, `Connection: close` and new-connection-per-request clients.
+        let load = Load::start_kinds(&ClientKind::ALL, 3, targets, Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(800)).await;
 
         let mut new = Command::new(gateway_bin())
@@ -186,6 +190,125 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
         assert_eq!(served_after, 200, "the new process serves the same port");
         assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(10)]);
         assert!(ok > 100, "too little load to mean anything: {ok}");
+    })
+    .await
+}
+
+/// Connections that wait for a request when the listeners close: `fresh`
+/// ones accepted without a request yet, and kept-alive ones that have had an
+/// answer. Returns them, each with its kind.
+async fn waiting_connections(
+    gw: &Gateway,
+    fresh: usize,
+    kept: usize,
+) -> Vec<(&'static str, RawConnection)> {
+    let mut conns = Vec::new();
+    for _ in 0..kept {
+        let mut c = RawConnection::connect(gw.addr()).await.expect("connect");
+        assert!(c.send(b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n").await);
+        let r = c.read_response(Duration::from_secs(5)).await;
+        assert_eq!(r.status(), Some(200), "{}", r.describe());
+        conns.push(("kept-alive", c));
+    }
+    for _ in 0..fresh {
+        conns.push((
+            "fresh",
+            RawConnection::connect(gw.addr()).await.expect("connect"),
+        ));
+    }
+    conns
+}
+
+/// Each connection sends its request now: every one is answered, with
+/// `Connection: close`.
+async fn all_answered_with_close(conns: Vec<(&'static str, RawConnection)>) {
+    let mut failures = Vec::new();
+    let total = conns.len();
+    for (kind, mut c) in conns {
+        if !c.send(b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n").await {
+            failures.push(format!("{kind}: closed before the request"));
+            continue;
+        }
+        let r = c.read_response(Duration::from_secs(5)).await;
+        if r.status() != Some(200) || r.header("connection").as_deref() != Some("close") {
+            failures.push(format!("{kind}: {}", r.describe()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} connections: {failures:?}",
+        failures.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_a_request_are_answered_when_the_listeners_close() {
+    bounded(async {
+        let up = EchoServer::start("up");
+        let settings = "drain_seconds: 0\ngrace_period_seconds: 3\ngraceful_shutdown_timeout_seconds: 1\nclient_limits: {shutdown_request_wait_ms: 2000}\n";
+        let mut gw = Gateway::builder(config(vec![route("/a", "/a", &[&up])]))
+            .settings(settings)
+            .start()
+            .await;
+        let conns = waiting_connections(&gw, 10, 10).await;
+        gw.signal("TERM");
+        // The listener is closed once a new connection is refused.
+        eventually(Duration::from_secs(5), "the listener closes", || async {
+            tokio::net::TcpStream::connect(gw.addr()).await.is_err()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        all_answered_with_close(conns).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.is_running() {
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_a_request_are_answered_at_the_upgrade_hand_over() {
+    bounded_for(Duration::from_secs(60), async {
+        let up = EchoServer::start("up");
+        let settings = format!("{FAST_SHUTDOWN}upgrade_sock: \"{{dir}}/upgrade.sock\"\npid_file: \"{{dir}}/gateway.pid\"\n");
+        let old = Gateway::builder(config(vec![route("/a", "/a", &[&up])])).settings(&settings).start().await;
+        let dir = old.dir().to_path_buf();
+        // Accepted by the old process: the new one does not run yet.
+        let conns = waiting_connections(&old, 10, 10).await;
+        let mut new = Command::new(gateway_bin())
+            .arg("--ocelot")
+            .arg(dir.join("ocelot.json"))
+            .arg("--listen")
+            .arg(old.addr().to_string())
+            .arg("--admin-listen")
+            .arg(old.admin_addr().to_string())
+            .arg("--settings")
+            .arg(dir.join("gateway.yaml"))
+            .arg("-u")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("new.stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("new.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let sock = dir.join("upgrade.sock");
+        eventually(Duration::from_secs(20), "the new process opens its upgrade socket", || async {
+            sock.exists()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        old.signal("QUIT");
+        // The old process hands the sockets over, then closes its listeners.
+        eventually(Duration::from_secs(15), "the old process closes its listeners", || async {
+            old.stderr().contains("Shutting down")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        all_answered_with_close(conns).await;
+        assert_eq!(status_of(&old.url("/a")).await, 200, "the new process serves the port");
+        let _ = new.kill();
+        let _ = new.wait();
     })
     .await
 }
