@@ -29,6 +29,7 @@ use crate::qos::{BreakerStore, CircuitState};
 use crate::rate_limiting::RateLimiter;
 use crate::security::TrustedProxies;
 use crate::settings::Settings;
+use crate::swagger::{Docs, ServiceBackend, ServicePools, SwaggerSettings};
 use ocelot_compat::table::RouteTable;
 use ocelot_compat::{Diagnostic, LoadedConfig};
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct Env {
     pub cache: &'static MemoryStore,
     /// Service discovery settings and providers.
     pub discovery: Discovery,
+    /// How `SwaggerEndPoints` are served (paths, cache, server).
+    pub(crate) swagger: SwaggerSettings,
 }
 
 impl Env {
@@ -73,6 +76,7 @@ impl Env {
                 settings.cache.max_object_bytes,
             ))),
             discovery: Discovery::from_settings(&settings.discovery)?,
+            swagger: settings.swagger.clone(),
         })
     }
 
@@ -101,6 +105,8 @@ pub struct Snapshot {
     /// Dynamic routing (service discovery without static routes): routes
     /// made per service on first use, numbered after `routes`.
     pub(crate) dynamic: Option<dynamic::DynamicRoutes>,
+    /// `SwaggerEndPoints` compiled (off without them).
+    pub(crate) docs: Option<Arc<Docs>>,
 }
 
 impl Snapshot {
@@ -144,6 +150,25 @@ impl Snapshot {
             previous.and_then(|p| p.dynamic.as_ref()),
             env,
         );
+        // A `Service` document is fetched from the instances discovery gives
+        // the first route naming that service, with its scheme and TLS check.
+        let mut pools = ServicePools::new();
+        for (file, route) in config.routes.iter().zip(&routes) {
+            if let Some(name) = file
+                .service_name
+                .as_deref()
+                .filter(|_| route.uses_discovery)
+            {
+                pools
+                    .entry(name.trim().to_ascii_lowercase())
+                    .or_insert_with(|| ServiceBackend {
+                        pool: route.pool.clone(),
+                        tls: route.tls,
+                        verify: route.verify_cert,
+                    });
+            }
+        }
+        let docs = crate::swagger::compile(&config, &env.swagger, &pools).map(Arc::new);
         Snapshot {
             table: ocelot_compat::route_table(&config),
             routes,
@@ -152,6 +177,7 @@ impl Snapshot {
             warnings,
             aggregates,
             dynamic,
+            docs,
         }
     }
 
