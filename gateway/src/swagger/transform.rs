@@ -139,9 +139,10 @@ pub(crate) fn transform(
 /// Rules 5, 6, 8 of MMLib: every (path, method) goes to each route that
 /// exposes it, under the route's upstream path; the rest disappears.
 fn rewrite_paths(doc: &mut Map<String, Value>, base: &str, routes: &[DocRoute]) {
-    let Some(Value::Object(paths)) = doc.remove("paths") else {
-        doc.insert("paths".into(), Value::Object(Map::new()));
-        return;
+    // Taken out and put back in place, so `paths` keeps its position.
+    let paths = match doc.get_mut("paths") {
+        Some(Value::Object(paths)) => std::mem::take(paths),
+        _ => Map::new(),
     };
     let mut rewritten: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (path, item) in &paths {
@@ -201,7 +202,12 @@ fn rewrite_paths(doc: &mut Map<String, Value>, base: &str, routes: &[DocRoute]) 
         .into_iter()
         .map(|(path, item)| (path, Value::Object(item)))
         .collect();
-    doc.insert("paths".into(), Value::Object(paths));
+    match doc.get_mut("paths") {
+        Some(slot) => *slot = Value::Object(paths),
+        None => {
+            doc.insert("paths".into(), Value::Object(paths));
+        }
+    }
 }
 
 fn is_method(name: &str) -> bool {
@@ -232,22 +238,19 @@ fn path_of(url: &str) -> &str {
     }
 }
 
-/// Every server URL becomes the gateway's; a document without servers gets
-/// the gateway as its one server, so "Try it out" goes through the gateway.
+/// Every server URL becomes the gateway's. A document without servers is
+/// left so, as MMLib leaves it: Swagger UI then sends "Try it out" to the
+/// origin it loaded the document from, which is the gateway.
 fn set_servers(doc: &mut Map<String, Value>, server_url: &str) {
     let gateway = Value::String(server_url.trim_end_matches('/').to_string());
-    match doc.get_mut("servers").and_then(Value::as_array_mut) {
-        Some(servers) if !servers.is_empty() => {
-            for server in servers {
-                if let Some(server) = server.as_object_mut() {
-                    server.insert("url".into(), gateway.clone());
-                }
-            }
-        }
-        _ => {
-            let mut server = Map::new();
-            server.insert("url".into(), gateway);
-            doc.insert("servers".into(), Value::Array(vec![Value::Object(server)]));
+    for server in doc
+        .get_mut("servers")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(server) = server.as_object_mut() {
+            server.insert("url".into(), gateway.clone());
         }
     }
 }
@@ -507,6 +510,10 @@ mod tests {
         transform(&mut doc, &routes, keep).unwrap();
         assert_eq!(doc["servers"], json!([{"url": "/base"}]));
         assert!(doc["paths"].get("/svc/x").is_some());
+        // Without servers, none is added (the UI calls the document's origin).
+        let mut doc = json!({"openapi": "3.0.0", "paths": {"/x": {"get": {}}}});
+        transform(&mut doc, &routes, OPTIONS).unwrap();
+        assert!(doc.get("servers").is_none());
     }
 
     #[test]
