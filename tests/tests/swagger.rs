@@ -334,6 +334,71 @@ async fn admin_routes_show_each_routes_swagger_key() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregates_document_has_one_get_per_aggregate() {
+    bounded(async {
+        let users = DocService::start("users");
+        users.document("/swagger/v1/swagger.json", &json!({
+            "openapi": "3.0.1", "info": {"title": "Users", "version": "v1"},
+            "paths": {"/api/users/{id}": {"get": {"summary": "One user",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/User"}}}}}}}},
+            "components": {"schemas": {"User": {"type": "object", "properties": {"name": {"type": "string"}}}}}
+        }).to_string());
+        let baskets = DocService::start("baskets");
+        baskets.document("/swagger.json", &json!({
+            "swagger": "2.0", "info": {"title": "Baskets", "version": "1"}, "basePath": "/",
+            "paths": {"/api/baskets/{buyerId}": {"get": {
+                "parameters": [{"name": "buyerId", "in": "path", "required": true, "type": "integer"}, {"name": "full", "in": "query", "type": "boolean"}],
+                "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/Basket"}}}}}},
+            "definitions": {"Basket": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/definitions/Item"}}}}, "Item": {"type": "object"}}
+        }).to_string());
+        let mut user = documented("users", "/users/{id}", "/api/users/{id}", &["Get"], &users);
+        user["Key"] = json!("user");
+        let mut basket = documented("baskets", "/baskets/{buyerId}", "/api/baskets/{buyerId}", &["Get"], &baskets);
+        basket["Key"] = json!("basket");
+        basket["ParametersMap"] = json!({"id": "buyerId"});
+        let ocelot = json!({
+            "Routes": [user, basket],
+            "Aggregates": [{"UpstreamPathTemplate": "/basket-with-user/{id}", "RouteKeys": ["user", "basket"], "Description": "The user and their basket"}],
+            "SwaggerEndPoints": [
+                {"Key": "users", "Config": [{"Name": "Users", "Version": "v1", "Url": users.url("/swagger/v1/swagger.json")}]},
+                {"Key": "baskets", "Config": [{"Name": "Baskets", "Version": "v1", "Url": baskets.url("/swagger.json")}]}
+            ],
+            "GlobalConfiguration": {}
+        });
+        let gw = Gateway::builder(ocelot).settings("swagger:\n  generate_docs_for_aggregates: true\n").start().await;
+        let init = get(&gw.url("/swagger/swagger-initializer.js"), &[]).await.text();
+        assert!(init.contains("/swagger/docs/v1/aggregates"), "{init}");
+        let r = get(&gw.url("/swagger/docs/v1/aggregates"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let doc: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(paths(&doc), ["/basket-with-user/{id}"]);
+        let op = &doc["paths"]["/basket-with-user/{id}"]["get"];
+        assert_eq!(op["description"], "The user and their basket");
+        assert_eq!(
+            op["parameters"],
+            json!([
+                {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+                {"name": "full", "in": "query", "schema": {"type": "boolean"}}
+            ])
+        );
+        assert_eq!(
+            op["responses"]["200"]["content"]["application/json"]["schema"],
+            json!({"type": "object", "properties": {
+                "user": {"$ref": "#/components/schemas/User"},
+                "basket": {"$ref": "#/components/schemas/Basket"}
+            }})
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["Basket"]["properties"]["items"]["items"],
+            json!({"$ref": "#/components/schemas/Item"})
+        );
+        assert!(doc["components"]["schemas"].get("Item").is_some());
+    })
+    .await
+}
+
 // ------------------------------------------------------------ the browser
 
 /// Headless Chromium through `chromedriver` (Debian's `chromium` and

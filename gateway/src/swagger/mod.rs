@@ -11,6 +11,7 @@
 //! service's document: the service is asked every time (a changed document
 //! is seen at once), the transformation is not repeated.
 
+mod aggregates;
 mod fetch;
 pub(crate) mod transform;
 mod ui;
@@ -45,6 +46,9 @@ pub struct SwaggerSettings {
     /// (MMLib's `AddAuthenticationProviderKeyMapping`): operations of routes
     /// with a mapped key get `security: [{scheme: AllowedScopes}]`.
     pub authentication_provider_key_mapping: BTreeMap<String, String>,
+    /// Serve the `aggregates` document: one GET per `Aggregates[]` entry
+    /// (MMLib's `GenerateDocsForAggregates`, off by default there too).
+    pub generate_docs_for_aggregates: bool,
 }
 
 impl Default for SwaggerSettings {
@@ -56,6 +60,7 @@ impl Default for SwaggerSettings {
             timeout_seconds: 10,
             server_ocelot: None,
             authentication_provider_key_mapping: BTreeMap::new(),
+            generate_docs_for_aggregates: false,
         }
     }
 }
@@ -144,6 +149,8 @@ const MAX_CACHED: usize = 256;
 pub(crate) struct Docs {
     pub(crate) settings: SwaggerSettings,
     pub(crate) endpoints: Vec<EndPoint>,
+    /// `Aggregates`, when their document is served.
+    aggregates: Vec<aggregates::AggregateDoc>,
     /// `(endpoint, document, server url)` → transformed document.
     cache: Mutex<HashMap<(usize, usize, String), Cached>>,
 }
@@ -162,14 +169,22 @@ pub(crate) fn compile(
     if config.swagger_end_points.is_empty() {
         return None;
     }
-    let endpoints = config
+    let endpoints: Vec<EndPoint> = config
         .swagger_end_points
         .iter()
         .filter_map(|e| compile_endpoint(e, config, settings, pools))
         .collect();
+    let aggregates = if settings.generate_docs_for_aggregates {
+        aggregates::compile(config, |key| {
+            endpoints.iter().position(|e| e.key == key.trim())
+        })
+    } else {
+        Vec::new()
+    };
     Some(Docs {
         settings: settings.clone(),
         endpoints,
+        aggregates,
         cache: Mutex::new(HashMap::new()),
     })
 }
@@ -327,6 +342,12 @@ impl Docs {
     /// The drop-down of Swagger UI: `Name - Version` → document URL.
     pub(crate) fn ui_urls(&self) -> Vec<(String, String)> {
         let docs = self.settings.docs_path.trim_end_matches('/');
+        let aggregates = (!self.aggregates.is_empty()).then(|| {
+            (
+                aggregates::NAME.to_string(),
+                format!("{docs}/{}/{}", aggregates::VERSION, aggregates::KEY),
+            )
+        });
         self.endpoints
             .iter()
             .flat_map(|e| {
@@ -341,6 +362,7 @@ impl Docs {
                     )
                 })
             })
+            .chain(aggregates)
             .collect()
     }
 
@@ -398,13 +420,19 @@ impl Docs {
             .enumerate()
             .find(|(_, e)| e.key == key)
         else {
+            if key == aggregates::KEY
+                && version == aggregates::VERSION
+                && !self.aggregates.is_empty()
+            {
+                return Ok(self.aggregates_document(request_server, http, sticky).await);
+            }
             return Err(failure(
                 404,
                 None,
                 format!("no SwaggerEndPoints entry has Key '{key}'"),
             ));
         };
-        let Some((d_index, document)) = endpoint
+        let Some((d_index, _)) = endpoint
             .documents
             .iter()
             .enumerate()
@@ -416,10 +444,6 @@ impl Docs {
                 format!("SwaggerEndPoints '{key}' has no Config with Version '{version}'"),
             ));
         };
-        let timeout = Duration::from_secs(self.settings.timeout_seconds.max(1));
-        let (source, bytes) = fetch::document(&document.source, http, sticky, timeout)
-            .await
-            .map_err(|(source, detail)| failure(502, source, detail))?;
         let json = |body: Bytes| Served {
             status: 200,
             headers: vec![(
@@ -428,8 +452,72 @@ impl Docs {
             )],
             body,
         };
+        let body = self
+            .body(e_index, d_index, request_server, http, sticky)
+            .await
+            .map_err(|(source, detail)| failure(502, source, detail))?;
+        Ok(json(body))
+    }
+
+    /// The `aggregates` document, from the transformed documents of the
+    /// aggregates' routes (the first `Config` of the endpoint each route's
+    /// `SwaggerKey` names); a route whose document cannot be had gets an
+    /// empty schema rather than failing the whole page.
+    async fn aggregates_document(
+        &self,
+        request_server: &str,
+        http: &fetch::Clients<'_>,
+        sticky: &StickySessions,
+    ) -> Served {
+        let mut member_docs = Vec::with_capacity(self.aggregates.len());
+        for aggregate in &self.aggregates {
+            let mut docs = Vec::with_capacity(aggregate.members.len());
+            for member in &aggregate.members {
+                let doc = match member.endpoint {
+                    Some(e) => self
+                        .body(e, 0, request_server, http, sticky)
+                        .await
+                        .ok()
+                        .and_then(|body| serde_json::from_slice(&body).ok()),
+                    None => None,
+                };
+                docs.push(doc);
+            }
+            member_docs.push(docs);
+        }
+        let doc = aggregates::document(&self.aggregates, &member_docs);
+        Served {
+            status: 200,
+            headers: vec![(
+                "Content-Type",
+                "application/json; charset=utf-8".to_string(),
+            )],
+            body: Bytes::from(doc.to_string()),
+        }
+    }
+
+    /// The document `d_index` of endpoint `e_index` as the gateway serves
+    /// it, or (where it came from, why it cannot be served).
+    async fn body(
+        &self,
+        e_index: usize,
+        d_index: usize,
+        request_server: &str,
+        http: &fetch::Clients<'_>,
+        sticky: &StickySessions,
+    ) -> Result<Bytes, (Option<String>, String)> {
+        let (Some(endpoint), Some(document)) = (
+            self.endpoints.get(e_index),
+            self.endpoints
+                .get(e_index)
+                .and_then(|e| e.documents.get(d_index)),
+        ) else {
+            return Err((None, "no such document".to_string()));
+        };
+        let timeout = Duration::from_secs(self.settings.timeout_seconds.max(1));
+        let (source, bytes) = fetch::document(&document.source, http, sticky, timeout).await?;
         if !endpoint.transform {
-            return Ok(json(bytes));
+            return Ok(bytes);
         }
         let server = self
             .settings
@@ -444,14 +532,13 @@ impl Docs {
             if let Ok(cache) = self.cache.lock() {
                 if let Some(hit) = cache.get(&cache_key) {
                     if hit.hash == hash && hit.at.elapsed() < ttl {
-                        return Ok(json(hit.body.clone()));
+                        return Ok(hit.body.clone());
                     }
                 }
             }
         }
         let mut doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            failure(
-                502,
+            (
                 Some(source.clone()),
                 format!("the document is not JSON: {e}"),
             )
@@ -462,7 +549,7 @@ impl Docs {
             server_url: &server,
         };
         transform::transform(&mut doc, &endpoint.routes, options)
-            .map_err(|e| failure(502, Some(source.clone()), e))?;
+            .map_err(|e| (Some(source.clone()), e))?;
         let body = Bytes::from(doc.to_string());
         if !ttl.is_zero() {
             if let Ok(mut cache) = self.cache.lock() {
@@ -479,7 +566,7 @@ impl Docs {
                 );
             }
         }
-        Ok(json(body))
+        Ok(body)
     }
 }
 
