@@ -265,7 +265,11 @@ impl ProxyHttp for Gateway {
             }
             ctx.cors = cors.response_headers(&req.headers);
         }
-        if let Some(docs) = ctx.snapshot.docs.clone() {
+        let reads = matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        );
+        if let Some(docs) = ctx.snapshot.docs.clone().filter(|_| reads) {
             if let Some(page) = docs.page(session.req_header().uri.path()) {
                 return self.documentation(session, ctx, &docs, page).await;
             }

@@ -276,6 +276,9 @@ async fn versions_virtual_directories_methods_security_and_failures() {
         assert_eq!(problem["detail"], "Unknown swagger/openapi version", "{problem}");
         let r = get(&gw.url("/swagger/docs/v9/shop"), &[]).await;
         assert_eq!(r.status, 404);
+        // Only GET and HEAD are documentation; other methods go to the routes.
+        let r = e2e::send(e2e::client().post(gw.url("/swagger/docs/v1/shop")), &[]).await;
+        assert_eq!((r.status, r.body.len()), (404, 0));
 
         // Hot reload: a route joins the document, and leaves it again.
         let mut reloaded = ocelot.clone();

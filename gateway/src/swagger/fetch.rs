@@ -23,7 +23,14 @@ pub(super) async fn document(
     timeout: Duration,
 ) -> Result<(String, Bytes), (Option<String>, String)> {
     let (url, client) = match source {
-        Source::Url(url) => (url.clone(), http.verifying),
+        Source::Url { url, verify } => (
+            url.clone(),
+            if *verify {
+                http.verifying
+            } else {
+                http.insecure
+            },
+        ),
         Source::Service {
             name,
             path,

@@ -68,7 +68,10 @@ impl Default for SwaggerSettings {
 /// Where a documented service's document comes from.
 #[derive(Clone)]
 pub(crate) enum Source {
-    Url(String),
+    /// `verify`: false when a route of the endpoint sets
+    /// `DangerousAcceptAnyServerCertificateValidator`, as MMLib calls the
+    /// service with that route's handler.
+    Url { url: String, verify: bool },
     /// Through service discovery: a backend of the pool of a route naming
     /// the service, with that route's scheme and certificate check.
     Service {
@@ -218,7 +221,14 @@ fn compile_endpoint(
                     path,
                 }
             } else {
-                Source::Url(url.to_string())
+                let dangerous = config.routes.iter().any(|r| {
+                    r.swagger_key.as_deref().map(str::trim) == Some(key)
+                        && r.dangerous_accept_any_server_certificate_validator
+                });
+                Source::Url {
+                    url: url.to_string(),
+                    verify: !dangerous,
+                }
             };
             Document {
                 name: c.name.clone().unwrap_or_default(),
