@@ -402,6 +402,42 @@ async fn the_aggregates_document_has_one_get_per_aggregate() {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_document_is_found_through_discovery_even_when_no_route_names_the_service() {
+    bounded(async {
+        let catalog = DocService::start("catalog");
+        catalog.document("/swagger/v1/swagger.json", &json!({
+            "openapi": "3.0.1", "info": {"title": "Catalog", "version": "v1"},
+            "paths": {"/api/products": {"get": {"responses": {"200": {"description": "ok"}}}}}
+        }).to_string());
+        let eureka = FakeEureka::start();
+        eureka.set("catalog", vec![EurekaInstance::up("localhost", catalog.addr())]);
+        let ocelot = json!({
+            "Routes": [documented("catalog", "/catalog/{everything}", "/api/{everything}", &["Get"], &catalog)],
+            "SwaggerEndPoints": [{"Key": "catalog", "Config": [{"Name": "Catalog", "Version": "v1", "Service": {"Name": "catalog"}}]}],
+            "GlobalConfiguration": {"ServiceDiscoveryProvider": {"Type": "Eureka"}}
+        });
+        let settings = format!(
+            "discovery:\n  poll_interval_ms: 200\n  eureka:\n    service_url: \"{}\"\n",
+            eureka.service_url()
+        );
+        let gw = Gateway::builder(ocelot).settings(&settings).start().await;
+        let url = gw.url("/swagger/docs/v1/catalog");
+        let doc = eventually_ok(Duration::from_secs(20), Duration::from_millis(100), || {
+            let url = url.clone();
+            async move {
+                let r = get(&url, &[]).await;
+                if r.status == 200 { serde_json::from_slice::<Value>(&r.body).map_err(|e| e.to_string()) } else { Err(r.text()) }
+            }
+        })
+        .await;
+        assert_eq!(paths(&doc), ["/catalog/products"]);
+        // The default path, /swagger/{Version}/swagger.json, was asked for.
+        assert!(catalog.seen().contains(&"GET /swagger/v1/swagger.json".to_string()), "{:?}", catalog.seen());
+    })
+    .await
+}
+
 // ------------------------------------------------------------ the browser
 
 /// Headless Chromium through `chromedriver` (Debian's `chromium` and

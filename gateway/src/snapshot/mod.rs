@@ -19,7 +19,7 @@ pub use route::CompiledRoute;
 
 use crate::aggregate::{Aggregation, CompiledAggregate};
 use crate::auth::Authenticator;
-use crate::balancing::Pool;
+use crate::balancing::{BalancerKind, Pool};
 use crate::cache::store::MemoryStore;
 use crate::diagnostics::Warnings;
 use crate::discovery::Discovery;
@@ -107,6 +107,9 @@ pub struct Snapshot {
     pub(crate) dynamic: Option<dynamic::DynamicRoutes>,
     /// `SwaggerEndPoints` compiled (off without them).
     pub(crate) docs: Option<Arc<Docs>>,
+    /// Pools of services that only `SwaggerEndPoints` name (no route does),
+    /// by pool key, so an unchanged one carries over a reload.
+    docs_pools: Vec<(String, Arc<Pool>)>,
 }
 
 impl Snapshot {
@@ -168,6 +171,7 @@ impl Snapshot {
                     });
             }
         }
+        let docs_pools = docs_only_pools(&config, &mut pools, previous, env);
         let docs = crate::swagger::compile(&config, &env.swagger, &pools).map(Arc::new);
         Snapshot {
             table: ocelot_compat::route_table(&config),
@@ -178,6 +182,7 @@ impl Snapshot {
             aggregates,
             dynamic,
             docs,
+            docs_pools,
         }
     }
 
@@ -196,6 +201,7 @@ impl Snapshot {
             .chain(dynamic)
             .filter(|r| r.pool.discovery().is_some())
             .map(|r| r.pool.clone())
+            .chain(self.docs_pools.iter().map(|(_, pool)| pool.clone()))
             .collect()
     }
 
@@ -253,4 +259,66 @@ impl Snapshot {
             }
         }
     }
+}
+
+/// A pool for each `Service` of `SwaggerEndPoints` that no route names:
+/// the service found with the global `ServiceDiscoveryProvider` and
+/// `DownstreamScheme`, as MMLib asks discovery for it by name. Added to
+/// `pools`; returned with their keys.
+fn docs_only_pools(
+    config: &ocelot_compat::model::FileConfiguration,
+    pools: &mut ServicePools,
+    previous: Option<&Snapshot>,
+    env: &Env,
+) -> Vec<(String, Arc<Pool>)> {
+    let names = config
+        .swagger_end_points
+        .iter()
+        .flat_map(|e| &e.config)
+        .filter(|c| c.url.as_deref().is_none_or(|u| u.trim().is_empty()))
+        .filter_map(|c| c.service.as_ref()?.name.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let mut out: Vec<(String, Arc<Pool>)> = Vec::new();
+    for name in names {
+        let lower = name.to_ascii_lowercase();
+        if pools.contains_key(&lower) {
+            continue;
+        }
+        let route = ocelot_compat::model::FileRoute {
+            service_name: Some(name.to_string()),
+            downstream_scheme: config.global.downstream_scheme.clone(),
+            ..Default::default()
+        };
+        let Some(service) = crate::discovery::ServiceRef::for_route(&route, config, &env.discovery)
+        else {
+            continue;
+        };
+        let key = format!("swagger|{}", service.key());
+        let pool = previous
+            .and_then(|p| p.docs_pools.iter().find(|(k, _)| *k == key))
+            .map(|(_, pool)| pool.clone())
+            .unwrap_or_else(|| {
+                Arc::new(Pool::with_discovery(
+                    BalancerKind::NoLoadBalancer,
+                    service.discovery(),
+                    env.health.registry(),
+                ))
+            });
+        let tls = config
+            .global
+            .downstream_scheme
+            .as_deref()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("https"));
+        pools.insert(
+            lower,
+            ServiceBackend {
+                pool: pool.clone(),
+                tls,
+                verify: true,
+            },
+        );
+        out.push((key, pool));
+    }
+    out
 }

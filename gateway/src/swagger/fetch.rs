@@ -39,7 +39,7 @@ pub(super) async fn document(
             let Some(ServiceBackend { pool, tls, verify }) = backend else {
                 return Err((
                     Some(name.clone()),
-                    format!("no route has ServiceName '{name}', so service discovery has no instances of it"),
+                    format!("service '{name}' cannot be looked up: it needs a name"),
                 ));
             };
             let Some(selected) = pool.select_where(std::iter::empty(), sticky, |_| true) else {
