@@ -438,6 +438,35 @@ async fn a_service_document_is_found_through_discovery_even_when_no_route_names_
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_merges_take_swagger_end_points_from_ocelot_swagger_end_points_json() {
+    bounded(async {
+        let shop = DocService::start("shop");
+        shop.document("/doc.json", &json!({
+            "openapi": "3.0.1", "info": {"title": "Shop", "version": "v1"},
+            "paths": {"/items": {"get": {"responses": {"200": {"description": "ok"}}}}}
+        }).to_string());
+        let endpoint = |key: &str| json!([{"Key": key, "Config": [{"Name": key, "Version": "v1", "Url": shop.url("/doc.json")}]}]);
+        let gw = Gateway::builder_dir(vec![
+            ("ocelot.shop.json", json!({
+                "Routes": [documented("shop", "/shop/{everything}", "/{everything}", &["Get"], &shop)],
+                "SwaggerEndPoints": endpoint("ignored")
+            })),
+            ("ocelot.SwaggerEndPoints.json", json!({"SwaggerEndPoints": endpoint("shop")})),
+            ("ocelot.global.json", json!({"GlobalConfiguration": {}})),
+        ])
+        .start()
+        .await;
+        let r = get(&gw.url("/swagger/docs/v1/shop"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let doc: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(paths(&doc), ["/shop/items"]);
+        assert_eq!(get(&gw.url("/swagger/docs/v1/ignored"), &[]).await.status, 404);
+        assert!(gw.stderr().contains("SwaggerEndPoints only from ocelot.SwaggerEndPoints.json"), "{}", gw.stderr());
+    })
+    .await
+}
+
 // ------------------------------------------------------------ the browser
 
 /// Headless Chromium through `chromedriver` (Debian's `chromium` and
