@@ -76,7 +76,7 @@ impl Env {
                 settings.cache.max_object_bytes,
             ))),
             discovery: Discovery::from_settings(&settings.discovery)?,
-            swagger: settings.swagger.clone(),
+            swagger: settings.swagger.clone().checked()?,
         })
     }
 

@@ -65,6 +65,21 @@ impl Default for SwaggerSettings {
     }
 }
 
+impl SwaggerSettings {
+    /// The settings, or why they cannot serve: a path that is not below `/`
+    /// would take every request of the proxy.
+    pub(crate) fn checked(self) -> Result<SwaggerSettings, String> {
+        for (name, path) in [("ui_path", &self.ui_path), ("docs_path", &self.docs_path)] {
+            if !path.starts_with('/') || path.trim_end_matches('/').is_empty() {
+                return Err(format!(
+                    "swagger.{name}: '{path}' must be a path below '/', such as /swagger"
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Where a documented service's document comes from.
 #[derive(Clone)]
 pub(crate) enum Source {
@@ -729,5 +744,10 @@ mod tests {
         assert_eq!(docs.page("/swaggerish"), None);
         assert_eq!(docs.page("/api/orders"), None);
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        let root = SwaggerSettings {
+            ui_path: "/".into(),
+            ..SwaggerSettings::default()
+        };
+        assert!(root.checked().unwrap_err().contains("swagger.ui_path"));
     }
 }
