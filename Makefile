@@ -27,7 +27,8 @@ help:
 # System packages a fresh Debian with only Rust lacks: cmake (zlib-ng in
 # Pingora), a C/C++ toolchain and a full perl (vendored OpenSSL's Configure
 # needs IPC::Cmd and FindBin, which perl-base alone does not have), and
-# redis-server (the shared rate-limiting tests start their own instances),
+# redis-server, redis-sentinel and redis-tools' redis-cli (the shared
+# rate-limiting tests start their own servers, sentinels and clusters),
 # dnsmasq (the DNS service-discovery tests run one on a loopback port),
 # chromium and chromium-driver (tests/tests/swagger.rs drives Swagger UI in
 # headless Chromium through WebDriver).
@@ -36,6 +37,8 @@ deps:
 	@missing=""; \
 	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	command -v redis-cli >/dev/null 2>&1 || missing="$$missing redis-tools"; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	echo 'int main(void){return 0;}' | cc -x c - -o /dev/null >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	echo 'int main(){return 0;}' | c++ -x c++ - -o /dev/null >/dev/null 2>&1 || missing="$$missing g++"; \

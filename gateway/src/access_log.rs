@@ -21,6 +21,9 @@ pub(crate) struct Line<'a> {
     #[serde(serialize_with = "display")]
     pub(crate) time: humantime::Rfc3339Timestamp,
     pub(crate) request_id: Option<&'a str>,
+    /// The OpenTelemetry trace id, when the request was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace_id: Option<&'a str>,
     pub(crate) route: &'a str,
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,

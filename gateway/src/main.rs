@@ -250,6 +250,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     server.bootstrap();
     gateway::access_log::configure(settings.access_log_buffer_kib, settings.access_log_flush_ms);
 
+    let (tracing, trace_exporter) = match gateway::otel::Tracing::from_settings(&settings.tracing)?
+    {
+        Some((tracing, exporter)) => (Some(tracing), Some(exporter)),
+        None => (None, None),
+    };
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
     let readiness = Arc::new(Readiness::default());
     let reloader = Arc::new(Reloader::new(
@@ -268,6 +273,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         websocket_idle_timeout: Duration::from_secs(settings.websocket_idle_timeout_seconds.max(1)),
         readiness: readiness.clone(),
         live: live.clone(),
+        tracing: tracing.map(Arc::new),
     };
     let h2c = listeners::h2c_service(&server.configuration, gateway.clone(), &settings.h2c_listen);
     let mut proxy =
@@ -309,6 +315,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     );
     admin.add_tcp(settings.admin_address());
     server.add_service(admin);
+    if let Some(exporter) = trace_exporter {
+        server.add_service(background_service("trace export", exporter));
+    }
     server.add_service(background_service(
         "readiness",
         ReadinessService {

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) breaker_rejected: IntCounterVec,
     pub(crate) refused: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) retry_budget_exhausted: IntCounterVec,
     pub(crate) breaker_open: IntGaugeVec,
     pub(crate) backend_healthy: IntGaugeVec,
     pub(crate) config_reloads: IntCounterVec,
@@ -124,6 +126,18 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "gateway_refused_requests_total",
             "Requests the gateway answered itself instead of sending them on, by route and reason",
             &["route", "reason"],
+        ),
+        retries: counter(
+            &registry,
+            "gateway_retries_total",
+            "Downstream attempts tried again, by route and the outcome retried",
+            &["route", "outcome"],
+        ),
+        retry_budget_exhausted: counter(
+            &registry,
+            "gateway_retry_budget_exhausted_total",
+            "Retries not made because the route's retry budget was spent",
+            &["route"],
         ),
         breaker_open: gauge(
             &registry,

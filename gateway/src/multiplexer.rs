@@ -14,13 +14,18 @@ use crate::aggregate::aggregators::{self, Outcome, Part, SubError};
 use crate::aggregate::{jsonpath, AggregatorConfig, AggregatorKind};
 use crate::answer::{Answer, Refusal};
 use crate::auth::Authenticator;
-use crate::balancing::StickySessions;
-use crate::pipeline::{self, AggregateMatch, CallFailure, CallState, Request, RequestState};
+use crate::balancing::{Selected, StickySessions};
+use crate::otel::TraceParent;
+use crate::pipeline::{
+    self, AggregateMatch, CallFailure, CallState, Request, RequestState, Retryable,
+};
 use crate::request_mapper;
-use crate::snapshot::{Env, Snapshot};
+use crate::retries::Outcome as RetryOutcome;
+use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use ocelot_compat::table::Placeholders;
+use ocelot_compat::template::DownstreamTarget;
 use pingora_error::Result;
 use pingora_proxy::Session;
 use std::net::IpAddr;
@@ -38,6 +43,8 @@ pub(crate) struct Parts {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) auth: Arc<Authenticator>,
     pub(crate) sticky: Arc<StickySessions>,
+    /// The request's trace, whose server span parents every attempt's span.
+    pub(crate) trace: Option<TraceParent>,
 }
 
 /// What sub-requests share (owned, so they can run as tasks).
@@ -224,6 +231,7 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
         snapshot,
         auth,
         sticky,
+        trace,
     } = &shared.parts;
     let Some(route) = snapshot.route(job.route) else {
         return error(500, "no such route");
@@ -245,36 +253,6 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
     let Some(target) = state.downstream.take() else {
         return error(500, "no downstream URL");
     };
-    let mut call = CallState::default();
-    let cookies = head
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes());
-    let selected = match pipeline::select_backend(env, route, &call, cookies, sticky) {
-        Ok(selected) => selected,
-        Err(refusal) => return refused(&route.name, refusal),
-    };
-    if let Err(refusal) = pipeline::admit(route, &mut call, false) {
-        return refused(&route.name, refusal);
-    }
-
-    // Plain HTTP goes to the address the balancer resolved; TLS needs the
-    // name for SNI and certificate checks.
-    let authority = if route.tls {
-        selected.meta.authority.to_string()
-    } else {
-        selected.addr.to_string()
-    };
-    let mut url = format!(
-        "{}://{authority}{}",
-        if route.tls { "https" } else { "http" },
-        target.path
-    );
-    if let Some(q) = &target.query {
-        url.push('?');
-        url.push_str(q);
-    }
     request_mapper::remove_hop_by_hop(&mut head, false);
     let mut headers = HeaderMap::with_capacity(head.headers.len() + 1);
     for (name, value) in head.headers.iter() {
@@ -286,30 +264,90 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
             headers.append(name.clone(), value.clone());
         }
     }
-    if let Ok(value) =
-        http::HeaderValue::from_str(&request_mapper::host_header(&selected, route.tls))
-    {
-        headers.insert(header::HOST, value);
+    let mut call = CallState::default();
+    let mut selected = match pipeline::select_backend(env, route, &call, &head.headers, sticky) {
+        Ok(selected) => selected,
+        Err(refusal) => return refused(&route.name, refusal),
+    };
+    if let Err(refusal) = pipeline::admit(route, &mut call, false) {
+        return refused(&route.name, refusal);
     }
+
     let method = route.method.clone().unwrap_or_else(|| head.method.clone());
-    let mut builder = env
-        .aggregation
-        .http(route.verify_cert)
-        .request(method, url.as_str())
-        .headers(headers)
-        .timeout(route.downstream_timeout());
-    if let Some(body) = &shared.body {
-        builder = builder.body(body.clone());
-    }
-    let result = match builder.send().await {
-        Ok(response) => read_response(shared, response).await,
-        Err(e) if e.is_timeout() => Err((CallFailure::Timeout, e.to_string())),
-        Err(e) => {
-            if e.is_connect() {
-                pipeline::connect_failed(env, route, &mut call, Some(selected.addr));
+    // Attempts, as the proxy makes them: the route's retry policy decides;
+    // the body is held whole, so it can always be sent again.
+    let result = loop {
+        let timeout = pipeline::attempt_started(route, &mut call);
+        let mut span = trace.as_ref().map(|t| {
+            t.client_span(
+                &method,
+                selected.addr,
+                &selected.meta.host,
+                &url_for(route, &selected, &target),
+                call_attempts(&call),
+            )
+        });
+        let mut attempt_headers = headers.clone();
+        if let (Some(t), Some(span)) = (trace, &span) {
+            for (name, value) in span.propagation(t.tracing()).0 {
+                if let Ok(value) = http::HeaderValue::from_str(&value) {
+                    attempt_headers.insert(name, value);
+                }
             }
-            Err((CallFailure::Connection, e.to_string()))
         }
+        let sent = send(
+            env,
+            shared,
+            route,
+            &selected,
+            &method,
+            &target,
+            attempt_headers,
+            timeout,
+        )
+        .await;
+        if let Some(mut span) = span.take() {
+            match &sent {
+                Sent::Response(response) => {
+                    span.answered(response.status().as_u16());
+                    span.end();
+                }
+                Sent::Failed(e) if e.is_timeout() => span.failed("timeout"),
+                Sent::Failed(e) if e.is_connect() => span.failed("connect_failure"),
+                Sent::Failed(_) => span.failed("reset"),
+            }
+        }
+        let retryable = Retryable {
+            method: &method,
+            replayable: true,
+            addr: Some(selected.addr),
+        };
+        let retried = match &sent {
+            Sent::Response(response) => {
+                let status = response.status().as_u16();
+                status >= 500
+                    && pipeline::retry(route, &mut call, RetryOutcome::Status(status), &retryable)
+            }
+            Sent::Failed(e) if e.is_timeout() => {
+                pipeline::retry(route, &mut call, RetryOutcome::Timeout, &retryable)
+            }
+            Sent::Failed(e) if e.is_connect() => {
+                pipeline::connect_failed(env, route, &mut call, &retryable)
+            }
+            Sent::Failed(_) => pipeline::retry(route, &mut call, RetryOutcome::Reset, &retryable),
+        };
+        if retried {
+            call.take_retry_decision();
+            if let Ok(next) = pipeline::select_backend(env, route, &call, &head.headers, sticky) {
+                selected = next;
+                continue;
+            }
+        }
+        break match sent {
+            Sent::Response(response) => read_response(shared, response).await,
+            Sent::Failed(e) if e.is_timeout() => Err((CallFailure::Timeout, e.to_string())),
+            Sent::Failed(e) => Err((CallFailure::Connection, e.to_string())),
+        };
     };
     // Ends the in-flight count (LeastConnection) now, not when the aggregate ends.
     drop(selected);
@@ -334,6 +372,70 @@ async fn subrequest(shared: &Shared, job: Job) -> Outcome {
                 CallFailure::Other => error(502, message),
             }
         }
+    }
+}
+
+/// The URL of a sub-request to `selected`. Plain HTTP goes to the address
+/// the balancer resolved; TLS needs the name for SNI and certificate checks.
+fn url_for(route: &CompiledRoute, selected: &Selected, target: &DownstreamTarget) -> String {
+    let authority = if route.tls {
+        selected.meta.authority.to_string()
+    } else {
+        selected.addr.to_string()
+    };
+    let mut url = format!(
+        "{}://{authority}{}",
+        if route.tls { "https" } else { "http" },
+        target.path
+    );
+    if let Some(q) = &target.query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Attempts made before the one starting (for `http.request.resend_count`).
+fn call_attempts(call: &CallState) -> u32 {
+    call.attempts().saturating_sub(1)
+}
+
+/// What one attempt of a sub-request got.
+enum Sent {
+    Response(reqwest::Response),
+    Failed(reqwest::Error),
+}
+
+/// One attempt of a sub-request to `selected`.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    env: &Env,
+    shared: &Shared,
+    route: &CompiledRoute,
+    selected: &Selected,
+    method: &http::Method,
+    target: &DownstreamTarget,
+    mut headers: HeaderMap,
+    timeout: std::time::Duration,
+) -> Sent {
+    let url = url_for(route, selected, target);
+    if let Ok(value) =
+        http::HeaderValue::from_str(&request_mapper::host_header(selected, route.tls))
+    {
+        headers.insert(header::HOST, value);
+    }
+    let mut builder = env
+        .aggregation
+        .http(route.verify_cert)
+        .request(method.clone(), url.as_str())
+        .headers(headers)
+        .timeout(timeout);
+    if let Some(body) = &shared.body {
+        builder = builder.body(body.clone());
+    }
+    match builder.send().await {
+        Ok(response) => Sent::Response(response),
+        Err(e) => Sent::Failed(e),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::headers::PlaceholderValues;
 use crate::health;
 use crate::qos::Permit;
 use crate::rate_limiting::{ClientIdentity, Decision, RequestView};
+use crate::retries::{Attempt, Outcome};
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use http::header::{self, HeaderMap};
 use http::Method;
@@ -36,7 +37,7 @@ use ocelot_compat::table::{HeaderSource, Placeholders, RequestInfo, Target};
 use ocelot_compat::template::DownstreamTarget;
 use pingora_http::RequestHeader;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The request as the steps see it.
 pub(crate) struct Request<'a> {
@@ -52,7 +53,10 @@ pub(crate) struct Request<'a> {
 /// What the steps learnt, kept for the response and the access log.
 #[derive(Debug, Default)]
 pub(crate) struct RequestState {
-    /// The request id (`{TraceId}`), when the route uses one.
+    /// The request id (`RequestIdKey`; `{TraceId}` without tracing), when
+    /// the route uses one.
+    pub(crate) request_id: Option<String>,
+    /// The OpenTelemetry trace id, when the request is traced: `{TraceId}`.
     pub(crate) trace_id: Option<String>,
     /// The client's address (`{RemoteIpAddress}`), when transforms use it.
     pub(crate) remote_ip: Option<String>,
@@ -79,7 +83,7 @@ impl RequestState {
     pub(crate) fn placeholders(&self) -> PlaceholderValues<'_> {
         PlaceholderValues {
             remote_ip: self.remote_ip.clone(),
-            trace_id: self.trace_id.as_deref(),
+            trace_id: self.trace_id.as_deref().or(self.request_id.as_deref()),
             upstream_host: self.upstream_host.as_deref(),
             downstream_base_url: None,
         }
@@ -304,8 +308,8 @@ fn header_transforms(
     req: &mut Request<'_>,
     state: &mut RequestState,
 ) {
-    if route.needs_trace_id {
-        state.trace_id = Some(route.request_id.id(&req.head.headers));
+    if route.needs_request_id {
+        state.request_id = Some(route.request_id.id(&req.head.headers));
     }
     let transforms = &route.headers;
     if transforms.upstream.is_empty() && transforms.downstream.is_empty() {
@@ -364,7 +368,7 @@ async fn rate_limit(
 
 /// `RequestIdKey`: the request id header sent downstream.
 fn request_id(route: &CompiledRoute, req: &mut Request<'_>, state: &RequestState) {
-    if let Some(id) = &state.trace_id {
+    if let Some(id) = &state.request_id {
         route.request_id.apply(req.head, id);
     }
 }
@@ -513,34 +517,63 @@ fn claims_refusal(e: ClaimsError) -> Refusal {
 pub(crate) struct CallState {
     /// The breaker's permission for this call.
     permit: Option<Permit>,
-    /// Backends that refused this request's connection.
+    /// Backends this request already tried.
     tried: Vec<SocketAddr>,
+    /// The passive-health retry after a refused connection was used.
     retried: bool,
+    /// Attempts started.
+    attempts: u32,
+    /// When the first attempt started: every attempt fits in the route's
+    /// `Timeout` counted from here.
+    first_attempt: Option<Instant>,
+    /// The attempt just ended was decided to be retried (its error is ours).
+    retry_decided: bool,
 }
 
 impl CallState {
     /// Whether the balancer may pick `addr`: not passively down, and not
-    /// already refused this request.
+    /// already tried by this request.
     fn may_use(&self, env: &Env, addr: &SocketAddr, now: Instant) -> bool {
         !self.tried.contains(addr) && !env.health.passive().is_down(addr, now)
+    }
+
+    /// Attempts started so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Whether an earlier attempt of this request was decided to be retried;
+    /// clears the mark.
+    pub(crate) fn take_retry_decision(&mut self) -> bool {
+        std::mem::take(&mut self.retry_decided)
     }
 }
 
 /// Ocelot's LoadBalancingMiddleware: a backend, skipping passively-down
 /// ones and those this request already tried.
-pub(crate) fn select_backend<'a>(
+pub(crate) fn select_backend(
     env: &Env,
     route: &CompiledRoute,
     call: &CallState,
-    cookies: impl Iterator<Item = &'a [u8]>,
+    headers: &HeaderMap,
     sticky: &StickySessions,
 ) -> Result<Selected, Refusal> {
+    let cookies = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
     let now = Instant::now();
     if let Some(selected) = route
         .pool
-        .select_where(cookies, sticky, |addr| call.may_use(env, addr, now))
+        .select_where(cookies(), sticky, |addr| call.may_use(env, addr, now))
     {
         return Ok(selected);
+    }
+    // A retry goes to another backend where there is one, else to one
+    // already tried that is still up (a 503 does not take a backend out).
+    if route.retry.is_some() && !call.tried.is_empty() {
+        if let Some(selected) = route.pool.select_where(cookies(), sticky, |addr| {
+            !env.health.passive().is_down(addr, now)
+        }) {
+            return Ok(selected);
+        }
     }
     if route.pool.backend_count() == 0 {
         return Err(Refusal::NoBackend {
@@ -571,22 +604,104 @@ pub(crate) fn admit(
     }
 }
 
+/// An attempt starts: its timeout, within what is left of the route's
+/// `Timeout` since the first attempt.
+pub(crate) fn attempt_started(route: &CompiledRoute, call: &mut CallState) -> Duration {
+    let timeout = route.downstream_timeout();
+    call.attempts += 1;
+    let Some(policy) = &route.retry else {
+        return timeout;
+    };
+    let first = *call.first_attempt.get_or_insert_with(|| {
+        policy.requested();
+        Instant::now()
+    });
+    // Never zero: Pingora reads a zero timeout as "fail at once".
+    policy
+        .attempt_timeout(timeout.saturating_sub(first.elapsed()))
+        .max(Duration::from_millis(1))
+}
+
+/// What a retry decision needs of the request.
+pub(crate) struct Retryable<'a> {
+    pub(crate) method: &'a Method,
+    /// The body can be sent again (Pingora kept all of it).
+    pub(crate) replayable: bool,
+    /// The backend of the failed attempt.
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+/// The attempt ended with `outcome` before any response reached the client:
+/// `true` if the route's retry policy tries again.
+pub(crate) fn retry(
+    route: &CompiledRoute,
+    call: &mut CallState,
+    outcome: Outcome,
+    request: &Retryable<'_>,
+) -> bool {
+    let Some(policy) = &route.retry else {
+        return false;
+    };
+    if let Some(addr) = request.addr {
+        if !call.tried.contains(&addr) {
+            call.tried.push(addr);
+        }
+    }
+    let time_left = match call.first_attempt {
+        Some(first) => route.downstream_timeout().saturating_sub(first.elapsed()),
+        None => route.downstream_timeout(),
+    };
+    let attempt = Attempt {
+        method: request.method,
+        made: call.attempts,
+        replayable: request.replayable,
+        time_left,
+    };
+    match policy.retry(outcome, &attempt) {
+        Ok(()) => {
+            log::debug!(
+                "route {}: attempt {} ended with {outcome:?}: retrying",
+                route.ocelot_name,
+                call.attempts
+            );
+            call.retry_decided = true;
+            true
+        }
+        Err(why) => {
+            log::debug!(
+                "route {}: attempt {} ended with {outcome:?}: not retried ({why:?})",
+                route.ocelot_name,
+                call.attempts
+            );
+            false
+        }
+    }
+}
+
 /// A connection to `addr` failed: passive health takes the backend out for
-/// a while. `true`: another backend is available and the request may be
-/// retried there (nothing was sent yet).
+/// a while. `true`: the request is tried again, by the route's retry policy,
+/// or else once on another available backend when passive health is on
+/// (nothing was sent yet).
 pub(crate) fn connect_failed(
     env: &Env,
     route: &CompiledRoute,
     call: &mut CallState,
-    addr: Option<SocketAddr>,
+    request: &Retryable<'_>,
 ) -> bool {
     let passive = env.health.passive();
+    let now = Instant::now();
+    if passive.enabled() {
+        if let Some(addr) = request.addr {
+            passive.mark_down(addr, now);
+        }
+    }
+    if route.retry.is_some() {
+        return retry(route, call, Outcome::ConnectFailure, request);
+    }
     if !passive.enabled() {
         return false;
     }
-    let now = Instant::now();
-    if let Some(addr) = addr {
-        passive.mark_down(addr, now);
+    if let Some(addr) = request.addr {
         call.tried.push(addr);
     }
     if call.retried || !route.pool.has_ready(|a| call.may_use(env, a, now)) {
@@ -885,7 +1000,7 @@ mod tests {
         let mut h = head("/u/7?x=1", &[("oc-requestid", "id-1")]);
         let (result, state) = pass(&env, &s, &mut h, "10.0.0.2").await;
         assert_eq!(result, Ok(()));
-        assert_eq!(state.trace_id.as_deref(), Some("id-1"));
+        assert_eq!(state.request_id.as_deref(), Some("id-1"));
         assert_eq!(h.headers["x-trace"], "id-1");
         let target = state.downstream.expect("url");
         assert_eq!(
@@ -908,7 +1023,7 @@ mod tests {
         let sticky = Arc::new(StickySessions::default());
         for _ in 0..2 {
             let mut call = CallState::default();
-            assert!(select_backend(&env, route, &call, std::iter::empty(), &sticky).is_ok());
+            assert!(select_backend(&env, route, &call, &HeaderMap::new(), &sticky).is_ok());
             admit(route, &mut call, false).expect("closed");
             assert_eq!(
                 call_failed(route, &mut call, CallFailure::Timeout, false),

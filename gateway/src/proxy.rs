@@ -17,9 +17,11 @@ use crate::headers::downstream_base_url;
 use crate::lifecycle::Readiness;
 use crate::metrics::METRICS;
 use crate::multiplexer;
-use crate::pipeline::{self, CallFailure, CallState, Found, Request, RequestState};
+use crate::otel::{Finished, RequestTrace, Tracing};
+use crate::pipeline::{self, CallFailure, CallState, Found, Request, RequestState, Retryable};
 use crate::reload::LiveSettings;
 use crate::request_mapper;
+use crate::retries::Outcome as RetryOutcome;
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
 use crate::swagger::{Clients, Docs, Page};
 use arc_swap::ArcSwap;
@@ -46,6 +48,8 @@ pub struct Gateway {
     pub websocket_idle_timeout: Duration,
     /// The parts of the settings that a settings reload replaces.
     pub live: Arc<ArcSwap<LiveSettings>>,
+    /// OpenTelemetry tracing, when a collector is configured.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Per-request state.
@@ -71,6 +75,8 @@ pub struct Ctx {
     aggregate: Option<usize>,
     /// Why the gateway answered itself, if it did.
     refusal: Option<Refusal>,
+    /// The request's spans, when it is traced.
+    trace: Option<RequestTrace>,
 }
 
 /// Route `index` of `snapshot`: a free function, so that the route can be
@@ -126,11 +132,17 @@ impl Gateway {
         matched: pipeline::AggregateMatch,
     ) -> Result<bool> {
         ctx.aggregate = Some(matched.index);
+        if let (Some(trace), Some(aggregate)) =
+            (&ctx.trace, ctx.snapshot.aggregates.get(matched.index))
+        {
+            trace.matched(&aggregate.name);
+        }
         let parts = multiplexer::Parts {
             env: self.env.clone(),
             snapshot: ctx.snapshot.clone(),
             auth: self.live.load().auth.clone(),
             sticky: self.sticky.clone(),
+            trace: ctx.trace.as_ref().map(RequestTrace::parent),
         };
         match multiplexer::answer(session, parts, matched).await? {
             Ok(answer) => {
@@ -186,14 +198,9 @@ impl Gateway {
         let (Some(policy), Some(downstream)) = (&route.cache, &ctx.state.downstream) else {
             return Ok(());
         };
-        let cookies = session
-            .req_header()
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .map(|v| v.as_bytes());
+        let headers = &session.req_header().headers;
         if let Ok(selected) =
-            pipeline::select_backend(&self.env, route, &ctx.call, cookies, &self.sticky)
+            pipeline::select_backend(&self.env, route, &ctx.call, headers, &self.sticky)
         {
             ctx.cache = crate::cache::request_key(
                 session,
@@ -207,6 +214,15 @@ impl Gateway {
             ctx.preselected = Some(selected);
         }
         Ok(())
+    }
+}
+
+/// What a retry decision needs of the session.
+fn retryable<'a>(session: &'a Session, selected: Option<&Selected>) -> Retryable<'a> {
+    Retryable {
+        method: &session.req_header().method,
+        replayable: !session.as_ref().retry_buffer_truncated(),
+        addr: selected.map(|s| s.addr),
     }
 }
 
@@ -245,10 +261,18 @@ impl ProxyHttp for Gateway {
             cache: None,
             aggregate: None,
             refusal: None,
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(tracing) = &self.tracing {
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            let trace = RequestTrace::start(tracing, session.req_header(), client, tls);
+            ctx.state.trace_id = Some(trace.trace_id());
+            ctx.trace = Some(trace);
+        }
         let live = self.live.load();
         if let Some(cors) = &live.cors {
             let req = session.req_header();
@@ -285,6 +309,9 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(index);
         let route = route_at(&ctx.snapshot, ctx.route).ok_or_else(no_route)?;
+        if let Some(trace) = &ctx.trace {
+            trace.matched(&route.name);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -316,13 +343,8 @@ impl ProxyHttp for Gateway {
         let selected = match ctx.preselected.take() {
             Some(selected) => selected,
             None => {
-                let cookies = session
-                    .req_header()
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes());
-                match pipeline::select_backend(&self.env, route, &ctx.call, cookies, &self.sticky) {
+                let headers = &session.req_header().headers;
+                match pipeline::select_backend(&self.env, route, &ctx.call, headers, &self.sticky) {
                     Ok(selected) => selected,
                     Err(refusal) => {
                         // Answered by `fail_to_proxy`, which Pingora calls next.
@@ -338,16 +360,26 @@ impl ProxyHttp for Gateway {
             }
         };
         let upgrade = session.is_upgrade_req();
+        let timeout = pipeline::attempt_started(route, &mut ctx.call);
         let peer = route.protocol.peer(
             &selected,
             route.tls,
             route.verify_cert,
-            route.downstream_timeout(),
+            timeout,
             upgrade,
             self.websocket_idle_timeout,
         );
         if upgrade {
             session.set_read_timeout(Some(self.websocket_idle_timeout));
+        }
+        if let (Some(trace), Some(target)) = (&mut ctx.trace, &ctx.state.downstream) {
+            let url = format!(
+                "{}://{}{}",
+                if route.tls { "https" } else { "http" },
+                selected.meta.authority,
+                request_mapper::uri_text(target)
+            );
+            trace.attempt_started(selected.addr, &selected.meta.host, &url);
         }
         ctx.selected = Some(selected);
         ctx.upstream_started = Some(Instant::now());
@@ -378,6 +410,11 @@ impl ProxyHttp for Gateway {
         }
         let upgrade = session.is_upgrade_req();
         request_mapper::remove_hop_by_hop(upstream, upgrade);
+        if let Some(trace) = &ctx.trace {
+            for (name, value) in trace.propagation().0 {
+                upstream.insert_header(name, value)?;
+            }
+        }
         let unframed_body =
             !session.is_body_empty() && !upstream.headers.contains_key(header::CONTENT_LENGTH);
         route
@@ -497,12 +534,39 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = upstream.status.as_u16();
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_answered(status);
+        }
+        if status >= 500 {
+            if let Some(route) = route_at(&ctx.snapshot, ctx.route) {
+                let retryable = retryable(session, ctx.selected.as_ref());
+                if pipeline::retry(
+                    route,
+                    &mut ctx.call,
+                    RetryOutcome::Status(status),
+                    &retryable,
+                ) {
+                    // Nothing of this response reaches the client: Pingora
+                    // drops the connection and asks `upstream_peer` again.
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "downstream service answered with a status that is retried",
+                    );
+                    e.set_retry(true);
+                    if let Some(trace) = &mut ctx.trace {
+                        trace.attempt_failed(&status.to_string());
+                    }
+                    return Err(e.into_up());
+                }
+            }
+        }
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
-        pipeline::answered(&mut ctx.call, upstream.status.as_u16());
+        pipeline::answered(&mut ctx.call, status);
         Ok(())
     }
 
@@ -536,11 +600,14 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_failed(e.etype().as_str());
+        }
         let Some(route) = route_at(&ctx.snapshot, ctx.route) else {
             return e;
         };
@@ -555,12 +622,63 @@ impl ProxyHttp for Gateway {
                 | ErrorType::ConnectTimedout
                 | ErrorType::ConnectError
         );
-        let addr = ctx.selected.as_ref().map(|s| s.addr);
-        if connect_failure && pipeline::connect_failed(&self.env, route, &mut ctx.call, addr) {
-            log::info!(
-                "route {}: retrying on another backend after: {e}",
-                route.ocelot_name
-            );
+        let retryable = retryable(session, ctx.selected.as_ref());
+        if connect_failure && pipeline::connect_failed(&self.env, route, &mut ctx.call, &retryable)
+        {
+            log::info!("route {}: trying again after: {e}", route.ocelot_name);
+            ctx.call.take_retry_decision();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(trace) = &mut ctx.trace {
+            trace.attempt_failed(e.etype().as_str());
+        }
+        if ctx.call.take_retry_decision() {
+            // Decided in `upstream_response_filter` (a retried status).
+            return e;
+        }
+        let retryable = retryable(session, ctx.selected.as_ref());
+        // Pingora's own rule first: a pooled connection that turned out to
+        // be closed is tried again for idempotent requests.
+        if !session.req_header().method.is_idempotent() || !retryable.replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() || session.response_written().is_some() {
+            return e;
+        }
+        let Some(route) = route_at(&ctx.snapshot, ctx.route) else {
+            return e;
+        };
+        let outcome = if answer::is_downstream_timeout(&e) {
+            RetryOutcome::Timeout
+        } else if e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
+            )
+        {
+            RetryOutcome::Reset
+        } else {
+            return e;
+        };
+        if pipeline::retry(route, &mut ctx.call, outcome, &retryable) {
+            ctx.call.take_retry_decision();
             e.set_retry(true);
         }
         e
@@ -586,6 +704,15 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(trace) = ctx.trace.take() {
+            trace.finish(Finished {
+                status,
+                refusal: ctx.refusal.as_ref().map(Refusal::name),
+                request_body_bytes: session.body_bytes_read(),
+                response_body_bytes: session.body_bytes_sent(),
+                error: error.map(|e| e.etype().as_str().to_string()),
+            });
+        }
         let method = session.req_header().method.as_str();
         let elapsed = ctx.started.elapsed();
         let label = ctx.label();
@@ -601,7 +728,8 @@ impl ProxyHttp for Gateway {
         if self.live.load().access_log {
             let line = access_log::Line {
                 time: humantime::format_rfc3339_millis(SystemTime::now()),
-                request_id: ctx.state.trace_id.as_deref(),
+                request_id: ctx.state.request_id.as_deref(),
+                trace_id: ctx.state.trace_id.as_deref(),
                 route: label,
                 method,
                 path: session.req_header().uri.path(),
@@ -646,6 +774,7 @@ mod tests {
             readiness: Arc::new(Readiness::default()),
             websocket_idle_timeout: Duration::from_secs(60),
             live: Arc::new(ArcSwap::from_pointee(live)),
+            tracing: None,
         }
     }
 
@@ -715,7 +844,7 @@ mod tests {
         .await;
         let mut ctx = gw.new_ctx();
         assert!(!gw.request_filter(&mut s, &mut ctx).await.expect("filter"));
-        assert_eq!(ctx.state.trace_id.as_deref(), Some("r-1"));
+        assert_eq!(ctx.state.request_id.as_deref(), Some("r-1"));
         assert_eq!(s.req_header().headers["x-who"], "gw");
         gw.state.load().routes[0].pool.refresh().await;
         let peer = gw.upstream_peer(&mut s, &mut ctx).await.expect("peer");

@@ -47,13 +47,17 @@ pub(crate) fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
 
 /// The request target sent to the service; 400 when the path and query the
 /// templates made are not a valid URI.
-pub(crate) fn uri(target: &DownstreamTarget) -> pingora_error::Result<http::Uri> {
-    let path_and_query = match &target.query {
+/// The request target as text: path, then `?query` when there is one.
+pub(crate) fn uri_text(target: &DownstreamTarget) -> String {
+    match &target.query {
         Some(q) => format!("{}?{}", target.path, q),
         None => target.path.clone(),
-    };
+    }
+}
+
+pub(crate) fn uri(target: &DownstreamTarget) -> pingora_error::Result<http::Uri> {
     http::Uri::builder()
-        .path_and_query(path_and_query)
+        .path_and_query(uri_text(target))
         .build()
         .map_err(|e| {
             pingora_error::Error::because(

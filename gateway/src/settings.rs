@@ -55,6 +55,11 @@ pub struct Settings {
     pub pid_file: Option<String>,
     /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
     pub(crate) rate_limiting: crate::rate_limiting::RateLimitSettings,
+    /// OpenTelemetry tracing (off unless a collector is named here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; restart to change).
+    pub tracing: crate::otel::TracingSettings,
+    /// Retries of downstream calls (off by default), per route.
+    pub(crate) retries: crate::retries::RetrySettings,
     /// Active health checks per downstream service, and passive health.
     pub(crate) health_checks: crate::health::HealthCheckSettings,
     /// Proxies whose `X-Forwarded-For` is believed for the client address.
@@ -109,6 +114,8 @@ impl Default for Settings {
             upgrade_sock: None,
             pid_file: None,
             rate_limiting: Default::default(),
+            tracing: Default::default(),
+            retries: Default::default(),
             health_checks: Default::default(),
             trusted_proxies: Default::default(),
             auth_providers: Default::default(),

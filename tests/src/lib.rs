@@ -15,6 +15,8 @@
 //!   its OpenAPI document), [`oidc`] (JWT authority and tokens), [`registries`] (Kubernetes, Consul, Eureka): fake services;
 //! * [`protocol_servers`] (WebSocket, gRPC) and [`protocol_clients`] (TLS,
 //!   HTTP/2, gRPC clients for the gateway's listeners);
+//! * [`otlp`]: an OpenTelemetry collector (OTLP/HTTP and OTLP/gRPC) that
+//!   decodes the spans the gateway exports;
 //! * [`redis`], [`dns`]: real `redis-server` and `dnsmasq` processes;
 //! * [`load`]: client load; [`wait`]: polling with a deadline; [`raw`]:
 //!   exact bytes over TCP; [`pki`]: test certificates; [`pattern`]: bodies
@@ -26,6 +28,7 @@ pub mod json_upstream;
 pub mod load;
 pub mod oidc;
 pub mod openapi;
+pub mod otlp;
 pub mod pattern;
 pub mod pki;
 pub mod protocol_clients;

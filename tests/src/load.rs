@@ -1,6 +1,7 @@
 //! Client load on the gateway: clients that keep requesting until stopped
-//! and record every outcome ([`Load`]), and a fast keep-alive generator for
-//! millions of requests ([`get_for_each_id`]).
+//! and record every outcome ([`Load`]), a fast keep-alive generator for
+//! millions of requests ([`get_for_each_id`]), and bursts of one rate-limit
+//! client ([`rate_limited_burst`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -306,4 +307,27 @@ async fn read_response(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Sends `per_url` requests with `Oc-Client: client` to each of `urls`,
+/// all at once; how many got each status, and how many 200s were counted by
+/// a rate limit (carried `X-RateLimit-Remaining`).
+pub async fn rate_limited_burst(
+    urls: &[String],
+    client: &str,
+    per_url: usize,
+) -> (BTreeMap<u16, usize>, usize) {
+    let requests = (0..per_url)
+        .flat_map(|_| urls)
+        .map(|url| async move { crate::get(url, &[("Oc-Client", client)]).await });
+    let replies = futures_util::future::join_all(requests).await;
+    let mut statuses = BTreeMap::new();
+    for r in &replies {
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    let counted = replies
+        .iter()
+        .filter(|r| r.status == 200 && r.header("X-RateLimit-Remaining").is_some())
+        .count();
+    (statuses, counted)
 }

@@ -2,7 +2,8 @@
 //! echo upstream ([`EchoServer`](crate::EchoServer)), the JSON upstream
 //! ([`JsonServer`](crate::json_upstream::JsonServer)), the OpenID Connect
 //! authority ([`Authority`](crate::oidc::Authority)), the service
-//! registries ([`crate::registries`]) and the WebSocket echo.
+//! registries ([`crate::registries`]), the OTLP/HTTP receiver
+//! ([`crate::otlp`]) and the WebSocket echo.
 //!
 //! A [`TestServer`] owns its listener(s) and its own Tokio runtime, so it keeps
 //! answering whatever the test's runtime is doing (blocking, shutting down)
@@ -14,8 +15,8 @@
 //! the same port. Dropping it stops it.
 //!
 //! The WebSocket echo ([`crate::protocol_servers`]) is one too, accepting
-//! upgrades in its handler. Two servers keep their own loops: tonic's gRPC
-//! server, and the misbehaving [`bad_upstream`](crate::upstream::bad_upstream),
+//! upgrades in its handler. Some servers keep their own loops: tonic's gRPC
+//! servers (health, OTLP/gRPC), and the misbehaving [`bad_upstream`](crate::upstream::bad_upstream),
 //! which writes raw bytes no HTTP library would.
 
 use std::convert::Infallible;

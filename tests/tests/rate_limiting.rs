@@ -5,13 +5,14 @@
 //! outages, and the limiter's memory bound; beyond Ocelot, clients counted
 //! by their address or by a claim of their token.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::load::get_for_each_id;
+use e2e::load::{get_for_each_id, rate_limited_burst};
 use e2e::redis::RedisServer;
 use e2e::{
-    bounded, bounded_for, client_from, closed_addr, config, eventually, get, route, send, with,
-    EchoServer, Gateway,
+    bounded, bounded_for, client_from, closed_addr, config, get, route, send, with, EchoServer,
+    Gateway,
 };
 use serde_json::{json, Value};
 
@@ -330,101 +331,155 @@ async fn two_gateways_enforce_one_limit_through_redis() {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_fails_open_and_sharing_resumes_when_it_returns() {
-    bounded(async {
-        let mut redis = RedisServer::start();
-        let up = EchoServer::start("up");
-        let cfg = config(vec![limited(
-            "/shared",
-            &up,
-            json!({ "Limit": 2, "Period": "1m" }),
-        )]);
-        let settings = redis_settings(&redis, "  failure_policy: open\n");
-        let g1 = Gateway::builder(cfg.clone())
-            .settings(&settings)
-            .start()
-            .await;
-        let g2 = Gateway::builder(cfg).settings(&settings).start().await;
-        let a = [("Oc-Client", "a")];
-        assert_eq!(get(&g1.url("/shared"), &a).await.status, 200);
-        assert_eq!(get(&g2.url("/shared"), &a).await.status, 200);
-        assert_eq!(get(&g1.url("/shared"), &a).await.status, 429);
+/// How Redis goes away and comes back in the outage tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// SIGKILL, then a new `redis-server` on the same port: no keys, no
+    /// scripts.
+    RestartedEmpty,
+    /// SIGSTOP, then SIGCONT: the counters are still there, and Redis runs
+    /// whatever the gateways sent it meanwhile.
+    FrozenAndThawed,
+}
 
-        redis.kill();
-        for gw in [&g1, &g2, &g1, &g2, &g1] {
-            let r = get(&gw.url("/shared"), &a).await;
-            assert_eq!(r.status, 200, "fail open: served, uncounted");
-            assert!(r.header("X-RateLimit-Remaining").is_none());
+const OUTAGE_LIMIT: usize = 10;
+const OUTAGE_RETRY_MS: u64 = 1000;
+
+/// Issue #14, item 3: two gateways share a limit of 10 through one Redis;
+/// client `a` has used 3 when Redis goes away. While it is away both apply
+/// the failure policy. Once it answers again, the first requests after
+/// `redis_retry_ms` are counted: a burst of 40 from both gateways at once
+/// lets exactly the rest of the limit through (all 10 after an empty
+/// restart, 7 after a thaw, as nothing sent during the freeze counts), and
+/// a new client gets exactly 10. The outage and the recovery are logged
+/// once per gateway and counted in `/metrics`.
+async fn redis_outage_ends_by_itself(outage: Outage, policy: &str) {
+    let mut redis = RedisServer::start();
+    let up = EchoServer::start("up");
+    let cfg = config(vec![limited(
+        "/shared",
+        &up,
+        json!({ "Limit": OUTAGE_LIMIT, "Period": "1m" }),
+    )]);
+    let settings = format!(
+        "access_log: false\nrate_limiting:\n  redis_url: \"{}\"\n  redis_timeout_ms: 200\n  redis_retry_ms: {OUTAGE_RETRY_MS}\n  failure_policy: {policy}\n",
+        redis.url()
+    );
+    let g1 = Gateway::builder(cfg.clone())
+        .settings(&settings)
+        .start()
+        .await;
+    let g2 = Gateway::builder(cfg).settings(&settings).start().await;
+    let a = [("Oc-Client", "a")];
+    for (i, gw) in [&g1, &g2, &g1].into_iter().enumerate() {
+        let r = get(&gw.url("/shared"), &a).await;
+        let remaining = (OUTAGE_LIMIT - 1 - i).to_string();
+        assert_eq!(
+            (r.status, r.header("X-RateLimit-Remaining")),
+            (200, Some(remaining.as_str()))
+        );
+    }
+
+    match outage {
+        Outage::RestartedEmpty => redis.kill(),
+        Outage::FrozenAndThawed => redis.freeze(),
+    }
+    for gw in [&g1, &g2, &g1, &g2] {
+        let r = get(&gw.url("/shared"), &a).await;
+        match policy {
+            "open" => assert_eq!(
+                (r.status, r.header("X-RateLimit-Remaining")),
+                (200, None),
+                "served uncounted"
+            ),
+            _ => assert_eq!((r.status, r.body.len()), (503, 0), "refused"),
         }
-        assert!(
-            g1.stderr().contains("applying the failure policy"),
-            "the outage is logged"
-        );
+    }
+    for gw in [&g1, &g2] {
+        gw.wait_for_metrics(&[
+            "gateway_rate_limit_redis_down 1",
+            "gateway_rate_limit_redis_outages_total 1",
+        ])
+        .await;
+    }
 
-        redis.restart();
-        eventually(
-            Duration::from_secs(15),
-            "counting through Redis again",
-            || async {
-                get(&g1.url("/shared"), &[("Oc-Client", "probe")])
-                    .await
-                    .header("X-RateLimit-Remaining")
-                    .is_some()
-            },
-        )
+    match outage {
+        Outage::RestartedEmpty => redis.restart(),
+        Outage::FrozenAndThawed => redis.thaw(),
+    }
+    tokio::time::sleep(Duration::from_millis(OUTAGE_RETRY_MS + 100)).await;
+    let urls = [g1.url("/shared"), g2.url("/shared")];
+    let rest = match outage {
+        Outage::RestartedEmpty => OUTAGE_LIMIT,
+        Outage::FrozenAndThawed => OUTAGE_LIMIT - 3,
+    };
+    let (statuses, counted) = rate_limited_burst(&urls, "a", 2 * OUTAGE_LIMIT).await;
+    assert_eq!(
+        (statuses, counted),
+        (
+            BTreeMap::from([(200, rest), (429, 4 * OUTAGE_LIMIT - rest)]),
+            rest
+        ),
+        "client a after {outage:?} (failure_policy: {policy})"
+    );
+    let (statuses, counted) = rate_limited_burst(&urls, "b", OUTAGE_LIMIT).await;
+    assert_eq!(
+        (statuses, counted),
+        (
+            BTreeMap::from([(200, OUTAGE_LIMIT), (429, OUTAGE_LIMIT)]),
+            OUTAGE_LIMIT
+        ),
+        "a new client after {outage:?} (failure_policy: {policy})"
+    );
+    assert_eq!(
+        up.count(),
+        3 + rest + OUTAGE_LIMIT + if policy == "open" { 4 } else { 0 }
+    );
+
+    for gw in [&g1, &g2] {
+        gw.wait_for_metrics(&[
+            "gateway_rate_limit_redis_down 0",
+            "gateway_rate_limit_redis_outages_total 1",
+            "gateway_rate_limit_redis_recoveries_total 1",
+        ])
         .await;
-        assert!(
-            g1.stderr().contains("reachable again"),
-            "the recovery is logged"
+        let log = gw.stderr();
+        assert_eq!(
+            (
+                log.matches("applying the failure policy").count(),
+                log.matches("reachable again").count()
+            ),
+            (1, 1),
+            "one line for the outage, one for the recovery:\n{log}"
         );
-        // A fresh client is limited across both replicas again.
-        let c = [("Oc-Client", "c")];
-        eventually(Duration::from_secs(15), "g2 back on Redis", || async {
-            get(&g2.url("/shared"), &[("Oc-Client", "probe2")])
-                .await
-                .header("X-RateLimit-Remaining")
-                .is_some()
-        })
-        .await;
-        assert_eq!(get(&g1.url("/shared"), &c).await.status, 200);
-        assert_eq!(get(&g2.url("/shared"), &c).await.status, 200);
-        assert_eq!(get(&g1.url("/shared"), &c).await.status, 429);
-        assert_eq!(get(&g2.url("/shared"), &c).await.status, 429);
-    })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_open_policy() {
+    bounded(redis_outage_ends_by_itself(Outage::RestartedEmpty, "open")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_closed_policy() {
+    bounded(redis_outage_ends_by_itself(
+        Outage::RestartedEmpty,
+        "closed",
+    ))
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_outage_fails_closed_when_configured() {
-    bounded(async {
-        let mut redis = RedisServer::start();
-        let up = EchoServer::start("up");
-        let cfg = config(vec![limited(
-            "/shared",
-            &up,
-            json!({ "Limit": 5, "Period": "1m" }),
-        )]);
-        let gw = Gateway::builder(cfg)
-            .settings(&redis_settings(&redis, "  failure_policy: closed\n"))
-            .start()
-            .await;
-        let a = [("Oc-Client", "a")];
-        assert_eq!(get(&gw.url("/shared"), &a).await.status, 200);
-        redis.kill();
-        for _ in 0..3 {
-            let r = get(&gw.url("/shared"), &a).await;
-            assert_eq!((r.status, r.body.len()), (503, 0), "fail closed");
-        }
-        assert_eq!(up.count(), 1);
-        redis.restart();
-        eventually(
-            Duration::from_secs(15),
-            "served again after Redis returned",
-            || async { get(&gw.url("/shared"), &a).await.status == 200 },
-        )
-        .await;
-    })
+async fn redis_frozen_and_thawed_open_policy() {
+    bounded(redis_outage_ends_by_itself(Outage::FrozenAndThawed, "open")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_and_thawed_closed_policy() {
+    bounded(redis_outage_ends_by_itself(
+        Outage::FrozenAndThawed,
+        "closed",
+    ))
     .await
 }
 

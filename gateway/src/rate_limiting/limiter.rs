@@ -14,6 +14,7 @@ use super::redis::RedisStore;
 use super::rule::{self, Algorithm, RouteRule};
 use super::settings::{ClientIdentity, FailurePolicy, RateLimitSettings};
 use super::store::{Counted, CounterStore, Store, Stored, Unavailable};
+use super::topology::Topology;
 use super::METRICS;
 use ocelot_compat::model::{FileGlobalConfiguration, FileRoute};
 use std::sync::atomic::Ordering;
@@ -87,12 +88,13 @@ impl RateLimiter {
         if settings.max_counters == 0 {
             return Err("rate_limiting.max_counters: must be greater than 0".into());
         }
-        let store = match &settings.redis_url {
-            Some(url) => Store::Redis(Box::new(RedisStore::new(
-                url,
+        let store = match Topology::from_settings(settings)? {
+            Some((topology, name)) => Store::Redis(Box::new(RedisStore::new(
+                topology,
+                name,
                 Duration::from_millis(settings.redis_timeout_ms.max(1)),
                 Duration::from_millis(settings.redis_retry_ms),
-            )?)),
+            ))),
             None => Store::Local(LocalStore::new(settings.max_counters)),
         };
         Ok(RateLimiter {

@@ -19,8 +19,10 @@
 //!
 //! Ocelot's counting is in `algorithm.rs`, as pure functions. Counters live
 //! behind one [`CounterStore`](store::CounterStore) trait (`store.rs`): a
-//! [`local::LocalStore`] (exact, bounded, per process) or, with `redis_url`,
-//! Redis ([`redis::RedisStore`]) so that replicas share one limit.
+//! [`local::LocalStore`] (exact, bounded, per process) or Redis
+//! ([`redis::RedisStore`]) so that replicas share one limit: one server
+//! (`redis_url`), the master Sentinel names (`redis_sentinel`) or a Cluster
+//! (`redis_cluster`), in `topology.rs`.
 
 pub(crate) mod algorithm;
 pub(crate) mod format;
@@ -31,6 +33,7 @@ pub(crate) mod redis;
 mod rule;
 mod settings;
 pub(crate) mod store;
+mod topology;
 
 pub(crate) use limiter::{Decision, RateLimiter, Rejection, RequestView};
 pub(crate) use rule::RouteRule;
@@ -54,6 +57,10 @@ pub(crate) struct RateLimitMetrics {
     pub(crate) redis_errors: AtomicU64,
     /// 1 while Redis is considered unreachable, else 0.
     pub(crate) redis_down: AtomicU64,
+    /// Times Redis became unreachable.
+    pub(crate) redis_outages: AtomicU64,
+    /// Times Redis answered again after an outage.
+    pub(crate) redis_recoveries: AtomicU64,
     /// Requests let through uncounted because Redis was unreachable.
     pub(crate) failed_open: AtomicU64,
     /// Requests refused with 503 because Redis was unreachable.
@@ -67,6 +74,8 @@ pub(crate) static METRICS: RateLimitMetrics = RateLimitMetrics {
     untracked: AtomicU64::new(0),
     redis_errors: AtomicU64::new(0),
     redis_down: AtomicU64::new(0),
+    redis_outages: AtomicU64::new(0),
+    redis_recoveries: AtomicU64::new(0),
     failed_open: AtomicU64::new(0),
     failed_closed: AtomicU64::new(0),
 };
@@ -75,7 +84,7 @@ pub(crate) static METRICS: RateLimitMetrics = RateLimitMetrics {
 /// route as refusals).
 pub(crate) fn export_metrics() {
     use crate::metrics::{export_counter, export_gauge};
-    let counters: [(&str, &str, &'static AtomicU64); 7] = [
+    let counters: [(&str, &str, &'static AtomicU64); 9] = [
         (
             "gateway_rate_limit_allowed_total",
             "Requests counted by a rate limit and let through",
@@ -100,6 +109,16 @@ pub(crate) fn export_metrics() {
             "gateway_rate_limit_redis_errors_total",
             "Redis calls of the rate limiter that failed or timed out",
             &METRICS.redis_errors,
+        ),
+        (
+            "gateway_rate_limit_redis_outages_total",
+            "Times the rate limiter found Redis unreachable and began applying the failure policy",
+            &METRICS.redis_outages,
+        ),
+        (
+            "gateway_rate_limit_redis_recoveries_total",
+            "Times Redis answered the rate limiter again after an outage",
+            &METRICS.redis_recoveries,
         ),
         (
             "gateway_rate_limit_failed_open_total",

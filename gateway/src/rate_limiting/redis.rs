@@ -2,27 +2,51 @@
 //!
 //! One Lua script per algorithm runs the whole read-count-write atomically
 //! inside Redis, on Redis' clock (`TIME`), so replicas with skewed clocks
-//! still share one window. The connection is a `redis::aio::ConnectionManager`
-//! (one multiplexed connection, reconnecting by itself); every call is bounded
-//! by `redis_timeout_ms`. After a failure the store reports itself
-//! unavailable without calling Redis for `redis_retry_ms`, then lets one
-//! request probe; the caller applies the failure policy meanwhile.
+//! still share one window. Every call is bounded by `redis_timeout_ms`.
+//!
+//! Where Redis is (one server, Sentinel, Cluster) is `topology.rs`'s.
+//!
+//! Outages end by themselves, exactly:
+//! * The store holds one connection (multiplexed; to a cluster, one per
+//!   node). Any failed call drops it
+//!   (a dead socket, a frozen server, a master demoted to replica), and for
+//!   `redis_retry_ms` no request calls Redis: the limiter applies the
+//!   failure policy. After that the next request connects afresh, and the
+//!   requests that arrive while it does wait for its outcome instead of
+//!   failing, so once Redis answers no request is refused or let through
+//!   uncounted. (`redis::aio::ConnectionManager` reconnects in the
+//!   background instead, and hands the next caller the outcome of an
+//!   attempt made while Redis was still away.)
+//! * A restarted Redis has lost the scripts: `Script` sends `EVALSHA`,
+//!   and on `NOSCRIPT` loads the script and sends it again.
+//! * A frozen Redis (SIGSTOP, a long fork, a stalled VM) still accepts what
+//!   the gateway sends and runs it when it wakes up, long after the gateway
+//!   served or refused the request uncounted. Each call therefore carries a
+//!   deadline on Redis' clock, and a script that starts after it counts
+//!   nothing.
+//! * The outage and the recovery are logged once each, and counted in
+//!   `/metrics`.
 
 use super::algorithm::{current, legacy, Counter, SECOND};
+use super::limiter::now_micros;
 use super::store::{Counted, CounterKey, CounterStore, Stored, Unavailable};
+use super::topology::{Connection, Topology};
 use super::METRICS;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use arc_swap::ArcSwapOption;
 use redis::Script;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Ocelot 24.1+ `ProcessRequest` (see `algorithm::current`), on Redis' clock.
-/// KEYS[1] counter; ARGV limit, period µs, wait µs, ttl ms.
-/// Returns {started, exceeded or -1, total, now} in µs.
+/// KEYS[1] counter; ARGV limit, period µs, wait µs, ttl ms, deadline.
+/// Returns {started, exceeded or -1, total, now} in µs; total 0 when it ran
+/// after the deadline (see [`RedisStore::deadline`]) and counted nothing.
 const CURRENT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[5])
+if deadline >= 0 and now > deadline then return {-1, -1, 0, now} end
 local limit, period, wait, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local s, e, n = now, -1, 1
 local v = redis.call('GET', KEYS[1])
@@ -44,10 +68,13 @@ return {s, e, n, now}
 ";
 
 /// Ocelot ≤ 24.0 `ProcessRequest` (see `algorithm::legacy`).
-/// ARGV limit, period µs, ban µs, minimum ban µs.
+/// ARGV limit, period µs, ban µs, minimum ban µs, deadline; answers as
+/// [`CURRENT`].
 const LEGACY: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[5])
+if deadline >= 0 and now > deadline then return {-1, -1, 0, now} end
 local limit, period, ban, min_ban = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local s, e, n = now, -1, 1
 local v = redis.call('GET', KEYS[1])
@@ -84,48 +111,56 @@ return {s, e, n, now}
 
 /// The shared store.
 pub(crate) struct RedisStore {
-    client: redis::Client,
-    url: String,
-    manager: OnceLock<ConnectionManager>,
+    topology: Topology,
+    /// Where Redis is, for logs (never a password).
+    name: String,
+    /// The connection in use; none while Redis is considered down.
+    live: ArcSwapOption<Live>,
+    /// Held by the request that connects; the others wait for its outcome.
+    connecting: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
     current: Script,
     legacy: Script,
     timeout: Duration,
     retry_every: i64,
     up: AtomicBool,
+    /// No connection attempt before this (µs since the epoch, our clock).
     next_probe: AtomicI64,
+    /// Redis' clock minus ours in µs, from the last answer; `i64::MIN`
+    /// until there was one.
+    clock_offset: AtomicI64,
 }
 
-/// The host part of a Redis URL, for logs (never the password).
-fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
-        }
-        None => "redis".to_string(),
-    }
+/// A connection and its generation: a failure seen on an older one must not
+/// drop its successor.
+struct Live {
+    generation: u64,
+    connection: Connection,
 }
 
 impl RedisStore {
-    /// Parses the URL; nothing connects until the first request.
+    /// A store on `topology` (called `name` in logs); nothing connects
+    /// until the first request.
     pub(crate) fn new(
-        url: &str,
+        topology: Topology,
+        name: String,
         timeout: Duration,
         retry_every: Duration,
-    ) -> Result<RedisStore, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("rate_limiting.redis_url: {e}"))?;
-        Ok(RedisStore {
-            client,
-            url: redacted(url),
-            manager: OnceLock::new(),
+    ) -> RedisStore {
+        RedisStore {
+            topology,
+            name,
+            live: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            generations: AtomicU64::new(0),
             current: Script::new(CURRENT),
             legacy: Script::new(LEGACY),
             timeout,
             retry_every: i64::try_from(retry_every.as_micros()).unwrap_or(i64::MAX),
             up: AtomicBool::new(true),
             next_probe: AtomicI64::new(0),
-        })
+            clock_offset: AtomicI64::new(i64::MIN),
+        }
     }
 
     #[cfg(test)]
@@ -134,40 +169,68 @@ impl RedisStore {
         self.up.load(Ordering::Relaxed)
     }
 
-    fn manager(&self) -> Result<ConnectionManager, String> {
-        if let Some(m) = self.manager.get() {
-            return Ok(m.clone());
+    /// The connection to count on: the live one, or a new one once the
+    /// retry interval is over.
+    async fn connection(&self, now: i64) -> Result<Arc<Live>, Unavailable> {
+        if let Some(live) = self.live.load_full() {
+            return Ok(live);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            // Reconnect promptly; outages are handled by the backoff here.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        // Lazy: connects on first use, inside the caller's runtime.
-        let created = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|e| e.to_string())?;
-        Ok(self.manager.get_or_init(|| created).clone())
+        if now < self.next_probe.load(Ordering::Relaxed) {
+            return Err(Unavailable::Backoff);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(live) = self.live.load_full() {
+            return Ok(live);
+        }
+        // The request before this one tried, and failed.
+        if now_micros() < self.next_probe.load(Ordering::Relaxed) {
+            return Err(Unavailable::Backoff);
+        }
+        // Connecting takes several round trips (with Sentinel: ask a
+        // sentinel, check the master's role, connect), each bounded by the
+        // timeout; the whole by three of them.
+        let connected = tokio::time::timeout(
+            self.timeout.saturating_mul(3),
+            self.topology.connect(self.timeout),
+        )
+        .await;
+        match connected {
+            Ok(Ok(connection)) => {
+                let live = Arc::new(Live {
+                    generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+                    connection,
+                });
+                self.live.store(Some(live.clone()));
+                Ok(live)
+            }
+            Ok(Err(e)) => Err(self.failed(None, format!("cannot connect: {e}"))),
+            Err(_) => Err(self.failed(
+                None,
+                format!("cannot connect within {} ms", 3 * self.timeout.as_millis()),
+            )),
+        }
     }
 
-    /// Whether this request may call Redis: always while up; while down, one
-    /// request per retry interval probes.
-    fn may_call(&self, now: i64) -> bool {
-        if self.up.load(Ordering::Relaxed) {
-            return true;
+    /// The latest time, on Redis' clock, at which the script may still count
+    /// a request sent at `sent`: half the timeout later, so that a counted
+    /// request's answer has the other half to come back. -1 (none) until
+    /// Redis' clock is known.
+    fn deadline(&self, sent: i64) -> i64 {
+        match self.clock_offset.load(Ordering::Relaxed) {
+            i64::MIN => -1,
+            offset => {
+                let half = i64::try_from(self.timeout.as_micros() / 2).unwrap_or(i64::MAX);
+                sent.saturating_add(offset).saturating_add(half)
+            }
         }
-        let next = self.next_probe.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_probe
-                .compare_exchange(
-                    next,
-                    now.saturating_add(self.retry_every),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+    }
+
+    /// Learns Redis' clock from an answer: `redis_now` was read between
+    /// `sent` and now, on our clock.
+    fn learn_clock(&self, sent: i64, redis_now: i64) {
+        let midpoint = sent + (now_micros() - sent) / 2;
+        self.clock_offset
+            .store(redis_now.saturating_sub(midpoint), Ordering::Relaxed);
     }
 
     async fn run(
@@ -177,28 +240,29 @@ impl RedisStore {
         args: [i64; 4],
         now: i64,
     ) -> Result<Counted, Unavailable> {
-        if !self.may_call(now) {
-            return Err(Unavailable::Backoff);
+        let live = self.connection(now).await?;
+        let sent = now_micros();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        for a in args {
+            invocation.arg(a);
         }
-        let result = async {
-            let mut conn = self.manager()?;
-            let mut invocation = script.prepare_invoke();
-            invocation.key(key);
-            for a in args {
-                invocation.arg(a);
-            }
-            match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-                .await
-            {
-                Ok(Ok(values)) => Ok(values),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-            }
-        }
-        .await;
-        match result {
-            Ok(v) if v.len() == 4 => {
-                self.succeeded();
+        invocation.arg(self.deadline(sent));
+        let mut connection = live.connection.clone();
+        let answer = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(values)) => Ok(values),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
+        match answer {
+            Ok(v) if v.len() == 4 && v[2] > 0 => {
+                self.learn_clock(sent, v[3]);
+                self.succeeded(live.generation);
                 let counter = Counter {
                     started: v[0],
                     exceeded: (v[1] >= 0).then_some(v[1]),
@@ -209,46 +273,77 @@ impl RedisStore {
                     now: v[3],
                 })
             }
-            other => {
-                let why = match other {
-                    Ok(v) => format!("unexpected script answer {v:?}"),
-                    Err(e) => e,
-                };
-                self.failed(now, &why);
-                Err(Unavailable::Failed(why))
-            }
+            Ok(v) if v.len() == 4 => Err(self.failed(
+                Some(live.generation),
+                "Redis ran the script after its deadline, counting nothing".to_string(),
+            )),
+            Ok(v) => Err(self.failed(
+                Some(live.generation),
+                format!("unexpected script answer {v:?}"),
+            )),
+            Err(why) => Err(self.failed(Some(live.generation), why)),
         }
     }
 
-    fn succeeded(&self) {
-        if !self.up.swap(true, Ordering::Relaxed) {
+    fn succeeded(&self, generation: u64) {
+        let current = self.live.load();
+        let on_current = current.as_ref().is_some_and(|l| l.generation == generation);
+        if on_current && !self.up.swap(true, Ordering::Relaxed) {
             METRICS.redis_down.store(0, Ordering::Relaxed);
+            METRICS.redis_recoveries.fetch_add(1, Ordering::Relaxed);
             log::info!(
                 "rate limiting: Redis at {} is reachable again; shared counting resumed",
-                self.url
+                self.name
             );
         }
     }
 
-    fn failed(&self, now: i64, why: &str) {
+    /// Records a failed call on connection `generation` (none: connecting)
+    /// and returns it as the request's answer.
+    fn failed(&self, generation: Option<u64>, why: String) -> Unavailable {
         METRICS.redis_errors.fetch_add(1, Ordering::Relaxed);
-        self.next_probe
-            .store(now.saturating_add(self.retry_every), Ordering::Relaxed);
+        let current = self.live.load_full();
+        if let (Some(g), Some(live)) = (generation, &current) {
+            if live.generation != g {
+                log::debug!("rate limiting: a call on an earlier Redis connection failed: {why}");
+                return Unavailable::Failed(why);
+            }
+        }
+        // The interval first: a request that finds no connection must also
+        // find it.
+        self.next_probe.store(
+            now_micros().saturating_add(self.retry_every),
+            Ordering::Relaxed,
+        );
+        self.live.compare_and_swap(&current, None);
         if self.up.swap(false, Ordering::Relaxed) {
             METRICS.redis_down.store(1, Ordering::Relaxed);
-            log::error!("rate limiting: Redis at {} failed: {why}; applying the failure policy until it answers again", self.url);
+            METRICS.redis_outages.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "rate limiting: Redis at {} failed: {why}; applying the failure policy until it answers again",
+                self.name
+            );
         } else {
-            log::debug!("rate limiting: Redis probe failed: {why}");
+            log::debug!("rate limiting: Redis still unavailable: {why}");
         }
+        Unavailable::Failed(why)
     }
 }
 
-/// The Redis key: the prefix for operators, then the SHA-1 of the counter
-/// key (as Ocelot's `GetStorageKey`), so keys are short whatever the client id.
+/// The Redis key: the prefix for operators, a hash tag naming the rule so
+/// that in a cluster every counter of one rule is in one hash slot, then the
+/// SHA-1 of the counter key (as Ocelot's `GetStorageKey`), so keys are short
+/// whatever the client id.
 fn redis_key(key: &CounterKey<'_>) -> String {
+    let mut rule = sha1_smol::Sha1::new();
+    rule.update(key.route.as_bytes());
+    rule.update(b"\n");
+    rule.update(key.rule.as_bytes());
+    let rule = rule.digest().to_string();
     format!(
-        "{}:{}",
+        "{}:{{{}}}:{}",
         key.prefix,
+        &rule[..16],
         sha1_smol::Sha1::from(&key.text).digest()
     )
 }
@@ -293,48 +388,72 @@ impl CounterStore for RedisStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_are_checked_and_redacted() {
-        assert!(RedisStore::new(
-            "redis://127.0.0.1:6379/0",
-            Duration::from_millis(50),
-            Duration::from_secs(1)
+    fn store(url: &str, retry_every: Duration) -> RedisStore {
+        let topology = Topology::Single(redis::Client::open(url).expect("url"));
+        RedisStore::new(
+            topology,
+            url.into(),
+            Duration::from_millis(100),
+            retry_every,
         )
-        .is_ok());
-        assert!(RedisStore::new(
-            "http://x",
-            Duration::from_millis(50),
-            Duration::from_secs(1)
-        )
-        .is_err());
-        assert_eq!(
-            redacted("redis://:secret@cache:6379/1"),
-            "redis://cache:6379/1"
-        );
-        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
     }
 
     #[test]
-    fn after_a_failure_one_request_per_interval_probes() {
-        let store = RedisStore::new(
-            "redis://127.0.0.1:6379",
-            Duration::from_millis(50),
-            Duration::from_secs(1),
-        )
-        .expect("url");
-        let t0 = 1_000 * SECOND;
+    fn counters_of_one_rule_share_a_hash_tag() {
+        let key = |route: &'static str, rule: &'static str, client: &str| {
+            redis_key(&CounterKey {
+                prefix: "ocelot",
+                route,
+                rule,
+                text: format!("ocelot_{client}:{route}_{rule}"),
+            })
+        };
+        let tag = |k: &str| {
+            k.split_once('{')
+                .and_then(|(_, r)| r.split_once('}'))
+                .map(|(t, _)| t.to_string())
+        };
+        let a = key("/a", "5/1m/w0ms", "alice");
         assert!(
-            store.may_call(t0) && store.may_call(t0),
-            "up: every request calls"
+            a.starts_with("ocelot:{") && a.len() == "ocelot:{}:".len() + 16 + 40,
+            "{a}"
         );
-        store.failed(t0, "refused");
+        assert_eq!(tag(&a), tag(&key("/a", "5/1m/w0ms", "bob")));
+        assert_ne!(a, key("/a", "5/1m/w0ms", "bob"));
+        assert_ne!(tag(&a), tag(&key("/b", "5/1m/w0ms", "alice")));
+        assert_ne!(tag(&a), tag(&key("/a", "6/1m/w0ms", "alice")));
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_no_request_calls_redis_until_the_interval_is_over() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let store = store(&format!("redis://{closed}"), Duration::from_millis(300));
+        assert!(matches!(
+            store.connection(now_micros()).await,
+            Err(Unavailable::Failed(_))
+        ));
         assert!(!store.is_up());
-        assert!(!store.may_call(t0 + SECOND / 2), "backing off");
-        assert!(store.may_call(t0 + SECOND), "one probe");
-        assert!(!store.may_call(t0 + SECOND), "only one");
-        store.failed(t0 + SECOND, "still refused");
-        assert!(store.may_call(t0 + 2 * SECOND));
-        store.succeeded();
-        assert!(store.is_up() && store.may_call(t0 + 2 * SECOND));
+        assert!(matches!(
+            store.connection(now_micros()).await,
+            Err(Unavailable::Backoff)
+        ));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(
+            matches!(
+                store.connection(now_micros()).await,
+                Err(Unavailable::Failed(_))
+            ),
+            "after the interval, a request tries again"
+        );
+    }
+
+    #[test]
+    fn deadlines_are_on_redis_clock_once_known() {
+        let store = store("redis://127.0.0.1:6379", Duration::from_secs(1));
+        assert_eq!(store.deadline(1_000), -1, "unknown clock: no deadline");
+        store.clock_offset.store(5 * SECOND, Ordering::Relaxed);
+        assert_eq!(store.deadline(SECOND), 6 * SECOND + 50_000);
     }
 }

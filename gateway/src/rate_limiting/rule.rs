@@ -149,6 +149,8 @@ impl RouteRule {
         };
         CounterKey {
             prefix: &self.key_prefix,
+            route: &self.route_key,
+            rule: &self.rule_text,
             text,
         }
     }

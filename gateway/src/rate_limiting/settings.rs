@@ -118,6 +118,52 @@ impl<'de> Deserialize<'de> for ClientIdentity {
     }
 }
 
+/// `rate_limiting.redis_sentinel`: the master that Redis Sentinel names,
+/// followed through failovers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SentinelSettings {
+    /// Sentinels, as `host:port`; asked in this order.
+    pub(crate) sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (`sentinel monitor`).
+    pub(crate) master_name: String,
+    /// ACL user and password of the master (its `requirepass`).
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password: Option<String>,
+    /// The sentinels' own, when they require one.
+    #[serde(default)]
+    pub(crate) sentinel_username: Option<String>,
+    #[serde(default)]
+    pub(crate) sentinel_password: Option<String>,
+    #[serde(default)]
+    pub(crate) db: i64,
+    /// TLS to the sentinels and the master.
+    #[serde(default)]
+    pub(crate) tls: bool,
+    /// PEM certificates to trust instead of the system's (with `tls`).
+    #[serde(default)]
+    pub(crate) tls_ca_file: Option<std::path::PathBuf>,
+}
+
+/// `rate_limiting.redis_cluster`: a Redis Cluster, found from any of its
+/// nodes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterSettings {
+    /// Some of its nodes, as `host:port`: the others are learnt from them.
+    pub(crate) nodes: Vec<String>,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password: Option<String>,
+    #[serde(default)]
+    pub(crate) tls: bool,
+    #[serde(default)]
+    pub(crate) tls_ca_file: Option<std::path::PathBuf>,
+}
+
 /// The `rate_limiting` section of the gateway settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -127,6 +173,10 @@ pub(crate) struct RateLimitSettings {
     pub(crate) ocelot_compat_version: CompatVersion,
     /// Count in Redis, shared by every replica (`redis://host:port/db`).
     pub(crate) redis_url: Option<String>,
+    /// Or in the master that Redis Sentinel names.
+    pub(crate) redis_sentinel: Option<SentinelSettings>,
+    /// Or in a Redis Cluster.
+    pub(crate) redis_cluster: Option<ClusterSettings>,
     /// Longest time one Redis call may take.
     pub(crate) redis_timeout_ms: u64,
     /// After a failed call, how long to apply the failure policy before
@@ -149,6 +199,8 @@ impl Default for RateLimitSettings {
         RateLimitSettings {
             ocelot_compat_version: CompatVersion::default(),
             redis_url: None,
+            redis_sentinel: None,
+            redis_cluster: None,
             redis_timeout_ms: 100,
             redis_retry_ms: 1000,
             failure_policy: FailurePolicy::Open,
@@ -200,6 +252,29 @@ mod tests {
         );
         assert!(identity("client_identity: claim:").is_err());
         assert!(identity("client_identity: cookie").is_err());
+        let sentinel = serde_yaml::from_str::<RateLimitSettings>(
+            "redis_sentinel: {sentinels: ['s1:26379', 's2:26379'], master_name: mymaster, password: pw, tls: true}",
+        )
+        .expect("sentinel")
+        .redis_sentinel
+        .expect("set");
+        assert_eq!(
+            (
+                sentinel.sentinels.len(),
+                sentinel.master_name.as_str(),
+                sentinel.password.as_deref(),
+                sentinel.tls
+            ),
+            (2, "mymaster", Some("pw"), true)
+        );
+        assert!(serde_yaml::from_str::<RateLimitSettings>(
+            "redis_sentinel: {sentinels: [], master: m}"
+        )
+        .is_err());
+        assert!(serde_yaml::from_str::<RateLimitSettings>(
+            "redis_cluster: {nodes: ['a:7000'], replicas: 1}"
+        )
+        .is_err());
         assert_eq!(
             serde_yaml::from_str::<RateLimitSettings>("failure_policy: closed")
                 .expect("yaml")

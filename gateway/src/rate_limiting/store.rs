@@ -37,11 +37,14 @@ pub(crate) enum Unavailable {
     Failed(String),
 }
 
-/// A counter's key: the rule's `KeyPrefix` and the whole key, which starts
-/// with it (Ocelot's `GetStorageKey` input).
+/// A counter's key: the rule's `KeyPrefix`, which route and rule it counts
+/// for, and the whole key, which starts with the prefix (Ocelot's
+/// `GetStorageKey` input).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CounterKey<'a> {
     pub(crate) prefix: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) rule: &'a str,
     pub(crate) text: String,
 }
 

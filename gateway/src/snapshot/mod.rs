@@ -27,6 +27,7 @@ use crate::health::HealthState;
 use crate::metrics::METRICS;
 use crate::qos::{BreakerStore, CircuitState};
 use crate::rate_limiting::RateLimiter;
+use crate::retries::{RetryPolicy, RetrySettings};
 use crate::security::TrustedProxies;
 use crate::settings::Settings;
 use crate::swagger::{Docs, ServiceBackend, ServicePools, SwaggerSettings};
@@ -50,6 +51,8 @@ pub struct Env {
     pub discovery: Discovery,
     /// How `SwaggerEndPoints` are served (paths, cache, server).
     pub(crate) swagger: SwaggerSettings,
+    /// Retry policies by route.
+    pub(crate) retries: RetrySettings,
 }
 
 impl Env {
@@ -77,6 +80,7 @@ impl Env {
             ))),
             discovery: Discovery::from_settings(&settings.discovery)?,
             swagger: settings.swagger.clone().checked()?,
+            retries: checked_retries(&settings.retries)?,
         })
     }
 
@@ -89,6 +93,17 @@ impl Env {
             .filter_map(|v| v.to_str().ok());
         self.trusted_proxies.client_ip(peer, forwarded)
     }
+}
+
+/// The retry settings, once every policy in them compiles: a mistake stops
+/// start-up (or the settings reload) instead of turning a route's retries off.
+fn checked_retries(settings: &RetrySettings) -> Result<RetrySettings, String> {
+    RetryPolicy::compile(settings, None, "", "")?;
+    for key in settings.retries_routes() {
+        RetryPolicy::compile(settings, Some(key), key, key)
+            .map_err(|e| format!("{e} (routes.{key})"))?;
+    }
+    Ok(settings.clone())
 }
 
 /// An immutable, compiled configuration. Requests hold the snapshot they

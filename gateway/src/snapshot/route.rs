@@ -15,6 +15,7 @@ use crate::protocols::UpstreamProtocol;
 use crate::qos::{QosPolicy, RouteQos};
 use crate::rate_limiting::RouteRule;
 use crate::request_id::RequestIdPolicy;
+use crate::retries::RetryPolicy;
 use crate::security::IpPolicy;
 use ocelot_compat::effective;
 use ocelot_compat::model::{FileConfiguration, FileRoute};
@@ -58,6 +59,8 @@ pub struct CompiledRoute {
     /// `AddClaimsToRequest`, `AddHeadersToRequest`, `AddQueriesToRequest`,
     /// `ChangeDownstreamPathTemplate`.
     pub(crate) claims: ClaimsTransforms,
+    /// Retries of the downstream call (the gateway's `retries` settings).
+    pub(crate) retry: Option<RetryPolicy>,
     /// `QoSOptions`: timeout and circuit breaker.
     pub(crate) qos: Option<RouteQos>,
     /// `CacheOptions` with `TtlSeconds` > 0.
@@ -65,7 +68,7 @@ pub struct CompiledRoute {
     /// Handles into the request metrics, labelled with `name`.
     pub(crate) metrics: RouteMetrics,
     /// Some step needs the request id (`RequestIdKey`, `{TraceId}`).
-    pub(crate) needs_trace_id: bool,
+    pub(crate) needs_request_id: bool,
 }
 
 impl CompiledRoute {
@@ -149,6 +152,14 @@ impl CompiledRoute {
             RouteQos { policy, breaker }
         });
 
+        let name = route.upstream_path_template.clone().unwrap_or_default();
+        // The settings were checked when they were loaded.
+        let retry = RetryPolicy::compile(&env.retries, route.key.as_deref(), &name, &name)
+            .unwrap_or_else(|e| {
+                warnings.warn("retries", format!("{e}; retries are off for this route"));
+                None
+            });
+
         let auth_options = effective::authentication(route, global);
         let authentication = effective::authentication_schemes(&auth_options);
         if let Some(auth) = auth {
@@ -186,13 +197,13 @@ impl CompiledRoute {
                 warnings.warn("RequestIdKey", format!("{e}; ignored"));
                 RequestIdPolicy::default()
             });
-        let needs_trace_id = request_id.is_configured()
+        let needs_request_id = request_id.is_configured()
             || headers.upstream.needs_trace_id()
             || headers.downstream.needs_trace_id();
         let cache = CachePolicy::compile(route, config, &identity);
 
         CompiledRoute {
-            name: route.upstream_path_template.clone().unwrap_or_default(),
+            name,
             ocelot_name,
             downstream: DownstreamTemplate::parse(
                 route.downstream_path_template.as_deref().unwrap_or("/"),
@@ -219,10 +230,11 @@ impl CompiledRoute {
             authentication,
             authorization,
             claims,
+            retry,
             qos,
             cache,
             metrics: RouteMetrics::default(),
-            needs_trace_id,
+            needs_request_id,
         }
     }
 
