@@ -29,7 +29,9 @@ help:
 # needs IPC::Cmd and FindBin, which perl-base alone does not have), and
 # redis-server, redis-sentinel and redis-tools' redis-cli (the shared
 # rate-limiting tests start their own servers, sentinels and clusters),
-# dnsmasq (the DNS service-discovery tests run one on a loopback port).
+# dnsmasq (the DNS service-discovery tests run one on a loopback port),
+# chromium and chromium-driver (tests/tests/swagger.rs drives Swagger UI in
+# headless Chromium through WebDriver).
 # Each is probed first, so this is a no-op on a machine that has them.
 deps:
 	@missing=""; \
@@ -43,6 +45,8 @@ deps:
 	perl -MIPC::Cmd -MFindBin -MFile::Spec -e1 >/dev/null 2>&1 || missing="$$missing perl"; \
 	command -v patch >/dev/null 2>&1 || missing="$$missing patch"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || [ -x /usr/lib/chromium/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  $(SUDO) apt-get update && \

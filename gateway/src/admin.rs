@@ -112,6 +112,7 @@ impl AdminApp {
                     "backends": compiled.pool.backend_count(),
                     "timeoutSeconds": compiled.timeout.as_secs(),
                     "authenticationProviderKeys": compiled.authentication,
+                    "swaggerKey": file.swagger_key,
                 })
             })
             .collect();

@@ -12,6 +12,7 @@
 use crate::claims::ClaimsError;
 use crate::metrics::METRICS;
 use crate::rate_limiting::Rejection;
+use crate::swagger::{DocsFailure, Served};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -62,6 +63,9 @@ pub(crate) enum Refusal {
     AggregateBodyTooLarge,
     /// The aggregate cannot be answered (a `JsonPath` that does not apply).
     AggregateFailed,
+    /// An API document of `SwaggerEndPoints` cannot be served: unknown key
+    /// or version, or the service's document cannot be fetched or read.
+    SwaggerDocument(DocsFailure),
 }
 
 impl Refusal {
@@ -88,6 +92,7 @@ impl Refusal {
             Refusal::UnknownAggregator => "unknown_aggregator",
             Refusal::AggregateBodyTooLarge => "aggregate_body_too_large",
             Refusal::AggregateFailed => "aggregate_failed",
+            Refusal::SwaggerDocument(_) => "swagger_document",
         }
     }
 
@@ -108,6 +113,7 @@ impl Refusal {
             Refusal::NoBackend { discovery: false } => 502,
             Refusal::AllBackendsDown => 503,
             Refusal::AggregateBodyTooLarge => 413,
+            Refusal::SwaggerDocument(f) => f.status,
         }
     }
 
@@ -136,6 +142,31 @@ impl Refusal {
                 content_type: Some(QOS_CONTENT_TYPE),
                 body: format!("Request timeout for route -> {route}").into(),
             },
+            // A JSON problem (RFC 9457) naming the endpoint, for whoever
+            // wonders why the UI shows no document.
+            Refusal::SwaggerDocument(f) => {
+                let title = if f.status == 404 {
+                    "No such API document"
+                } else {
+                    "The service's API document cannot be served"
+                };
+                let problem = serde_json::json!({
+                    "type": "about:blank",
+                    "title": title,
+                    "status": f.status,
+                    "detail": f.detail,
+                    "key": f.key,
+                    "version": f.version,
+                    "source": f.source,
+                });
+                Answer {
+                    status: f.status,
+                    reason: None,
+                    headers: Vec::new(),
+                    content_type: Some("application/problem+json"),
+                    body: problem.to_string().into(),
+                }
+            }
             other => Answer::empty(other.status()),
         }
     }
@@ -164,6 +195,9 @@ impl Refusal {
                     self.name()
                 )
             }
+            Refusal::SwaggerDocument(f) if f.status >= 500 => {
+                log::warn!("SwaggerEndPoints '{}' {}: {}", f.key, f.version, f.detail)
+            }
             other => log::debug!("route {route}: refused: {}", other.name()),
         }
     }
@@ -189,6 +223,18 @@ impl Answer {
             headers: Vec::new(),
             content_type: None,
             body: Bytes::new(),
+        }
+    }
+}
+
+impl From<Served> for Answer {
+    fn from(served: Served) -> Answer {
+        Answer {
+            status: served.status,
+            reason: None,
+            headers: served.headers,
+            content_type: None,
+            body: served.body,
         }
     }
 }

@@ -25,7 +25,9 @@
 //! - `proxy.rs`: the Pingora `ProxyHttp`, a few calls per phase.
 //! - One module per Ocelot feature: `security`, `headers`, `rate_limiting/`,
 //!   `request_id`, `auth/`, `claims`, `authorization`, `balancing`, `qos`,
-//!   `health`, `cache/`, `aggregate/`, `discovery/`, `cors`, `protocols`.
+//!   `health`, `cache/`, `aggregate/`, `discovery/`, `cors`, `protocols`,
+//!   and `swagger/` (MMLib.SwaggerForOcelot's `SwaggerEndPoints`: API
+//!   documents and Swagger UI).
 //! - Around them: `main.rs` (wiring), `settings`, `listeners`, `reload/`,
 //!   `admin`, `metrics`, `access_log`, `lifecycle`, `certificates`.
 
@@ -61,3 +63,4 @@ pub(crate) mod retries;
 pub(crate) mod security;
 pub mod settings;
 pub mod snapshot;
+pub(crate) mod swagger;

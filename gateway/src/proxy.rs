@@ -23,6 +23,7 @@ use crate::reload::LiveSettings;
 use crate::request_mapper;
 use crate::retries::Outcome as RetryOutcome;
 use crate::snapshot::{CompiledRoute, Env, Snapshot};
+use crate::swagger::{Clients, Docs, Page};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
@@ -152,6 +153,42 @@ impl Gateway {
         }
     }
 
+    /// `SwaggerEndPoints` documents and Swagger UI, before any route, as
+    /// MMLib's middleware runs before Ocelot's.
+    async fn documentation(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        docs: &Docs,
+        page: Page,
+    ) -> Result<bool> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| session.req_header().uri.authority().map(|a| a.as_str()))
+            .unwrap_or("localhost")
+            .to_string();
+        let server = format!("{}://{host}", if tls { "https" } else { "http" });
+        let clients = Clients {
+            verifying: self.env.aggregation.http(true),
+            insecure: self.env.aggregation.http(false),
+            max_body_bytes: self.env.aggregation.max_body_bytes,
+        };
+        match docs.serve(&page, &server, &clients, &self.sticky).await {
+            Ok(served) => {
+                answer::write(session, &Answer::from(served), ctx.answer_headers()).await?;
+                Ok(true)
+            }
+            Err(failure) => {
+                self.refuse(session, ctx, Refusal::SwaggerDocument(failure))
+                    .await
+            }
+        }
+    }
+
     /// Ocelot's OutputCache comes after load balancing and URL creation: its
     /// key names the chosen backend, so a cached route chooses it here.
     async fn prepare_cache(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -251,6 +288,15 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
             ctx.cors = cors.response_headers(&req.headers);
+        }
+        let reads = matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        );
+        if let Some(docs) = ctx.snapshot.docs.clone().filter(|_| reads) {
+            if let Some(page) = docs.page(session.req_header().uri.path()) {
+                return self.documentation(session, ctx, &docs, page).await;
+            }
         }
         let found = match pipeline::find_route(&self.env, &ctx.snapshot, session.req_header()).await
         {

@@ -88,6 +88,9 @@ pub struct Settings {
     pub tls_listen: Vec<crate::protocols::TlsListenSettings>,
     /// Plain proxy listeners that also accept HTTP/2 with prior knowledge (h2c).
     pub h2c_listen: Vec<String>,
+    /// API documentation of `SwaggerEndPoints` (MMLib.SwaggerForOcelot):
+    /// paths, cache, server, security scheme names.
+    pub(crate) swagger: crate::swagger::SwaggerSettings,
 }
 
 impl Default for Settings {
@@ -128,6 +131,7 @@ impl Default for Settings {
                 crate::protocols::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_SECONDS,
             tls_listen: Vec::new(),
             h2c_listen: Vec::new(),
+            swagger: Default::default(),
         }
     }
 }

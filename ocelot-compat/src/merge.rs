@@ -28,13 +28,18 @@ const ARRAY_SECTIONS: [(&str, Option<&str>); 3] = [
 const GLOBAL_SECTION: &str = "GlobalConfiguration";
 const GLOBAL_FILE: &str = "ocelot.global.json";
 const PRIMARY_FILE: &str = "ocelot.json";
+/// MMLib.SwaggerForOcelot's `AddOcelotWithSwaggerSupport` takes this section
+/// only from this file (or its `.{Environment}` variant).
+const SWAGGER_SECTION: &str = "SwaggerEndPoints";
+const SWAGGER_FILE: &str = "ocelot.SwaggerEndPoints";
 const DEFAULT_ENVIRONMENT: &str = "Development";
 
 /// The result of merging a folder of `ocelot.*.json` files.
 #[derive(Debug, Clone)]
 pub struct MergedFolder {
     /// The merged configuration: an object with `Routes`, `DynamicRoutes`,
-    /// `Aggregates` (arrays) and `GlobalConfiguration` (object), in that order.
+    /// `Aggregates` (arrays) and `GlobalConfiguration` (object), in that order,
+    /// and `SwaggerEndPoints` when a file gave it.
     pub value: Value,
     /// The files merged, in merge order.
     pub files: Vec<PathBuf>,
@@ -104,6 +109,9 @@ pub fn overlay(base: &mut Value, over: &Value) {
 ///   taken as `Routes`/`DynamicRoutes`.
 /// * `GlobalConfiguration` comes only from `ocelot.global.json`, replacing
 ///   (not merging into) the empty default.
+/// * `SwaggerEndPoints` comes only from `ocelot.SwaggerEndPoints.json`, or
+///   from `ocelot.SwaggerEndPoints.{environment}.json` when that exists, as
+///   MMLib.SwaggerForOcelot's `AddOcelotWithSwaggerSupport` merges it.
 /// * Any other top-level property is dropped, as Ocelot 25 drops it; custom
 ///   properties inside routes and `GlobalConfiguration` are kept verbatim.
 ///
@@ -163,6 +171,16 @@ pub fn merge_folder(dir: &Path, environment: &str) -> Result<MergedFolder, Diagn
 
     let mut sections: Vec<Vec<Value>> = vec![Vec::new(); ARRAY_SECTIONS.len()];
     let mut global = Value::Object(Map::new());
+    let swagger_environment_file = format!("{SWAGGER_FILE}.{environment}.json");
+    let swagger_environment_present = names
+        .iter()
+        .any(|n| keys_equal(n, &swagger_environment_file));
+    let swagger_file = if swagger_environment_present {
+        swagger_environment_file
+    } else {
+        format!("{SWAGGER_FILE}.json")
+    };
+    let mut swagger: Option<Value> = None;
     let mut files = Vec::new();
     for name in names {
         let path = dir.join(&name);
@@ -186,12 +204,13 @@ pub fn merge_folder(dir: &Path, environment: &str) -> Result<MergedFolder, Diagn
             continue;
         };
         let is_global = keys_equal(&name, GLOBAL_FILE);
+        let is_swagger = keys_equal(&name, &swagger_file);
         merge_file(
             &path,
             object,
-            is_global,
+            (is_global, is_swagger),
             &mut sections,
-            &mut global,
+            (&mut global, &mut swagger),
             &mut errors,
             &mut warnings,
         );
@@ -207,6 +226,9 @@ pub fn merge_folder(dir: &Path, environment: &str) -> Result<MergedFolder, Diagn
         value.insert((*name).to_string(), Value::Array(items));
     }
     value.insert(GLOBAL_SECTION.to_string(), global);
+    if let Some(swagger) = swagger {
+        value.insert(SWAGGER_SECTION.to_string(), swagger);
+    }
     Ok(MergedFolder {
         value: Value::Object(value),
         files,
@@ -218,9 +240,9 @@ pub fn merge_folder(dir: &Path, environment: &str) -> Result<MergedFolder, Diagn
 fn merge_file(
     path: &Path,
     object: Map<String, Value>,
-    is_global: bool,
+    (is_global, is_swagger): (bool, bool),
     sections: &mut [Vec<Value>],
-    global: &mut Value,
+    (global, swagger): (&mut Value, &mut Option<Value>),
     errors: &mut Vec<Diagnostic>,
     warnings: &mut Vec<Diagnostic>,
 ) {
@@ -268,6 +290,33 @@ fn merge_file(
                         "",
                         key.as_str(),
                         format!("must be an object, found {}", kind(&other)),
+                    )
+                    .in_file(path),
+                ),
+            }
+            continue;
+        }
+
+        if keys_equal(&key, SWAGGER_SECTION) {
+            match value {
+                Value::Null => {}
+                Value::Array(_) if is_swagger => *swagger = Some(value),
+                Value::Array(_) => warnings.push(
+                    Diagnostic::warning(
+                        "",
+                        key.as_str(),
+                        format!(
+                            "ignored: MMLib.SwaggerForOcelot takes SwaggerEndPoints only from \
+                             {SWAGGER_FILE}.json (or its .{{Environment}} variant)"
+                        ),
+                    )
+                    .in_file(path),
+                ),
+                other => errors.push(
+                    Diagnostic::error(
+                        "",
+                        key.as_str(),
+                        format!("must be an array, found {}", kind(&other)),
                     )
                     .in_file(path),
                 ),
@@ -874,13 +923,39 @@ mod tests {
         assert!(
             messages
                 .iter()
-                .any(|m| m.contains("SwaggerEndPoints: ignored")),
+                .any(|m| m.contains("SwaggerEndPoints: ignored: MMLib")),
             "{messages:?}"
         );
+        assert!(merged.value.get("SwaggerEndPoints").is_none());
 
         // The default environment is Development, so ocelot.staging.json joins.
         let merged = merge_folder(&tmp.0, "").unwrap();
         assert_eq!(merged.files.len(), 4);
+    }
+
+    #[test]
+    fn merge_folder_takes_swagger_end_points_from_their_own_file() {
+        let tmp = TempDir::new("swagger");
+        let endpoints = |key: &str| {
+            format!(
+                r#"{{"SwaggerEndPoints": [{{"Key": "{key}", "Config": []}}], "Routes": [{{"UpstreamPathTemplate": "/{key}"}}]}}"#
+            )
+        };
+        tmp.write("ocelot.a.json", &endpoints("ignored"));
+        tmp.write("ocelot.SwaggerEndPoints.json", &endpoints("base"));
+        let merged = merge_folder(&tmp.0, "Staging").unwrap();
+        assert_eq!(merged.value["SwaggerEndPoints"][0]["Key"], "base");
+        assert_eq!(merged.value["Routes"].as_array().map(Vec::len), Some(2));
+        assert_eq!(merged.warnings.len(), 1, "{:?}", merged.warnings);
+
+        tmp.write(
+            "ocelot.swaggerendpoints.staging.json",
+            &endpoints("staging"),
+        );
+        let merged = merge_folder(&tmp.0, "Staging").unwrap();
+        assert_eq!(merged.value["SwaggerEndPoints"][0]["Key"], "staging");
+        let merged = merge_folder(&tmp.0, "Production").unwrap();
+        assert_eq!(merged.value["SwaggerEndPoints"][0]["Key"], "base");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) fn validate(config: &FileConfiguration) -> Vec<Diagnostic> {
         validate_aggregate(config, agg, &agg.describe(i), &mut d);
     }
     validate_duplicate_aggregates(config, &mut d);
+    validate_swagger(config, &mut d);
     if let Some(rl) = &config.global.rate_limit_options {
         validate_rate_limit(rl, "GlobalConfiguration", "RateLimitOptions", false, &mut d);
     }
@@ -462,6 +463,105 @@ fn validate_duplicate_aggregates(config: &FileConfiguration, d: &mut Vec<Diagnos
     }
 }
 
+/// `SwaggerEndPoints` and the routes' `SwaggerKey`, as MMLib.SwaggerForOcelot
+/// needs them to serve a document: MMLib only fails on the request, so what
+/// would make every request for a document fail is an error here, and what
+/// only leaves something undocumented a warning.
+fn validate_swagger(config: &FileConfiguration, d: &mut Vec<Diagnostic>) {
+    for (i, e) in config.swagger_end_points.iter().enumerate() {
+        let location = e.describe(i);
+        match e.key.as_deref().map(str::trim) {
+            None | Some("") => d.push(Diagnostic::error(&location, "Key", "is required")),
+            Some(key) => {
+                if let Some(j) = config.swagger_end_points[..i]
+                    .iter()
+                    .position(|o| o.key.as_deref().map(str::trim) == Some(key))
+                {
+                    d.push(Diagnostic::error(
+                        &location,
+                        "Key",
+                        format!("duplicates SwaggerEndPoints[{j}]"),
+                    ));
+                }
+            }
+        }
+        if e.config.is_empty() {
+            d.push(Diagnostic::error(
+                &location,
+                "Config",
+                "needs at least one document (Name, Version, Url or Service)",
+            ));
+        }
+        for (j, c) in e.config.iter().enumerate() {
+            let version = c.version.as_deref().map(str::trim).unwrap_or("");
+            if version.is_empty() {
+                d.push(Diagnostic::error(
+                    &location,
+                    format!("Config[{j}].Version"),
+                    "is required (it is part of the document's URL)",
+                ));
+            } else if e.config[..j]
+                .iter()
+                .any(|o| o.version.as_deref().map(str::trim) == Some(version))
+            {
+                d.push(Diagnostic::warning(
+                    &location,
+                    format!("Config[{j}].Version"),
+                    format!("'{version}' is listed twice; the first entry is served"),
+                ));
+            }
+            let url = c.url.as_deref().map(str::trim).unwrap_or("");
+            let service = c
+                .service
+                .as_ref()
+                .and_then(|s| s.name.as_deref())
+                .map(str::trim)
+                .unwrap_or("");
+            if !url.is_empty() {
+                let absolute = ["http://", "https://"].iter().any(|scheme| {
+                    url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme)
+                });
+                if !absolute {
+                    d.push(Diagnostic::error(
+                        &location,
+                        format!("Config[{j}].Url"),
+                        format!("'{url}' must be an absolute http:// or https:// URL"),
+                    ));
+                }
+            } else if service.is_empty() {
+                d.push(Diagnostic::error(
+                    &location,
+                    format!("Config[{j}]"),
+                    "needs Url, or Service.Name for service discovery",
+                ));
+            } else if config.global.service_discovery_provider.is_none() {
+                d.push(Diagnostic::warning(
+                    &location,
+                    format!("Config[{j}].Service.Name"),
+                    "GlobalConfiguration has no ServiceDiscoveryProvider to find the service with; \
+                     the document cannot be fetched",
+                ));
+            }
+        }
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(key) = route.swagger_key.as_deref().filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        if !config
+            .swagger_end_points
+            .iter()
+            .any(|e| e.key.as_deref() == Some(key))
+        {
+            d.push(Diagnostic::warning(
+                route.describe(i),
+                "SwaggerKey",
+                format!("no SwaggerEndPoints entry has Key '{key}'; the route is in no document"),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,5 +670,39 @@ mod tests {
         assert_eq!(parse_duration_ms("1S"), Some(1000.0));
         assert_eq!(parse_duration_ms("2MS"), Some(2.0));
         assert_eq!(parse_duration_ms(""), None);
+    }
+
+    #[test]
+    fn swagger_end_points_are_checked_with_entry_and_field() {
+        let mut documented = route("/orders/{everything}", "/api/{everything}");
+        documented["SwaggerKey"] = json!("orders");
+        let mut stray = route("/x", "/x");
+        stray["SwaggerKey"] = json!("nobody");
+        let e = errors(json!({
+            "Routes": [documented, stray],
+            "SwaggerEndPoints": [
+                {"Key": "orders", "Config": [
+                    {"Name": "Orders", "Version": "v1", "Url": "http://orders/swagger/v1/swagger.json"},
+                    {"Name": "Orders", "Version": "v1", "Url": "http://orders/other.json"},
+                    {"Name": "Orders", "Version": "v2", "Url": "orders/v2.json"},
+                    {"Name": "Orders", "Version": "v3"},
+                    {"Name": "Orders", "Version": "v4", "Service": {"Name": "orders"}}
+                ]},
+                {"Key": "orders", "Config": [{"Name": "Again", "Url": "http://a/b"}]},
+                {"Config": []}
+            ]
+        }));
+        let expected = [
+            "warning: SwaggerEndPoints[0] (orders): Config[1].Version: 'v1' is listed twice; the first entry is served",
+            "error: SwaggerEndPoints[0] (orders): Config[2].Url: 'orders/v2.json' must be an absolute http:// or https:// URL",
+            "error: SwaggerEndPoints[0] (orders): Config[3]: needs Url, or Service.Name for service discovery",
+            "warning: SwaggerEndPoints[0] (orders): Config[4].Service.Name: GlobalConfiguration has no ServiceDiscoveryProvider to find the service with; the document cannot be fetched",
+            "error: SwaggerEndPoints[1] (orders): Key: duplicates SwaggerEndPoints[0]",
+            "error: SwaggerEndPoints[1] (orders): Config[0].Version: is required (it is part of the document's URL)",
+            "error: SwaggerEndPoints[2]: Key: is required",
+            "error: SwaggerEndPoints[2]: Config: needs at least one document (Name, Version, Url or Service)",
+            "warning: Routes[1] (/x): SwaggerKey: no SwaggerEndPoints entry has Key 'nobody'; the route is in no document",
+        ];
+        assert_eq!(e, expected);
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! * [`gateway`]: the binary under test, its ports, files, signals, metrics;
 //! * [`server`]: the one HTTP test server every fake service is built on;
-//! * [`upstream`] (echo), [`json_upstream`], [`oidc`] (JWT authority and
-//!   tokens), [`registries`] (Kubernetes, Consul, Eureka): fake services;
+//! * [`upstream`] (echo), [`json_upstream`], [`openapi`] (a service with
+//!   its OpenAPI document), [`oidc`] (JWT authority and tokens), [`registries`] (Kubernetes, Consul, Eureka): fake services;
 //! * [`protocol_servers`] (WebSocket, gRPC) and [`protocol_clients`] (TLS,
 //!   HTTP/2, gRPC clients for the gateway's listeners);
 //! * [`otlp`]: an OpenTelemetry collector (OTLP/HTTP and OTLP/gRPC) that
@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod json_upstream;
 pub mod load;
 pub mod oidc;
+pub mod openapi;
 pub mod otlp;
 pub mod pattern;
 pub mod pki;

@@ -19,7 +19,7 @@ pub use route::CompiledRoute;
 
 use crate::aggregate::{Aggregation, CompiledAggregate};
 use crate::auth::Authenticator;
-use crate::balancing::Pool;
+use crate::balancing::{BalancerKind, Pool};
 use crate::cache::store::MemoryStore;
 use crate::diagnostics::Warnings;
 use crate::discovery::Discovery;
@@ -30,6 +30,7 @@ use crate::rate_limiting::RateLimiter;
 use crate::retries::{RetryPolicy, RetrySettings};
 use crate::security::TrustedProxies;
 use crate::settings::Settings;
+use crate::swagger::{Docs, ServiceBackend, ServicePools, SwaggerSettings};
 use ocelot_compat::table::RouteTable;
 use ocelot_compat::{Diagnostic, LoadedConfig};
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ pub struct Env {
     pub cache: &'static MemoryStore,
     /// Service discovery settings and providers.
     pub discovery: Discovery,
+    /// How `SwaggerEndPoints` are served (paths, cache, server).
+    pub(crate) swagger: SwaggerSettings,
     /// Retry policies by route.
     pub(crate) retries: RetrySettings,
 }
@@ -76,6 +79,7 @@ impl Env {
                 settings.cache.max_object_bytes,
             ))),
             discovery: Discovery::from_settings(&settings.discovery)?,
+            swagger: settings.swagger.clone().checked()?,
             retries: checked_retries(&settings.retries)?,
         })
     }
@@ -116,6 +120,11 @@ pub struct Snapshot {
     /// Dynamic routing (service discovery without static routes): routes
     /// made per service on first use, numbered after `routes`.
     pub(crate) dynamic: Option<dynamic::DynamicRoutes>,
+    /// `SwaggerEndPoints` compiled (off without them).
+    pub(crate) docs: Option<Arc<Docs>>,
+    /// Pools of services that only `SwaggerEndPoints` name (no route does),
+    /// by pool key, so an unchanged one carries over a reload.
+    docs_pools: Vec<(String, Arc<Pool>)>,
 }
 
 impl Snapshot {
@@ -159,6 +168,26 @@ impl Snapshot {
             previous.and_then(|p| p.dynamic.as_ref()),
             env,
         );
+        // A `Service` document is fetched from the instances discovery gives
+        // the first route naming that service, with its scheme and TLS check.
+        let mut pools = ServicePools::new();
+        for (file, route) in config.routes.iter().zip(&routes) {
+            if let Some(name) = file
+                .service_name
+                .as_deref()
+                .filter(|_| route.uses_discovery)
+            {
+                pools
+                    .entry(name.trim().to_ascii_lowercase())
+                    .or_insert_with(|| ServiceBackend {
+                        pool: route.pool.clone(),
+                        tls: route.tls,
+                        verify: route.verify_cert,
+                    });
+            }
+        }
+        let docs_pools = docs_only_pools(&config, &mut pools, previous, env);
+        let docs = crate::swagger::compile(&config, &env.swagger, &pools).map(Arc::new);
         Snapshot {
             table: ocelot_compat::route_table(&config),
             routes,
@@ -167,6 +196,8 @@ impl Snapshot {
             warnings,
             aggregates,
             dynamic,
+            docs,
+            docs_pools,
         }
     }
 
@@ -185,6 +216,7 @@ impl Snapshot {
             .chain(dynamic)
             .filter(|r| r.pool.discovery().is_some())
             .map(|r| r.pool.clone())
+            .chain(self.docs_pools.iter().map(|(_, pool)| pool.clone()))
             .collect()
     }
 
@@ -242,4 +274,66 @@ impl Snapshot {
             }
         }
     }
+}
+
+/// A pool for each `Service` of `SwaggerEndPoints` that no route names:
+/// the service found with the global `ServiceDiscoveryProvider` and
+/// `DownstreamScheme`, as MMLib asks discovery for it by name. Added to
+/// `pools`; returned with their keys.
+fn docs_only_pools(
+    config: &ocelot_compat::model::FileConfiguration,
+    pools: &mut ServicePools,
+    previous: Option<&Snapshot>,
+    env: &Env,
+) -> Vec<(String, Arc<Pool>)> {
+    let names = config
+        .swagger_end_points
+        .iter()
+        .flat_map(|e| &e.config)
+        .filter(|c| c.url.as_deref().is_none_or(|u| u.trim().is_empty()))
+        .filter_map(|c| c.service.as_ref()?.name.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    let mut out: Vec<(String, Arc<Pool>)> = Vec::new();
+    for name in names {
+        let lower = name.to_ascii_lowercase();
+        if pools.contains_key(&lower) {
+            continue;
+        }
+        let route = ocelot_compat::model::FileRoute {
+            service_name: Some(name.to_string()),
+            downstream_scheme: config.global.downstream_scheme.clone(),
+            ..Default::default()
+        };
+        let Some(service) = crate::discovery::ServiceRef::for_route(&route, config, &env.discovery)
+        else {
+            continue;
+        };
+        let key = format!("swagger|{}", service.key());
+        let pool = previous
+            .and_then(|p| p.docs_pools.iter().find(|(k, _)| *k == key))
+            .map(|(_, pool)| pool.clone())
+            .unwrap_or_else(|| {
+                Arc::new(Pool::with_discovery(
+                    BalancerKind::NoLoadBalancer,
+                    service.discovery(),
+                    env.health.registry(),
+                ))
+            });
+        let tls = config
+            .global
+            .downstream_scheme
+            .as_deref()
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("https"));
+        pools.insert(
+            lower,
+            ServiceBackend {
+                pool: pool.clone(),
+                tls,
+                verify: true,
+            },
+        );
+        out.push((key, pool));
+    }
+    out
 }

@@ -70,6 +70,17 @@ pub fn from_value(value: &Value) -> (FileConfiguration, Vec<Diagnostic>) {
     if let Some(m) = root.object(&["GlobalConfiguration"], &mut diags) {
         config.global = read_global(m, &mut diags);
     }
+    if let Some(items) = root.array(&["SwaggerEndPoints"], &mut diags) {
+        for (i, item) in items.iter().enumerate() {
+            let location = format!("SwaggerEndPoints[{i}]");
+            match item.as_object() {
+                Some(m) => config
+                    .swagger_end_points
+                    .push(read_swagger_end_point(m, &location, &mut diags)),
+                None => diags.push(Diagnostic::error(location, "", "must be an object")),
+            }
+        }
+    }
     // Top-level custom properties are legitimate in Ocelot 25 (they are merged and
     // ignored), so they are not worth a warning.
     let _ = root;
@@ -138,6 +149,9 @@ fn read_route(map: &Map<String, Value>, location: &str, d: &mut Vec<Diagnostic>)
             .object(&["SecurityOptions"], d)
             .map(|m| read_security(m, &o.child("SecurityOptions"), d)),
         metadata: o.metadata(d),
+        swagger_key: o.string(&["SwaggerKey"], d),
+        virtual_directory: o.string(&["VirtualDirectory"], d),
+        parameters_map: o.dict(&["ParametersMap"], d).unwrap_or_default(),
     };
     let legacy_cache = o
         .object(&["FileCacheOptions"], d)
@@ -260,6 +274,7 @@ fn read_aggregate(
             .unwrap_or(false),
         priority: o.int(&["Priority"], d).unwrap_or(1),
         aggregator: o.string(&["Aggregator"], d),
+        description: o.string(&["Description"], d),
         ..FileAggregateRoute::default()
     };
     add_leading_slash(
@@ -348,6 +363,61 @@ fn read_global(map: &Map<String, Value>, d: &mut Vec<Diagnostic>) -> FileGlobalC
     o.mark_known(&["AdministrationPath", "ServiceDiscoveryProviderType"]);
     o.finish(d);
     g
+}
+
+fn read_swagger_end_point(
+    map: &Map<String, Value>,
+    location: &str,
+    d: &mut Vec<Diagnostic>,
+) -> FileSwaggerEndPoint {
+    let mut o = Obj::new(map, location.to_string());
+    let defaults = FileSwaggerEndPoint::default();
+    let mut e = FileSwaggerEndPoint {
+        key: o.string(&["Key"], d),
+        version_placeholder: o
+            .string(&["VersionPlaceholder"], d)
+            .filter(|p| !p.is_empty())
+            .unwrap_or(defaults.version_placeholder),
+        config: Vec::new(),
+        host_override: o.string(&["HostOverride"], d),
+        transform_by_ocelot_config: o
+            .bool(&["TransformByOcelotConfig"], d)
+            .unwrap_or(defaults.transform_by_ocelot_config),
+        remove_unused_components_from_scheme: o
+            .bool(&["RemoveUnusedComponentsFromScheme"], d)
+            .unwrap_or(defaults.remove_unused_components_from_scheme),
+        take_servers_from_downstream_service: o
+            .bool(&["TakeServersFromDownstreamService"], d)
+            .unwrap_or(defaults.take_servers_from_downstream_service),
+    };
+    if let Some(items) = o.array(&["Config"], d) {
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("Config[{i}]");
+            let Some(m) = item.as_object() else {
+                d.push(Diagnostic::error(location, field, "must be an object"));
+                continue;
+            };
+            let mut c = Obj::new(m, o.child(&field));
+            let service = c.object(&["Service"], d).map(|m| {
+                let mut s = Obj::new(m, c.child("Service"));
+                let service = FileSwaggerService {
+                    name: s.string(&["Name"], d),
+                    path: s.string(&["Path"], d),
+                };
+                s.finish(d);
+                service
+            });
+            e.config.push(FileSwaggerEndPointConfig {
+                name: c.string(&["Name"], d),
+                version: c.string(&["Version"], d),
+                url: c.string(&["Url"], d),
+                service,
+            });
+            c.finish(d);
+        }
+    }
+    o.finish(d);
+    e
 }
 
 fn read_auth(
@@ -1046,6 +1116,56 @@ mod tests {
                 ("A".to_string(), "3".to_string()),
                 ("b".to_string(), "2".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn reads_swagger_end_points_and_the_route_extras() {
+        let (c, d) = from_value(&json!({
+            "Routes": [{"UpstreamPathTemplate": "/a", "swaggerKey": "orders",
+                        "VirtualDirectory": "/vd", "ParametersMap": {"id": "orderId"}}],
+            "Aggregates": [{"UpstreamPathTemplate": "/agg", "RouteKeys": ["a"], "Description": "both"}],
+            "SwaggerEndPoints": [
+                {"Key": "orders", "Config": [
+                    {"Name": "Orders", "Version": "v1", "Url": "http://o/swagger.json"},
+                    {"Name": "Orders", "Version": "v2", "Service": {"Name": "orders", "Path": "/doc.json"}}
+                ]},
+                {"Key": "raw", "VersionPlaceholder": "{api}", "HostOverride": "http://gw",
+                 "TransformByOcelotConfig": "false", "RemoveUnusedComponentsFromScheme": false,
+                 "TakeServersFromDownstreamService": true, "Config": [], "Extra": 1}
+            ]
+        }));
+        let route = &c.routes[0];
+        assert_eq!(route.swagger_key.as_deref(), Some("orders"));
+        assert_eq!(route.virtual_directory.as_deref(), Some("/vd"));
+        assert_eq!(
+            route.parameters_map,
+            vec![("id".to_string(), "orderId".to_string())]
+        );
+        assert_eq!(c.aggregates[0].description.as_deref(), Some("both"));
+        let [orders, raw] = &c.swagger_end_points[..] else {
+            panic!("{:?}", c.swagger_end_points);
+        };
+        assert_eq!(orders.version_placeholder, "{version}");
+        assert!(orders.transform_by_ocelot_config && orders.remove_unused_components_from_scheme);
+        assert!(!orders.take_servers_from_downstream_service);
+        assert_eq!(
+            orders.config[0].url.as_deref(),
+            Some("http://o/swagger.json")
+        );
+        let service = orders.config[1].service.as_ref().expect("service");
+        assert_eq!(
+            (service.name.as_deref(), service.path.as_deref()),
+            (Some("orders"), Some("/doc.json"))
+        );
+        assert_eq!(raw.version_placeholder, "{api}");
+        assert_eq!(raw.host_override.as_deref(), Some("http://gw"));
+        assert!(!raw.transform_by_ocelot_config && !raw.remove_unused_components_from_scheme);
+        assert!(raw.take_servers_from_downstream_service);
+        let warnings: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            warnings,
+            ["warning: SwaggerEndPoints[1]: Extra: unknown property, ignored"]
         );
     }
 }

@@ -11,12 +11,14 @@
 //! - `routes.rs`: `FileConfiguration`, `Routes`, `DynamicRoutes`, `Aggregates`.
 //! - `global.rs`: `GlobalConfiguration` and its global-only sections.
 //! - `options.rs`: the options objects a route and the global section share.
+//! - `swagger.rs`: `SwaggerEndPoints`, MMLib.SwaggerForOcelot's section.
 //! - `bind.rs`: [`from_value`], the binder (names, legacy aliases, diagnostics).
 
 mod bind;
 mod global;
 mod options;
 mod routes;
+mod swagger;
 
 pub use bind::from_value;
 pub use global::{FileGlobalConfiguration, FileMetadataOptions, FileServiceDiscoveryProvider};
@@ -27,4 +29,7 @@ pub use options::{
 pub use routes::{
     Dict, FileAggregateRoute, FileAggregateRouteConfig, FileConfiguration, FileDynamicRoute,
     FileHostAndPort, FileRoute,
+};
+pub use swagger::{
+    FileSwaggerEndPoint, FileSwaggerEndPointConfig, FileSwaggerService, DEFAULT_VERSION_PLACEHOLDER,
 };

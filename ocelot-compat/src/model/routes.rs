@@ -5,6 +5,7 @@
 use super::{
     FileAuthenticationOptions, FileCacheOptions, FileGlobalConfiguration, FileHttpHandlerOptions,
     FileLoadBalancerOptions, FileQoSOptions, FileRateLimitOptions, FileSecurityOptions,
+    FileSwaggerEndPoint,
 };
 
 /// A string→string dictionary from the file. ASP.NET configuration treats keys
@@ -19,6 +20,8 @@ pub struct FileConfiguration {
     pub dynamic_routes: Vec<FileDynamicRoute>,
     pub aggregates: Vec<FileAggregateRoute>,
     pub global: FileGlobalConfiguration,
+    /// MMLib.SwaggerForOcelot's section; Ocelot ignores it.
+    pub swagger_end_points: Vec<FileSwaggerEndPoint>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,6 +67,14 @@ pub struct FileRoute {
     pub rate_limit_options: Option<FileRateLimitOptions>,
     pub security_options: Option<FileSecurityOptions>,
     pub metadata: Option<Dict>,
+    /// MMLib.SwaggerForOcelot: which `SwaggerEndPoints[].Key` documents this route.
+    pub swagger_key: Option<String>,
+    /// MMLib.SwaggerForOcelot: a prefix of `DownstreamPathTemplate` the
+    /// service's document does not contain (a service in a virtual directory).
+    pub virtual_directory: Option<String>,
+    /// MMLib.SwaggerForOcelot: placeholder name → the service's parameter
+    /// name, for the aggregates document.
+    pub parameters_map: Dict,
 }
 
 impl Default for FileRoute {
@@ -103,6 +114,9 @@ impl Default for FileRoute {
             rate_limit_options: None,
             security_options: None,
             metadata: None,
+            swagger_key: None,
+            virtual_directory: None,
+            parameters_map: Vec::new(),
         }
     }
 }
@@ -148,6 +162,8 @@ pub struct FileAggregateRoute {
     pub route_keys: Vec<String>,
     pub route_keys_config: Vec<FileAggregateRouteConfig>,
     pub aggregator: Option<String>,
+    /// MMLib.SwaggerForOcelot: the operation's description in the aggregates document.
+    pub description: Option<String>,
 }
 
 impl Default for FileAggregateRoute {
@@ -162,6 +178,7 @@ impl Default for FileAggregateRoute {
             route_keys: Vec::new(),
             route_keys_config: Vec::new(),
             aggregator: None,
+            description: None,
         }
     }
 }
