@@ -41,6 +41,7 @@ pub mod balancing;
 pub mod cache;
 pub mod certificates;
 pub(crate) mod claims;
+pub mod client_limits;
 pub(crate) mod cors;
 pub(crate) mod diagnostics;
 pub mod discovery;

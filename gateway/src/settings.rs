@@ -56,7 +56,7 @@ pub struct Settings {
     /// Rate limiting: Ocelot version to follow, Redis, failure policy, memory bound.
     pub(crate) rate_limiting: crate::rate_limiting::RateLimitSettings,
     /// Deadlines and limits for clients, Kestrel's by default.
-    pub client_limits: crate::listeners::ClientLimitsSettings,
+    pub client_limits: crate::client_limits::ClientLimitsSettings,
     /// OpenTelemetry tracing (off unless a collector is named here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; restart to change).
     pub tracing: crate::otel::TracingSettings,
