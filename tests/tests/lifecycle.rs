@@ -138,6 +138,44 @@ async fn sigterm_drains_without_failing_a_request() {
     .await
 }
 
+/// `gateway -u` with `old`'s files and addresses, once it waits on the
+/// upgrade socket; then `old` is told to hand its sockets over (SIGQUIT).
+async fn upgrade(old: &Gateway) -> std::process::Child {
+    let dir = old.dir().to_path_buf();
+    let mut new = Command::new(gateway_bin())
+        .arg("--ocelot")
+        .arg(dir.join("ocelot.json"))
+        .arg("--listen")
+        .arg(old.addr().to_string())
+        .arg("--admin-listen")
+        .arg(old.admin_addr().to_string())
+        .arg("--settings")
+        .arg(dir.join("gateway.yaml"))
+        .arg("-u")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("new.stdout")).expect("new.stdout"))
+        .stderr(std::fs::File::create(dir.join("new.stderr")).expect("new.stderr"))
+        .spawn()
+        .expect("spawn the new gateway");
+    let sock = dir.join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never opened its upgrade socket"
+        );
+        assert!(
+            new.try_wait().expect("wait").is_none(),
+            "new process exited: {}",
+            std::fs::read_to_string(dir.join("new.stderr")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("QUIT");
+    new
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_hands_over_the_socket_without_failing_a_request() {
     bounded_for(Duration::from_secs(90), async {
@@ -150,30 +188,7 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
         let load = Load::start_kinds(&ClientKind::ALL, 3, targets, Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(800)).await;
 
-        let mut new = Command::new(gateway_bin())
-            .arg("--ocelot")
-            .arg(dir.join("ocelot.json"))
-            .arg("--listen")
-            .arg(old.addr().to_string())
-            .arg("--admin-listen")
-            .arg(old.admin_addr().to_string())
-            .arg("--settings")
-            .arg(dir.join("gateway.yaml"))
-            .arg("-u")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("new.stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("new.stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let sock = dir.join("upgrade.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the new process never opened its upgrade socket");
-            assert!(new.try_wait().unwrap().is_none(), "new process exited: {}", std::fs::read_to_string(dir.join("new.stderr")).unwrap_or_default());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        old.signal("QUIT");
+        let mut new = upgrade(&old).await;
 
         let deadline = Instant::now() + Duration::from_secs(30);
         while old.is_running() {
@@ -274,31 +289,9 @@ async fn connections_waiting_for_a_request_are_answered_at_the_upgrade_hand_over
         let up = EchoServer::start("up");
         let settings = format!("{FAST_SHUTDOWN}upgrade_sock: \"{{dir}}/upgrade.sock\"\npid_file: \"{{dir}}/gateway.pid\"\n");
         let old = Gateway::builder(config(vec![route("/a", "/a", &[&up])])).settings(&settings).start().await;
-        let dir = old.dir().to_path_buf();
         // Accepted by the old process: the new one does not run yet.
         let conns = waiting_connections(&old, 10, 10).await;
-        let mut new = Command::new(gateway_bin())
-            .arg("--ocelot")
-            .arg(dir.join("ocelot.json"))
-            .arg("--listen")
-            .arg(old.addr().to_string())
-            .arg("--admin-listen")
-            .arg(old.admin_addr().to_string())
-            .arg("--settings")
-            .arg(dir.join("gateway.yaml"))
-            .arg("-u")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("new.stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("new.stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let sock = dir.join("upgrade.sock");
-        eventually(Duration::from_secs(20), "the new process opens its upgrade socket", || async {
-            sock.exists()
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        old.signal("QUIT");
+        let mut new = upgrade(&old).await;
         // The old process hands the sockets over, then closes its listeners.
         eventually(Duration::from_secs(15), "the old process closes its listeners", || async {
             old.stderr().contains("Shutting down")
