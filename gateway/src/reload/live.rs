@@ -214,6 +214,10 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     );
     check("cache", old.cache != new.cache);
     check("discovery", old.discovery != new.discovery);
+    check("retries", old.retries != new.retries);
+    check("tracing", old.tracing != new.tracing);
+    check("client_limits", old.client_limits != new.client_limits);
+    check("swagger", old.swagger != new.swagger);
     out
 }
 
