@@ -45,7 +45,7 @@ WARMUP = env_num("BENCH_WARMUP", 0.5 if QUICK else 2.0)
 ROUNDS = env_num("BENCH_ROUNDS", 1 if QUICK else 3, int)
 CONNECTIONS = env_num("BENCH_CONNECTIONS", 50, int)
 SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", "a,b,c,d,e").split(",") if s]
-CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "gateway,nginx,haproxy,bare").split(",") if c]
+CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "gateway,nginx,haproxy,bare,caddy").split(",") if c]
 RESULTS = os.environ.get("BENCH_RESULTS", os.path.join(BENCH, "results"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 GATEWAY_BIN = os.environ.get("BENCH_GATEWAY_BIN", os.path.join(TARGET, "release/gateway"))
@@ -56,7 +56,7 @@ PERF = os.environ.get("BENCH_PERF", "")  # contender name: perf record it in sce
 
 UPSTREAM_PORT = 18080
 UPSTREAM_PORT2 = 18081  # the same upstream; scenario (b) balances over both ports
-PORTS = {"gateway": 18091, "nginx": 18092, "haproxy": 18093, "bare": 18094}
+PORTS = {"gateway": 18091, "nginx": 18092, "haproxy": 18093, "bare": 18094, "caddy": 18095}
 ADMIN_PORT = 18099
 SMALL_BODY = "Hello from the bench upstream\n"  # 30 bytes
 BIG_BODY_SIZE = 100 * 1024
@@ -314,6 +314,34 @@ backend upstream
     return path
 
 
+def caddy_conf(workdir):
+    """Caddy as a plain reverse proxy with upstream keep-alive: the closest it
+    comes to every scenario (no Ocelot table, no rate limiting, no JWT)."""
+    port = PORTS["caddy"]
+    conf = f"""{{
+    admin off
+    auto_https off
+    servers {{
+        protocols h1
+    }}
+}}
+
+http://127.0.0.1:{port} {{
+    reverse_proxy 127.0.0.1:{UPSTREAM_PORT} {{
+        transport http {{
+            keepalive 300s
+            keepalive_idle_conns 1024
+            keepalive_idle_conns_per_host 1024
+        }}
+    }}
+}}
+"""
+    path = os.path.join(workdir, "Caddyfile")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
 def route(up, down, methods=None, extra=None):
     r = {
         "UpstreamPathTemplate": up,
@@ -566,6 +594,11 @@ def start_contender(name, layout, workdir, scenario, ocelot_path):
         return Proc(name, ["nginx", "-c", nginx_proxy_conf(workdir), "-p", workdir], cpus, PORTS[name], workdir)
     if name == "haproxy":
         return Proc(name, ["haproxy", "-db", "-f", haproxy_conf(workdir)], cpus, PORTS[name], workdir)
+    if name == "caddy":
+        # One OS thread running Go code, as the others get one worker.
+        return Proc(name, ["caddy", "run", "--adapter", "caddyfile", "--config", caddy_conf(workdir)],
+                    cpus, PORTS[name], workdir, {"GOMAXPROCS": "1", "HOME": workdir, "XDG_DATA_HOME": workdir,
+                                                  "XDG_CONFIG_HOME": workdir})
     raise ValueError(name)
 
 
@@ -586,6 +619,8 @@ def run_scenario(scenario, layout, workdir):
         for name, p in procs.items():
             for path in paths:
                 headers = check_route(p.port, path, expect, scenario_headers(scenario))
+            if name in ("nginx", "haproxy", "caddy") and scenario in ("b", "c"):
+                notes.append(f"{name}: a plain proxy to the upstream here (no route table, rate limiting or JWT): the closest it can express")
             if name.startswith("gateway") and scenario == "b":
                 limited = any(k.lower().startswith(("x-ratelimit", "x-rate-limit")) for k in headers)
                 notes.append("rate limiting: " + ("on (X-RateLimit headers seen)" if limited else "NOT active in this gateway build (no rate-limit headers)"))

@@ -15,6 +15,7 @@ command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 command -v cmake >/dev/null 2>&1 || missing="$missing cmake"
+case ",${BENCH_CONTENDERS:-caddy}," in *,caddy,*) command -v caddy >/dev/null 2>&1 || missing="$missing caddy" ;; esac
 if [ -n "${BENCH_PERF:-}" ]; then command -v perf >/dev/null 2>&1 || missing="$missing linux-perf"; fi
 if [ -n "$missing" ]; then
   echo "bench: installing$missing"
