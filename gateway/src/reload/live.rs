@@ -254,3 +254,25 @@ impl BackgroundService for SettingsWatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Settings {
+        serde_yaml::from_str(yaml).expect("settings")
+    }
+
+    #[test]
+    fn changes_read_only_at_start_up_are_named() {
+        let before = settings("{}");
+        let after = settings(
+            "retries: {default: {attempts: 2}}\ntracing: {endpoint: 'http://c:4318'}\nclient_limits: {keep_alive_timeout_seconds: 5}\naccess_log: false",
+        );
+        assert_eq!(
+            restart_needed(&before, &after),
+            vec!["retries", "tracing", "client_limits"]
+        );
+        assert!(restart_needed(&before, &settings("access_log: false")).is_empty());
+    }
+}
