@@ -92,7 +92,12 @@ SCENARIO_INFO = {
     "d": "100 KiB response body",
     "e": "1,000 connections",
     "t": "one route, tiny body, every request traced (OpenTelemetry, ratio 1.0, OTLP/HTTP to a sink)",
+    "h": "one route, tiny body, 2 threads or workers each, sharing both CPUs with the upstream and wrk",
 }
+
+# Worker threads (or processes) of each contender: 1, or 2 in scenario (h).
+def workers(scenario):
+    return 2 if scenario == "h" else 1
 
 
 def log(msg):
@@ -103,8 +108,13 @@ def log(msg):
 
 
 def cpu_layout():
-    """Which CPUs the contenders, the upstream and wrk run on."""
+    """Which CPUs the contenders, the upstream and wrk run on ("all": the
+    contenders' in scenario (h))."""
     cpus = sorted(os.sched_getaffinity(0))
+    return dict(_layout(cpus), all=",".join(map(str, cpus)))
+
+
+def _layout(cpus):
     if len(cpus) == 1:
         one = str(cpus[0])
         return {"contender": one, "upstream": one, "wrk": one, "wrk_threads": 1}
@@ -130,6 +140,29 @@ def proc_cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid):
+    """CPU seconds of a process and its live descendants (nginx's workers)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += proc_cpu_seconds(current)
+        except OSError:
+            continue
+        todo.extend(children.get(current, []))
+    return total
 
 
 def proc_status(pid, key):
@@ -197,11 +230,13 @@ class Proc:
 # ---------------------------------------------------------------- configurations
 
 
-def nginx_common(workdir, name):
+def nginx_common(workdir, name, workers=1):
+    # With one worker, no master: the measured pid is the one that serves.
+    # Two workers need the master; their CPU is summed over the process tree.
     return f"""
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {"on" if workers > 1 else "off"};
+worker_processes {workers};
 worker_rlimit_nofile 65536;
 pid {workdir}/{name}.pid;
 error_log {workdir}/{name}.error.log warn;
@@ -244,9 +279,9 @@ http {{
     return path
 
 
-def nginx_proxy_conf(workdir):
+def nginx_proxy_conf(workdir, workers=1):
     port = PORTS["nginx"]
-    conf = nginx_common(workdir, "nginx") + f"""
+    conf = nginx_common(workdir, "nginx", workers) + f"""
 http {{
     access_log off;
     keepalive_requests 1000000000;
@@ -283,11 +318,11 @@ http {{
     return path
 
 
-def haproxy_conf(workdir):
+def haproxy_conf(workdir, workers=1):
     port = PORTS["haproxy"]
     conf = f"""
 global
-    nbthread 1
+    nbthread {workers}
     maxconn 8000
     pidfile {workdir}/haproxy.pid
 
@@ -438,6 +473,8 @@ def scenario_setup(scenario):
         return one_route, ["/hello"], env_num("BENCH_MANY_CONNECTIONS", 1000, int)
     if scenario == "t":
         return one_route, ["/hello"], CONNECTIONS
+    if scenario == "h":
+        return one_route, ["/hello"], CONNECTIONS
     raise ValueError(f"unknown scenario {scenario}")
 
 
@@ -447,7 +484,7 @@ def gateway_settings(workdir, scenario, ocelot_path, name, port, extra):
 listen: ["127.0.0.1:{port}"]
 admin_listen: 127.0.0.1:{admin}
 access_log: false
-threads: 1
+threads: {workers(scenario)}
 grace_period_seconds: 0
 graceful_shutdown_timeout_seconds: 1
 drain_seconds: 0
@@ -576,7 +613,8 @@ def port_of(name):
 
 
 def start_contender(name, layout, workdir, scenario, ocelot_path):
-    cpus = layout["contender"]
+    cpus = layout["all"] if scenario == "h" else layout["contender"]
+    n = workers(scenario)
     port = port_of(name)
     if name.startswith("gateway"):
         extra = variant(name, "SETTINGS", GATEWAY_EXTRA if name == "gateway" else "")
@@ -588,16 +626,16 @@ def start_contender(name, layout, workdir, scenario, ocelot_path):
         return Proc(name, argv, cpus, port, workdir, {"RUST_LOG": "warn"})
     if name.startswith("bare"):
         args = variant(name, "ARGS", "").split()
-        return Proc(name, [variant(name, "BIN", BARE_BIN), f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", "1"] + args,
+        return Proc(name, [variant(name, "BIN", BARE_BIN), f"127.0.0.1:{port}", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", str(n)] + args,
                     cpus, port, workdir)
     if name == "nginx":
-        return Proc(name, ["nginx", "-c", nginx_proxy_conf(workdir), "-p", workdir], cpus, PORTS[name], workdir)
+        return Proc(name, ["nginx", "-c", nginx_proxy_conf(workdir, n), "-p", workdir], cpus, PORTS[name], workdir)
     if name == "haproxy":
-        return Proc(name, ["haproxy", "-db", "-f", haproxy_conf(workdir)], cpus, PORTS[name], workdir)
+        return Proc(name, ["haproxy", "-db", "-f", haproxy_conf(workdir, n)], cpus, PORTS[name], workdir)
     if name == "caddy":
         # One OS thread running Go code, as the others get one worker.
         return Proc(name, ["caddy", "run", "--adapter", "caddyfile", "--config", caddy_conf(workdir)],
-                    cpus, PORTS[name], workdir, {"GOMAXPROCS": "1", "HOME": workdir, "XDG_DATA_HOME": workdir,
+                    cpus, PORTS[name], workdir, {"GOMAXPROCS": str(n), "HOME": workdir, "XDG_DATA_HOME": workdir,
                                                   "XDG_CONFIG_HOME": workdir})
     raise ValueError(name)
 
@@ -643,9 +681,9 @@ def run_scenario(scenario, layout, workdir):
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 else:
                     perf = None
-                cpu0 = proc_cpu_seconds(p.pid)
+                cpu0 = tree_cpu_seconds(p.pid)
                 w = run_wrk(layout, p.port, connections, DURATION, script)
-                cpu1 = proc_cpu_seconds(p.pid)
+                cpu1 = tree_cpu_seconds(p.pid)
                 if perf:
                     perf.wait()
                 if not p.alive():

@@ -49,7 +49,10 @@ impl Default for ClientLimitsSettings {
 impl ClientLimitsSettings {
     /// The limits every proxy service and session shares (one connection
     /// count across listeners); their counters are exported as metrics.
-    pub fn limits(&self) -> Arc<DownstreamLimits> {
+    /// `grace` is Pingora's grace period: a request that arrives in the
+    /// shutdown wait must still have time to be answered before the runtime
+    /// stops, so the wait is at most half of it.
+    pub fn limits(&self, grace: Option<Duration>) -> Arc<DownstreamLimits> {
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let limits = Arc::new(DownstreamLimits {
             request_header_timeout: seconds(self.request_headers_timeout_seconds),
@@ -61,12 +64,31 @@ impl ClientLimitsSettings {
                     grace: Duration::from_secs(self.min_request_body_data_rate_grace_seconds),
                 }),
             max_connections: self.max_concurrent_connections,
-            shutdown_request_wait: (self.shutdown_request_wait_ms > 0)
-                .then(|| Duration::from_millis(self.shutdown_request_wait_ms)),
+            shutdown_request_wait: self.shutdown_request_wait(grace),
             stats: Default::default(),
         });
         export_metrics(&limits);
         limits
+    }
+}
+
+impl ClientLimitsSettings {
+    fn shutdown_request_wait(&self, grace: Option<Duration>) -> Option<Duration> {
+        let wait = Duration::from_millis(self.shutdown_request_wait_ms);
+        if wait.is_zero() {
+            return None;
+        }
+        match grace.map(|g| g / 2) {
+            Some(half) if wait > half => {
+                log::warn!(
+                    "client_limits.shutdown_request_wait_ms {} is more than half the grace period: {} ms",
+                    self.shutdown_request_wait_ms,
+                    half.as_millis()
+                );
+                Some(half)
+            }
+            _ => Some(wait),
+        }
     }
 }
 
@@ -104,4 +126,27 @@ fn export_metrics(limits: &Arc<DownstreamLimits>) {
         "Connections taken from the listen backlog as the listeners closed, and answered",
         &stats.accepted_during_shutdown,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_wait_leaves_half_the_grace_period_to_answer() {
+        let settings = ClientLimitsSettings::default();
+        let wait =
+            |grace: Option<u64>| settings.shutdown_request_wait(grace.map(Duration::from_secs));
+        assert_eq!(wait(Some(10)), Some(Duration::from_secs(2)));
+        assert_eq!(wait(Some(2)), Some(Duration::from_secs(1)));
+        assert_eq!(wait(None), Some(Duration::from_secs(2)));
+        let off = ClientLimitsSettings {
+            shutdown_request_wait_ms: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            off.shutdown_request_wait(Some(Duration::from_secs(10))),
+            None
+        );
+    }
 }

@@ -275,7 +275,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         live: live.clone(),
         tracing: tracing.map(Arc::new),
     };
-    let limits = settings.client_limits.limits();
+    let grace = server
+        .configuration
+        .grace_period_seconds
+        .map(Duration::from_secs);
+    let limits = settings.client_limits.limits(grace);
     let h2c = listeners::h2c_service(
         &server.configuration,
         gateway.clone(),

@@ -23,6 +23,8 @@ pub struct Outcome {
     pub server: Option<String>,
     /// Why there was no answer, or the body of a refusal.
     pub error: Option<String>,
+    /// When the request was sent.
+    pub started: Instant,
 }
 
 impl Outcome {
@@ -182,6 +184,7 @@ impl Load {
 }
 
 async fn request(http: &reqwest::Client, url: String, kind: ClientKind) -> Outcome {
+    let started = Instant::now();
     let mut req = http.get(&url);
     if kind == ClientKind::Close {
         req = req.header("connection", "close");
@@ -194,6 +197,7 @@ async fn request(http: &reqwest::Client, url: String, kind: ClientKind) -> Outco
                 status: 0,
                 server: None,
                 error: Some(format!("{kind:?} client: {e:?}")),
+                started,
             }
         }
     };
@@ -209,6 +213,7 @@ async fn request(http: &reqwest::Client, url: String, kind: ClientKind) -> Outco
                 status,
                 server,
                 error,
+                started,
             }
         }
         Err(e) => Outcome {
@@ -216,6 +221,7 @@ async fn request(http: &reqwest::Client, url: String, kind: ClientKind) -> Outco
             status: 0,
             server: None,
             error: Some(format!("body: {e}")),
+            started,
         },
     }
 }

@@ -189,6 +189,7 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
         tokio::time::sleep(Duration::from_millis(800)).await;
 
         let mut new = upgrade(&old).await;
+        let quit_at = Instant::now();
 
         let deadline = Instant::now() + Duration::from_secs(30);
         while old.is_running() {
@@ -196,14 +197,27 @@ async fn upgrade_hands_over_the_socket_without_failing_a_request() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (ok, failed) = load.finish_counts().await;
+        let outcomes = load.finish().await;
+        let ok = outcomes.iter().filter(|o| o.status == 200).count();
+        // Each failure with when it was sent, from the SIGQUIT on.
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.status != 200)
+            .map(|o| {
+                let at = match o.started.checked_duration_since(quit_at) {
+                    Some(after) => format!("+{} ms", after.as_millis()),
+                    None => format!("-{} ms", quit_at.duration_since(o.started).as_millis()),
+                };
+                format!("{at}: {}", o.describe())
+            })
+            .collect();
         let new_alive = new.try_wait().unwrap().is_none();
         let served_after = status_of(&old.url("/a")).await;
         let _ = new.kill();
         let _ = new.wait();
         assert!(new_alive, "new process died: {}", std::fs::read_to_string(dir.join("new.stderr")).unwrap_or_default());
         assert_eq!(served_after, 200, "the new process serves the same port");
-        assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(10)]);
+        assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(10)]);
         assert!(ok > 100, "too little load to mean anything: {ok}");
     })
     .await
