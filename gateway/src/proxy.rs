@@ -293,10 +293,18 @@ impl ProxyHttp for Gateway {
             session.req_header().method,
             http::Method::GET | http::Method::HEAD
         );
-        if let Some(docs) = ctx.snapshot.docs.clone().filter(|_| reads) {
-            if let Some(page) = docs.page(session.req_header().uri.path()) {
-                return self.documentation(session, ctx, &docs, page).await;
-            }
+        // The snapshot's docs are shared only for a documentation page.
+        let documentation = ctx
+            .snapshot
+            .docs
+            .as_ref()
+            .filter(|_| reads)
+            .and_then(|docs| {
+                docs.page(session.req_header().uri.path())
+                    .map(|page| (docs.clone(), page))
+            });
+        if let Some((docs, page)) = documentation {
+            return self.documentation(session, ctx, &docs, page).await;
         }
         let found = match pipeline::find_route(&self.env, &ctx.snapshot, session.req_header()).await
         {

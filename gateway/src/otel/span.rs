@@ -52,9 +52,8 @@ pub(crate) struct Finished<'a> {
 
 /// One request's tracing.
 pub(crate) struct RequestTrace {
-    tracing: Arc<Tracing>,
-    /// Holds the server span.
-    cx: Context,
+    /// The tracer and the context holding the server span.
+    parent: TraceParent,
     method: http::Method,
     /// The open client span of the current attempt.
     attempt: Option<ClientSpan>,
@@ -121,8 +120,10 @@ impl RequestTrace {
             .with_attributes(attributes)
             .start_with_context(tracing.tracer(), &parent);
         RequestTrace {
-            tracing: tracing.clone(),
-            cx: parent.with_span(span),
+            parent: TraceParent {
+                tracing: tracing.clone(),
+                cx: parent.with_span(span),
+            },
             method: req.method.clone(),
             attempt: None,
             attempts: 0,
@@ -131,22 +132,19 @@ impl RequestTrace {
 
     /// The trace id, as `{TraceId}` and the access log show it.
     pub(crate) fn trace_id(&self) -> String {
-        self.cx.span().span_context().trace_id().to_string()
+        self.parent.cx.span().span_context().trace_id().to_string()
     }
 
     /// The request matched a route (or aggregate) with this upstream template.
     pub(crate) fn matched(&self, template: &str) {
-        let span = self.cx.span();
+        let span = self.parent.cx.span();
         span.update_name(format!("{} {template}", self.method));
         span.set_attribute(KeyValue::new("http.route", template.to_string()));
     }
 
     /// What an aggregate's sub-requests start their spans under.
     pub(crate) fn parent(&self) -> TraceParent {
-        TraceParent {
-            tracing: self.tracing.clone(),
-            cx: self.cx.clone(),
-        }
+        self.parent.clone()
     }
 
     /// An attempt to `backend` starts: its client span (ending an earlier
@@ -154,21 +152,17 @@ impl RequestTrace {
     pub(crate) fn attempt_started(&mut self, backend: SocketAddr, host: &str, url: &str) {
         self.attempt_failed("attempt ended");
         self.attempts += 1;
-        self.attempt = Some(ClientSpan::start(
-            &self.tracing,
-            &self.cx,
-            &self.method,
-            backend,
-            host,
-            url,
-            self.attempts - 1,
-        ));
+        self.attempt =
+            Some(
+                self.parent
+                    .client_span(&self.method, backend, host, url, self.attempts - 1),
+            );
     }
 
     /// The headers that carry the current attempt's context to the service.
     pub(crate) fn propagation(&self) -> Propagated {
         match &self.attempt {
-            Some(attempt) => attempt.propagation(&self.tracing),
+            Some(attempt) => attempt.propagation(&self.parent.tracing),
             None => Propagated::default(),
         }
     }
@@ -195,7 +189,7 @@ impl RequestTrace {
                 _ => attempt.end(),
             }
         }
-        let span = self.cx.span();
+        let span = self.parent.cx.span();
         if done.status > 0 {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
@@ -233,6 +227,7 @@ impl RequestTrace {
 
 /// A server span that parents the spans of attempts made elsewhere (an
 /// aggregate's sub-requests).
+#[derive(Clone)]
 pub(crate) struct TraceParent {
     tracing: Arc<Tracing>,
     cx: Context,
