@@ -4,7 +4,10 @@
 //! the gateway, nginx and HAProxy.
 //!
 //! Usage: `bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing]
-//! [--compression-module] [--l4-read BYTES] [--l4-write BYTES]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
+//! [--compression-module] [--l4-read BYTES] [--l4-write BYTES]
+//! [--tls ADDR CERT KEY]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
+//! `--tls` adds a TLS listener (OpenSSL, Pingora's intermediate settings,
+//! ALPN h2 and http/1.1) beside the plain one, for the bench's (f) and (g).
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -51,8 +54,7 @@ impl ProxyHttp for Bare {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module] [--l4-read BYTES] [--l4-write BYTES]";
+    let usage = "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module] [--l4-read BYTES] [--l4-write BYTES] [--tls ADDR CERT KEY]";
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -65,6 +67,7 @@ fn main() {
     let mut work_stealing = false;
     let mut compression_module = false;
     let mut l4_buffer = pingora_core::protocols::l4::stream::L4BufferSettings::default();
+    let mut tls: Option<(String, String, String)> = None;
     let mut rest = args[2..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -73,6 +76,14 @@ fn main() {
             "--compression-module" => compression_module = true,
             "--l4-read" => l4_buffer.read = rest.next().and_then(|n| n.parse().ok()),
             "--l4-write" => l4_buffer.write = rest.next().and_then(|n| n.parse().ok()),
+            "--tls" => {
+                let (Some(addr), Some(cert), Some(key)) = (rest.next(), rest.next(), rest.next())
+                else {
+                    eprintln!("--tls needs ADDR CERT KEY\n{usage}");
+                    std::process::exit(2);
+                };
+                tls = Some((addr.clone(), cert.clone(), key.clone()));
+            }
             other => {
                 eprintln!("unknown argument {other}\n{usage}");
                 std::process::exit(2);
@@ -104,6 +115,15 @@ fn main() {
         },
     );
     proxy.add_listener(pingora_core::listeners::ListenerConfig::tcp(listen).l4_buffer(l4_buffer));
+    if let Some((addr, cert, key)) = tls {
+        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key)
+            .unwrap_or_else(|e| {
+                eprintln!("--tls {addr}: {e}");
+                std::process::exit(2)
+            });
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&addr, None, settings);
+    }
     server.add_service(proxy);
     server.run_forever();
 }
