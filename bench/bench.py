@@ -65,6 +65,10 @@ PORTS = {"gateway": 18091, "nginx": 18092, "haproxy": 18093, "bare": 18094, "cad
 # Scenarios (f) and (g) load each contender's TLS listener, on its port + 200.
 TLS_SCENARIOS = ("f", "g")
 TLS_PORT_OFFSET = 200
+# The one TLS 1.3 cipher suite the load generators offer, so that every
+# contender encrypts alike (left to themselves, some pick AES-256 and Go picks
+# AES-128); h2load takes it as an option, wrk from an OpenSSL configuration.
+TLS13_SUITE = "TLS_AES_128_GCM_SHA256"
 # Scenario (f): h2load's concurrent streams per connection.
 H2_STREAMS = env_num("BENCH_H2_STREAMS", 10, int)
 # Scenario (e): idle keep-alive connections opened to measure memory per connection.
@@ -308,11 +312,13 @@ def nginx_proxy_conf(workdir, workers=1, tls=None):
     tls_server = ""
     if tls:
         # Session resumption both ways: a shared session cache and tickets.
+        # nginx 1.22 leaves TLS 1.3 off unless named (1.23.4 turned it on).
         tls_server = f"""
     server {{
         listen 127.0.0.1:{tls['port']} ssl http2 backlog=4096;
         ssl_certificate {tls['cert']};
         ssl_certificate_key {tls['key']};
+        ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
         {location.strip()}
@@ -480,7 +486,18 @@ def make_certificate(workdir):
         for part in (cert, key):
             with open(part) as f:
                 out.write(f.read())
-    return {"cert": cert, "key": key, "pem": pem}
+    # OPENSSL_CONF for wrk, which has no option for TLS 1.3 cipher suites.
+    client_conf = os.path.join(workdir, "openssl-client.cnf")
+    with open(client_conf, "w") as f:
+        f.write(f"""openssl_conf = bench_conf
+[bench_conf]
+ssl_conf = bench_ssl
+[bench_ssl]
+system_default = bench_tls
+[bench_tls]
+Ciphersuites = {TLS13_SUITE}
+""")
+    return {"cert": cert, "key": key, "pem": pem, "client_conf": client_conf}
 
 
 def route(up, down, methods=None, extra=None):
@@ -664,14 +681,14 @@ def to_ms(text):
     return round(float(m.group(1)) * UNITS[m.group(2)], 4) if m else None
 
 
-def run_wrk(layout, port, connections, duration, script, scheme="http"):
+def run_wrk(layout, port, connections, duration, script, scheme="http", env=None):
     cmd = [
         "taskset", "-c", layout["wrk"],
         "wrk", "--latency", "-t", str(layout["wrk_threads"]), "-c", str(max(connections, layout["wrk_threads"])),
         "-d", f"{max(duration, 1):g}s", "--timeout", "5s", "-s", script,
         f"{scheme}://127.0.0.1:{port}",
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, **(env or {})))
     text = out.stdout
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr}{text}")
@@ -701,7 +718,7 @@ def run_h2load(layout, port, connections, duration, path, headers, log_file=None
     p50 and p99 are computed here."""
     cmd = ["taskset", "-c", layout["wrk"],
            "h2load", "-t", str(layout["wrk_threads"]), "-c", str(max(connections, layout["wrk_threads"])),
-           "-m", str(H2_STREAMS), "-D", str(max(int(round(duration)), 1))]
+           "-m", str(H2_STREAMS), "-D", str(max(int(round(duration)), 1)), f"--tls13-ciphers={TLS13_SUITE}"]
     for h in headers:
         cmd += ["-H", h]
     if log_file:
@@ -734,6 +751,8 @@ def run_h2load(layout, port, connections, duration, path, headers, log_file=None
         result["min_ms"], result["max_ms"], result["mean_ms"], result["sd_ms"] = (to_ms(x) for x in m.groups())
     m = re.search(r"Application protocol: (\S+)", text)
     result["protocol"] = m.group(1) if m else None
+    m = re.search(r"TLS Protocol: (\S+)\s+Cipher: (\S+)", text)
+    result["tls"] = f"{m.group(1)} {m.group(2)}" if m else None
     if log_file:
         times = []
         with open(log_file) as f:
@@ -752,11 +771,24 @@ def run_h2load(layout, port, connections, duration, path, headers, log_file=None
 
 def check_h2(layout, port, path, headers):
     """A few requests over HTTP/2 with TLS: every one a 2xx, ALPN h2."""
-    cmd = ["h2load", "-n", "20", "-c", "2", "-m", "2"] + [a for h in headers for a in ("-H", h)] + [f"https://127.0.0.1:{port}{path}"]
+    cmd = ["h2load", "-n", "20", "-c", "2", "-m", "2", f"--tls13-ciphers={TLS13_SUITE}"] + [a for h in headers for a in ("-H", h)] + [f"https://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     m = re.search(r"status codes: (\d+) 2xx", out.stdout)
     if "Application protocol: h2" not in out.stdout or not m or int(m.group(1)) != 20:
         raise RuntimeError(f"h2load against {port} (HTTP/2 over TLS) did not get 20 answers 2xx over h2:\n{out.stdout}{out.stderr}")
+
+
+def tls_handshake(port, client_conf):
+    """The TLS version and cipher suite a contender agrees on with openssl
+    s_client under wrk's OpenSSL configuration (no ALPN, as wrk)."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input="",
+                         capture_output=True, text=True, timeout=10, env=dict(os.environ, OPENSSL_CONF=client_conf))
+    text = out.stdout + out.stderr
+    version = re.search(r"Protocol version: (\S+)", text)
+    suite = re.search(r"Ciphersuite: (\S+)", text)
+    if not version or not suite:
+        raise RuntimeError(f"openssl s_client against {port}: no TLS handshake:\n{text}")
+    return f"{version.group(1)} {suite.group(1)}"
 
 
 def check_route(port, path, expect_len=None, headers=CLIENT_HEADERS, scheme="http"):
@@ -927,10 +959,12 @@ def run_scenario(scenario, layout, workdir, certificate=None):
     def load(p, duration, measured):
         if scenario == "f":
             return run_h2load(layout, p.port, connections, duration, paths[0], headers, h2_log if measured else None)
-        return run_wrk(layout, p.port, connections, duration, script, scheme)
+        env = {"OPENSSL_CONF": certificate["client_conf"]} if scenario == "g" else None
+        return run_wrk(layout, p.port, connections, duration, script, scheme, env)
 
     procs = {}
     skipped = {}
+    handshakes = {}
     notes = []
     try:
         for name in CONTENDERS:
@@ -947,6 +981,8 @@ def run_scenario(scenario, layout, workdir, certificate=None):
                 got = check_route(p.port, path, expect, headers, scheme)
             if scenario == "f":
                 check_h2(layout, p.port, paths[0], headers)
+            if scenario == "g":
+                handshakes[name] = tls_handshake(p.port, certificate["client_conf"])
             if name in PLAIN_PROXIES and scenario in ("b", "c"):
                 notes.append(f"{name}: a plain proxy to the upstream here (no route table, rate limiting or JWT): the closest it can express")
             if name.startswith("gateway") and scenario == "b":
@@ -1019,10 +1055,16 @@ def run_scenario(scenario, layout, workdir, certificate=None):
             if scenario == "f":
                 summary[name]["mean_ms"] = med("mean_ms")
                 summary[name]["protocol"] = rs[0].get("protocol") if rs else None
+                summary[name]["tls"] = rs[0].get("tls") if rs else None
+            if name in handshakes:
+                summary[name]["tls"] = handshakes[name]
             if name in idle_conn:
                 summary[name]["idle_conn_kib"] = idle_conn[name]["kib_per_connection"]
                 summary[name]["idle_conn"] = idle_conn[name]
                 summary[name]["non2xx"] += idle_conn[name]["non200"]
+        if scenario in TLS_SCENARIOS:
+            client = "h2load" if scenario == "f" else "openssl s_client configured as wrk"
+            notes.append(f"TLS with {client}: " + ", ".join(f"{n} {v.get('tls')}" for n, v in summary.items()))
         for name, s in summary.items():
             if s["non2xx"] or s["socket_errors"]:
                 notes.append(f"WARNING: {name} had {s['non2xx']} non-2xx responses and {s['socket_errors']} socket errors")
