@@ -778,17 +778,26 @@ def check_h2(layout, port, path, headers):
         raise RuntimeError(f"h2load against {port} (HTTP/2 over TLS) did not get 20 answers 2xx over h2:\n{out.stdout}{out.stderr}")
 
 
-def tls_handshake(port, client_conf):
+def tls_handshake(port, client_conf, workdir):
     """The TLS version and cipher suite a contender agrees on with openssl
-    s_client under wrk's OpenSSL configuration (no ALPN, as wrk)."""
-    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input="",
-                         capture_output=True, text=True, timeout=10, env=dict(os.environ, OPENSSL_CONF=client_conf))
-    text = out.stdout + out.stderr
-    version = re.search(r"Protocol version: (\S+)", text)
-    suite = re.search(r"Ciphersuite: (\S+)", text)
-    if not version or not suite:
-        raise RuntimeError(f"openssl s_client against {port}: no TLS handshake:\n{text}")
-    return f"{version.group(1)} {suite.group(1)}"
+    s_client under wrk's OpenSSL configuration (no ALPN, as wrk), and whether
+    it resumes that session on a second connection."""
+    session = os.path.join(workdir, f"tls-session-{port}.pem")
+
+    def s_client(*extra):
+        proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *extra],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, OPENSSL_CONF=client_conf))
+        time.sleep(0.3)  # long enough to receive the TLS 1.3 session ticket
+        out, _ = proc.communicate(input="", timeout=10)
+        m = re.search(r"^(New|Reused), (\S+), Cipher is (\S+)", out, re.M)
+        if not m:
+            raise RuntimeError(f"openssl s_client against {port}: no TLS handshake:\n{out}")
+        return m.groups()
+
+    _, version, suite = s_client("-sess_out", session)
+    reused, _, _ = s_client("-sess_in", session)
+    return {"tls": f"{version} {suite}", "tls_resumption": reused == "Reused"}
 
 
 def check_route(port, path, expect_len=None, headers=CLIENT_HEADERS, scheme="http"):
@@ -982,7 +991,7 @@ def run_scenario(scenario, layout, workdir, certificate=None):
             if scenario == "f":
                 check_h2(layout, p.port, paths[0], headers)
             if scenario == "g":
-                handshakes[name] = tls_handshake(p.port, certificate["client_conf"])
+                handshakes[name] = tls_handshake(p.port, certificate["client_conf"], workdir)
             if name in PLAIN_PROXIES and scenario in ("b", "c"):
                 notes.append(f"{name}: a plain proxy to the upstream here (no route table, rate limiting or JWT): the closest it can express")
             if name.startswith("gateway") and scenario == "b":
@@ -1057,14 +1066,18 @@ def run_scenario(scenario, layout, workdir, certificate=None):
                 summary[name]["protocol"] = rs[0].get("protocol") if rs else None
                 summary[name]["tls"] = rs[0].get("tls") if rs else None
             if name in handshakes:
-                summary[name]["tls"] = handshakes[name]
+                summary[name].update(handshakes[name])
             if name in idle_conn:
                 summary[name]["idle_conn_kib"] = idle_conn[name]["kib_per_connection"]
                 summary[name]["idle_conn"] = idle_conn[name]
                 summary[name]["non2xx"] += idle_conn[name]["non200"]
         if scenario in TLS_SCENARIOS:
             client = "h2load" if scenario == "f" else "openssl s_client configured as wrk"
-            notes.append(f"TLS with {client}: " + ", ".join(f"{n} {v.get('tls')}" for n, v in summary.items()))
+            def resumption(v):
+                if "tls_resumption" not in v:
+                    return ""
+                return ", resumes sessions" if v["tls_resumption"] else ", does NOT resume sessions"
+            notes.append(f"TLS with {client}: " + "; ".join(f"{n} {v.get('tls')}{resumption(v)}" for n, v in summary.items()))
         for name, s in summary.items():
             if s["non2xx"] or s["socket_errors"]:
                 notes.append(f"WARNING: {name} had {s['non2xx']} non-2xx responses and {s['socket_errors']} socket errors")
