@@ -479,7 +479,7 @@ def make_certificate(workdir):
     wants the certificate and key in one file."""
     cert, key, pem = (os.path.join(workdir, n) for n in ("tls-cert.pem", "tls-key.pem", "tls-both.pem"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=127.0.0.1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "365", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
                    check=True, capture_output=True)
     with open(pem, "w") as out:
