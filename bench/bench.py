@@ -59,8 +59,8 @@ PINGAP_BIN = (os.environ.get("BENCH_PINGAP_BIN") or shutil.which("pingap")
 GATEWAY_EXTRA = os.environ.get("BENCH_GATEWAY_SETTINGS", "")
 PERF = os.environ.get("BENCH_PERF", "")  # contender name: perf record it in scenario a
 
-UPSTREAM_PORT = 18080
-UPSTREAM_PORT2 = 18081  # the same upstream; scenario (b) balances over both ports
+UPSTREAM_PORT = env_num("BENCH_UPSTREAM_PORT", 18080, int)
+UPSTREAM_PORT2 = UPSTREAM_PORT + 1  # the same upstream; scenario (b) balances over both ports
 PORTS = {"gateway": 18091, "nginx": 18092, "haproxy": 18093, "bare": 18094, "caddy": 18095, "pingap": 18096}
 # Scenarios (f) and (g) load each contender's TLS listener, on its port + 200.
 TLS_SCENARIOS = ("f", "g")
@@ -1169,6 +1169,29 @@ def targets(results):
     return out
 
 
+def ports_in_use():
+    """The bench's ports that something already listens on: a leftover
+    server there would answer in place of the bench's own (the wait for a
+    port only sees that something accepts connections)."""
+    ports = {UPSTREAM_PORT, UPSTREAM_PORT2}
+    tls = any(s in TLS_SCENARIOS for s in SCENARIOS)
+    for name in CONTENDERS:
+        ports.add(port_of(name))
+        if tls:
+            ports.add(tls_port(name))
+        if name.startswith("gateway"):
+            ports.add(ADMIN_PORT if name == "gateway" else port_of(name) + 100)
+    busy = []
+    for port in sorted(ports):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
 def main():
     tls = any(s in TLS_SCENARIOS for s in SCENARIOS)
     for tool in ("wrk", "nginx", "haproxy", "caddy", "taskset", "h2load", "openssl"):
@@ -1179,6 +1202,13 @@ def main():
     for name, path in (("gateway", GATEWAY_BIN), ("bare", BARE_BIN), ("pingap", PINGAP_BIN)):
         if name in CONTENDERS and not os.access(path, os.X_OK):
             sys.exit(f"bench: {path} is missing (bench/run.sh {'installs' if name == 'pingap' else 'builds'} it)")
+    busy = ports_in_use()
+    if busy:
+        who = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+        lines = [l for l in who.splitlines() if any(f"127.0.0.1:{p} " in l or f"*:{p} " in l for p in busy)]
+        sys.exit(f"bench: something already listens on 127.0.0.1 port(s) {', '.join(map(str, busy))}; stop it first"
+                 + (" (or set BENCH_UPSTREAM_PORT)" if UPSTREAM_PORT in busy or UPSTREAM_PORT2 in busy else "")
+                 + ":\n" + "\n".join(lines))
     os.makedirs(RESULTS, exist_ok=True)
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
