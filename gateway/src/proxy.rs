@@ -64,7 +64,7 @@ pub struct Ctx {
     selected: Option<Selected>,
     /// The backend picked in `request_filter` for a cached route (the cache
     /// key names it, and Pingora looks the cache up before `upstream_peer`).
-    preselected: Option<Selected>,
+    preselected: Option<Box<Selected>>,
     upstream_started: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     /// CORS headers for the response (empty without an allowed `Origin`).
@@ -75,8 +75,10 @@ pub struct Ctx {
     aggregate: Option<usize>,
     /// Why the gateway answered itself, if it did.
     refusal: Option<Refusal>,
-    /// The request's spans, when it is traced.
-    trace: Option<RequestTrace>,
+    /// The request's spans, when it is traced. Boxed, as the backend
+    /// preselected for a cached route: rarely there, and the context is part
+    /// of every request's future (twice: Pingora moves it into a local).
+    trace: Option<Box<RequestTrace>>,
 }
 
 /// Route `index` of `snapshot`: a free function, so that the route can be
@@ -142,7 +144,7 @@ impl Gateway {
             snapshot: ctx.snapshot.clone(),
             auth: self.live.load().auth.clone(),
             sticky: self.sticky.clone(),
-            trace: ctx.trace.as_ref().map(RequestTrace::parent),
+            trace: ctx.trace.as_deref().map(RequestTrace::parent),
         };
         match multiplexer::answer(session, parts, matched).await? {
             Ok(answer) => {
@@ -211,7 +213,7 @@ impl Gateway {
                 &selected,
             )
             .await?;
-            ctx.preselected = Some(selected);
+            ctx.preselected = Some(Box::new(selected));
         }
         Ok(())
     }
@@ -271,7 +273,7 @@ impl ProxyHttp for Gateway {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             let trace = RequestTrace::start(tracing, session.req_header(), client, tls);
             ctx.state.trace_id = Some(trace.trace_id());
-            ctx.trace = Some(trace);
+            ctx.trace = Some(Box::new(trace));
         }
         let live = self.live.load();
         if let Some(cors) = &live.cors {
@@ -349,7 +351,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = route_at(&ctx.snapshot, ctx.route).ok_or_else(no_route)?;
         let selected = match ctx.preselected.take() {
-            Some(selected) => selected,
+            Some(selected) => *selected,
             None => {
                 let headers = &session.req_header().headers;
                 match pipeline::select_backend(&self.env, route, &ctx.call, headers, &self.sticky) {
@@ -594,7 +596,7 @@ impl ProxyHttp for Gateway {
                 values.downstream_base_url = ctx
                     .selected
                     .as_ref()
-                    .or(ctx.preselected.as_ref())
+                    .or(ctx.preselected.as_deref())
                     .map(|s| downstream_base_url(route.tls, &s.meta.host, s.addr.port()));
                 route
                     .headers
