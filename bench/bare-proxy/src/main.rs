@@ -5,7 +5,7 @@
 //!
 //! Usage: `bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing]
 //! [--compression-module] [--l4-read BYTES] [--l4-write BYTES]
-//! [--tls ADDR CERT KEY]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
+//! [--tls ADDR CERT KEY] [--peer-timeout SECONDS]` (e.g. `bare-proxy 127.0.0.1:8092 127.0.0.1:18080`).
 //! `--tls` adds a TLS listener (OpenSSL, Pingora's intermediate settings,
 //! ALPN h2 and http/1.1) beside the plain one, for the bench's (f) and (g).
 
@@ -23,6 +23,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Bare {
     upstream: SocketAddr,
     compression_module: bool,
+    /// Connect, read and write timeouts on the peer, as the gateway sets a
+    /// route's timeout on every phase; none unless asked.
+    peer_timeout: Option<Duration>,
 }
 
 #[async_trait]
@@ -48,13 +51,19 @@ impl ProxyHttp for Bare {
     ) -> pingora_core::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if let Some(timeout) = self.peer_timeout {
+            peer.options.connection_timeout = Some(timeout);
+            peer.options.total_connection_timeout = Some(timeout);
+            peer.options.read_timeout = Some(timeout);
+            peer.options.write_timeout = Some(timeout);
+        }
         Ok(Box::new(peer))
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module] [--l4-read BYTES] [--l4-write BYTES] [--tls ADDR CERT KEY]";
+    let usage = "usage: bare-proxy LISTEN UPSTREAM [--threads N] [--work-stealing] [--compression-module] [--l4-read BYTES] [--l4-write BYTES] [--tls ADDR CERT KEY] [--peer-timeout SECONDS]";
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -68,6 +77,7 @@ fn main() {
     let mut compression_module = false;
     let mut l4_buffer = pingora_core::protocols::l4::stream::L4BufferSettings::default();
     let mut tls: Option<(String, String, String)> = None;
+    let mut peer_timeout = None;
     let mut rest = args[2..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -76,6 +86,12 @@ fn main() {
             "--compression-module" => compression_module = true,
             "--l4-read" => l4_buffer.read = rest.next().and_then(|n| n.parse().ok()),
             "--l4-write" => l4_buffer.write = rest.next().and_then(|n| n.parse().ok()),
+            "--peer-timeout" => {
+                peer_timeout = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .map(Duration::from_secs)
+            }
             "--tls" => {
                 let (Some(addr), Some(cert), Some(key)) = (rest.next(), rest.next(), rest.next())
                 else {
@@ -112,6 +128,7 @@ fn main() {
         Bare {
             upstream,
             compression_module,
+            peer_timeout,
         },
     );
     proxy.add_listener(pingora_core::listeners::ListenerConfig::tcp(listen).l4_buffer(l4_buffer));
