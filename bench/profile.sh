@@ -5,6 +5,9 @@
 #
 #   bench/profile.sh [gateway|bare] [seconds]   (default: gateway 10)
 #   PROFILE_BIN=/path/to/binary  PROFILE_SCENARIO=a|b|c  PROFILE_OUT=dir
+#   PROFILE_EVENTS='perf record options' (default "-F 4999 -g"; e.g.
+#   "-e probe_libc:clock_gettime --call-graph dwarf,8192" counts every call
+#   of a function added with `perf probe`, with its callers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 who=${1:-gateway}
@@ -40,7 +43,7 @@ try:
                             f"http://127.0.0.1:{p.port}"], stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     cpu0 = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
-    subprocess.run(["perf", "record", "-F", "4999", "-g", "-p", str(p.pid), "-o", f"{out}/perf.data", "--", "sleep", f"{secs:g}"],
+    subprocess.run(["perf", "record", *os.environ.get("PROFILE_EVENTS", "-F 4999 -g").split(), "-p", str(p.pid), "-o", f"{out}/perf.data", "--", "sleep", f"{secs:g}"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     cpu1 = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
     print(wrk.communicate()[0])

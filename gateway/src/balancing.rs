@@ -3,9 +3,9 @@
 //! Every route owns a [`Pool`]: a Pingora `LoadBalancer` whose backends come
 //! from [`HostDiscovery`], which resolves the route's `DownstreamHostAndPorts`
 //! off the worker threads and keeps the last good address of a host whose
-//! lookup fails. Pingora's round robin serves `RoundRobin`; the balancers
-//! Pingora lacks (`NoLoadBalancer`, `LeastConnection`, `CookieStickySessions`)
-//! pick among the same backends, so health state (`health.rs`) applies to all.
+//! lookup fails. Pingora keeps the backends and their health (`health.rs`);
+//! Ocelot's balancers (`NoLoadBalancer`, `RoundRobin`, `LeastConnection`,
+//! `CookieStickySessions`) pick among the ready ones.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -15,6 +15,7 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, HealthRegistry, LoadBalancer};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -63,8 +64,42 @@ impl BalancerKind {
 #[derive(Debug, Clone)]
 pub(crate) struct BackendMeta {
     pub(crate) index: usize,
+    /// Host name (IPv6 in brackets).
     pub(crate) host: Arc<str>,
+    /// `host:port`.
     pub(crate) authority: Arc<str>,
+    /// `host` is an IP address: no SNI.
+    pub(crate) host_is_ip: bool,
+    /// `host` and `authority` as header values, made once rather than per
+    /// request; `None` when the name cannot be one.
+    pub(crate) host_value: Option<http::HeaderValue>,
+    pub(crate) authority_value: Option<http::HeaderValue>,
+}
+
+impl BackendMeta {
+    /// `host` as written in the route or the registry (an IPv6 address with
+    /// or without brackets).
+    pub(crate) fn new(index: usize, host: &str, port: u16) -> BackendMeta {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let authority = format!("{host}:{port}");
+        let value = |s: &str| http::HeaderValue::from_str(s).ok();
+        BackendMeta {
+            index,
+            host_is_ip: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok(),
+            host_value: value(&host),
+            authority_value: value(&authority),
+            authority: authority.into(),
+            host: host.into(),
+        }
+    }
 }
 
 /// One `DownstreamHostAndPorts` entry.
@@ -151,11 +186,9 @@ impl ServiceDiscovery for HostDiscovery {
                     weight: 1,
                     ext: Default::default(),
                 };
-                backend.ext.insert(BackendMeta {
-                    index,
-                    host: target.host.as_str().into(),
-                    authority: format!("{}:{}", target.host, target.port).into(),
-                });
+                backend
+                    .ext
+                    .insert(BackendMeta::new(index, &target.host, target.port));
                 backends.insert(backend);
             }
         }
@@ -225,6 +258,8 @@ pub struct Pool {
     /// In-flight counts for `LeastConnection`, made on first use: an
     /// `Inflight` is 256 KiB (4 × 8192 counters), too much for every route.
     inflight: OnceLock<Inflight>,
+    /// `RoundRobin`'s position: whose turn is next.
+    turn: AtomicUsize,
     /// The registry behind the pool when its backends come from service
     /// discovery (`ServiceName`), for the refresher to know when to rebuild.
     discovery: Option<Arc<dyn DiscoveredService>>,
@@ -238,6 +273,7 @@ impl Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
             inflight: OnceLock::new(),
+            turn: AtomicUsize::new(0),
             discovery: None,
         }
     }
@@ -255,6 +291,7 @@ impl Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
             inflight: OnceLock::new(),
+            turn: AtomicUsize::new(0),
             discovery: None,
         }
     }
@@ -270,6 +307,7 @@ impl Pool {
             kind,
             lb: LoadBalancer::from_backends(backends),
             inflight: OnceLock::new(),
+            turn: AtomicUsize::new(0),
             discovery: Some(discovery),
         }
     }
@@ -324,27 +362,42 @@ impl Pool {
 
     /// [`Pool::select`] among the healthy backends `accept` also agrees to
     /// (passive health, a backend a retry must avoid).
+    ///
+    /// Picks by reference into the pool's current set: cloning a Pingora
+    /// `Backend` copies its extensions map, three allocations per request.
     pub(crate) fn select_where<'a>(
         &self,
         cookies: impl Iterator<Item = &'a [u8]>,
         sticky: &StickySessions,
         accept: impl Fn(&SocketAddr) -> bool,
     ) -> Option<Selected> {
-        let ok = |b: &Backend, healthy: bool| healthy && b.addr.as_inet().is_some_and(&accept);
+        let backends = self.lb.backends();
+        let set = backends.get_backend();
+        let ok = |b: &Backend| b.addr.as_inet().is_some_and(&accept) && backends.ready(b);
         let backend = match &self.kind {
-            BalancerKind::NoLoadBalancer => self.first_ready(&ok),
-            BalancerKind::RoundRobin => self.lb.select_with(b"", 256, ok),
-            BalancerKind::LeastConnection => self.least_busy(&ok),
+            BalancerKind::NoLoadBalancer => set
+                .iter()
+                .filter(|b| ok(b))
+                .min_by_key(|b| Pool::index_of(b)),
+            BalancerKind::RoundRobin => self.round_robin(&set, ok),
+            BalancerKind::LeastConnection => set.iter().filter(|b| ok(b)).min_by_key(|b| {
+                let load = b
+                    .addr
+                    .as_inet()
+                    .map_or(0, |addr| self.inflight().incr(*addr, 0).1);
+                (load, Pool::index_of(b))
+            }),
             BalancerKind::CookieStickySessions { cookie, expiry } => {
                 let value = cookie_value(cookies, cookie.as_bytes()).unwrap_or_default();
                 // Ocelot keys stickiness by cookie value; clients without the
                 // cookie all share the empty value.
                 let key = format!("{cookie}:{value}");
                 let now = Instant::now();
-                let remembered = sticky
-                    .lookup(&key, now)
-                    .and_then(|addr| self.ready_backend(addr, &ok));
-                let chosen = remembered.or_else(|| self.lb.select_with(b"", 256, ok))?;
+                let remembered = sticky.lookup(&key, now).and_then(|addr| {
+                    set.iter()
+                        .find(|b| b.addr.as_inet() == Some(&addr) && ok(b))
+                });
+                let chosen = remembered.or_else(|| self.round_robin(&set, ok))?;
                 if let Some(addr) = chosen.addr.as_inet() {
                     // Sliding expiry: every request renews the session.
                     sticky.remember(key, *addr, now + *expiry);
@@ -356,7 +409,33 @@ impl Pool {
         self.selected(backend)
     }
 
-    fn selected(&self, backend: Backend) -> Option<Selected> {
+    /// Ocelot's `RoundRobin`: the next backend in turn. One not accepted
+    /// uses up its turn, as in Pingora's `RoundRobin`, so the others share
+    /// its requests evenly rather than the one after it taking them all.
+    fn round_robin<'s>(
+        &self,
+        set: &'s BTreeSet<Backend>,
+        ok: impl Fn(&Backend) -> bool,
+    ) -> Option<&'s Backend> {
+        let n = set.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let (skipped, chosen) = set
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(n)
+            .enumerate()
+            .find(|(_, b)| ok(b))?;
+        if skipped > 0 {
+            self.turn.fetch_add(skipped, Ordering::Relaxed);
+        }
+        Some(chosen)
+    }
+
+    fn selected(&self, backend: &Backend) -> Option<Selected> {
         let addr = *backend.addr.as_inet()?;
         let meta = backend.ext.get::<BackendMeta>()?.clone();
         let guard = match self.kind {
@@ -379,45 +458,6 @@ impl Pool {
             .ext
             .get::<BackendMeta>()
             .map_or(usize::MAX, |m| m.index)
-    }
-
-    fn first_ready(&self, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
-            .iter()
-            .filter(|b| ok(b, backends.ready(b)))
-            .min_by_key(|b| Pool::index_of(b))
-            .cloned()
-    }
-
-    fn least_busy(&self, ok: &impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
-            .iter()
-            .filter(|b| ok(b, backends.ready(b)))
-            .min_by_key(|b| {
-                let load = b
-                    .addr
-                    .as_inet()
-                    .map_or(0, |addr| self.inflight().incr(*addr, 0).1);
-                (load, Pool::index_of(b))
-            })
-            .cloned()
-    }
-
-    fn ready_backend(
-        &self,
-        addr: SocketAddr,
-        ok: &impl Fn(&Backend, bool) -> bool,
-    ) -> Option<Backend> {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
-            .iter()
-            .find(|b| b.addr.as_inet() == Some(&addr) && ok(b, backends.ready(b)))
-            .cloned()
     }
 }
 
@@ -478,6 +518,42 @@ mod tests {
         assert_ne!(ports[0], ports[1]);
         assert_eq!(ports[0], ports[2]);
         assert_eq!(ports[1], ports[3]);
+    }
+
+    #[tokio::test]
+    async fn round_robin_skips_a_refused_backend_and_keeps_its_turns() {
+        let p = pool(BalancerKind::RoundRobin, &[9001, 9002, 9003]);
+        p.refresh().await;
+        let s = StickySessions::default();
+        let not_9002 = |a: &SocketAddr| a.port() != 9002;
+        let ports: Vec<u16> = (0..6)
+            .map(|_| {
+                p.select_where(std::iter::empty(), &s, not_9002)
+                    .expect("a backend")
+                    .addr
+                    .port()
+            })
+            .collect();
+        assert!(!ports.contains(&9002), "{ports:?}");
+        assert_eq!(ports.iter().filter(|p| **p == 9001).count(), 3, "{ports:?}");
+        let none = |_: &SocketAddr| false;
+        assert!(p.select_where(std::iter::empty(), &s, none).is_none());
+    }
+
+    #[test]
+    fn backend_meta_names_the_host_as_host_and_sni_need_it() {
+        let m = BackendMeta::new(0, "::1", 8080);
+        assert_eq!((&*m.host, &*m.authority), ("[::1]", "[::1]:8080"));
+        assert!(m.host_is_ip);
+        assert_eq!(m.authority_value.as_ref().expect("value"), "[::1]:8080");
+        let m = BackendMeta::new(1, "[::1]", 80);
+        assert_eq!(&*m.host, "[::1]");
+        let m = BackendMeta::new(2, "orders.svc", 443);
+        assert!(!m.host_is_ip);
+        assert_eq!(m.host_value.as_ref().expect("value"), "orders.svc");
+        assert_eq!(m.authority_value.as_ref().expect("value"), "orders.svc:443");
+        let m = BackendMeta::new(3, "bad\nhost", 80);
+        assert!(m.host_value.is_none() && m.authority_value.is_none());
     }
 
     #[tokio::test]

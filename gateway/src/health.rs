@@ -220,7 +220,13 @@ impl PassiveHealth {
         self.count.store(down.len(), Ordering::Relaxed);
     }
 
-    /// Whether `addr` is still out.
+    /// Whether `addr` is out now; reads the clock only when some backend is
+    /// marked, which on a healthy gateway is never.
+    pub(crate) fn is_down_now(&self, addr: &SocketAddr) -> bool {
+        self.count.load(Ordering::Relaxed) != 0 && self.is_down(addr, Instant::now())
+    }
+
+    /// Whether `addr` is still out at `now`.
     pub(crate) fn is_down(&self, addr: &SocketAddr, now: Instant) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return false;

@@ -419,10 +419,8 @@ async fn send(
     timeout: std::time::Duration,
 ) -> Sent {
     let url = url_for(route, selected, target);
-    if let Ok(value) =
-        http::HeaderValue::from_str(&request_mapper::host_header(selected, route.tls))
-    {
-        headers.insert(header::HOST, value);
+    if let Some(value) = request_mapper::host_header(selected, route.tls) {
+        headers.insert(header::HOST, value.clone());
     }
     let mut builder = env
         .aggregation

@@ -533,8 +533,8 @@ pub(crate) struct CallState {
 impl CallState {
     /// Whether the balancer may pick `addr`: not passively down, and not
     /// already tried by this request.
-    fn may_use(&self, env: &Env, addr: &SocketAddr, now: Instant) -> bool {
-        !self.tried.contains(addr) && !env.health.passive().is_down(addr, now)
+    fn may_use(&self, env: &Env, addr: &SocketAddr) -> bool {
+        !self.tried.contains(addr) && !env.health.passive().is_down_now(addr)
     }
 
     /// Attempts started so far.
@@ -559,10 +559,9 @@ pub(crate) fn select_backend(
     sticky: &StickySessions,
 ) -> Result<Selected, Refusal> {
     let cookies = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-    let now = Instant::now();
     if let Some(selected) = route
         .pool
-        .select_where(cookies(), sticky, |addr| call.may_use(env, addr, now))
+        .select_where(cookies(), sticky, |addr| call.may_use(env, addr))
     {
         return Ok(selected);
     }
@@ -570,7 +569,7 @@ pub(crate) fn select_backend(
     // already tried that is still up (a 503 does not take a backend out).
     if route.retry.is_some() && !call.tried.is_empty() {
         if let Some(selected) = route.pool.select_where(cookies(), sticky, |addr| {
-            !env.health.passive().is_down(addr, now)
+            !env.health.passive().is_down_now(addr)
         }) {
             return Ok(selected);
         }
@@ -704,7 +703,7 @@ pub(crate) fn connect_failed(
     if let Some(addr) = request.addr {
         call.tried.push(addr);
     }
-    if call.retried || !route.pool.has_ready(|a| call.may_use(env, a, now)) {
+    if call.retried || !route.pool.has_ready(|a| call.may_use(env, a)) {
         return false;
     }
     call.retried = true;

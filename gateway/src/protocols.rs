@@ -158,7 +158,7 @@ impl UpstreamProtocol {
         upgrade: bool,
         websocket_idle: Duration,
     ) -> HttpPeer {
-        let sni = if selected.meta.host.parse::<std::net::IpAddr>().is_ok() {
+        let sni = if selected.meta.host_is_ip {
             String::new()
         } else {
             selected.meta.host.to_string()

@@ -408,15 +408,20 @@ impl ProxyHttp for Gateway {
             .downstream
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no downstream path"))?;
-        upstream.set_uri(request_mapper::uri(target)?);
+        if !request_mapper::asks_for(upstream, target) {
+            upstream.set_uri(request_mapper::uri(target)?);
+        }
         if let Some(method) = &route.method {
             upstream.set_method(method.clone());
         }
         if let Some(selected) = &ctx.selected {
-            upstream.insert_header(
-                header::HOST,
-                request_mapper::host_header(selected, route.tls),
-            )?;
+            let host = request_mapper::host_header(selected, route.tls).ok_or_else(|| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the downstream host name is not a valid Host header",
+                )
+            })?;
+            upstream.insert_header(header::HOST, host.clone())?;
         }
         let upgrade = session.is_upgrade_req();
         request_mapper::remove_hop_by_hop(upstream, upgrade);

@@ -6,8 +6,9 @@
 
 use crate::balancing::Selected;
 use crate::headers::Headers;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use ocelot_compat::template::DownstreamTarget;
+use pingora_http::RequestHeader;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1):
 /// never forwarded.
@@ -24,6 +25,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes the hop-by-hop headers and those the `Connection` header lists;
 /// an upgrade keeps `Connection` and `Upgrade`, which ask the service for it.
 pub(crate) fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
+    // Most requests carry none: one pass over the names instead of a hashed
+    // removal (in two maps for Pingora's request header) per name.
+    if !headers.map().keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .map()
         .get_all(header::CONNECTION)
@@ -42,6 +48,20 @@ pub(crate) fn remove_hop_by_hop(headers: &mut impl Headers, upgrade: bool) {
             continue;
         }
         headers.remove(name);
+    }
+}
+
+/// Whether `upstream` already asks for `target`, byte for byte (a catch-all
+/// route passing the path through): its target is then kept, not rebuilt.
+pub(crate) fn asks_for(upstream: &RequestHeader, target: &DownstreamTarget) -> bool {
+    let raw = upstream.raw_path();
+    let path = target.path.as_bytes();
+    match &target.query {
+        None => raw == path,
+        Some(query) => raw
+            .strip_prefix(path)
+            .and_then(|rest| rest.strip_prefix(b"?"))
+            .is_some_and(|rest| rest == query.as_bytes()),
     }
 }
 
@@ -69,13 +89,13 @@ pub(crate) fn uri(target: &DownstreamTarget) -> pingora_error::Result<http::Uri>
 }
 
 /// The `Host` the service is sent: its host name, with the port unless it
-/// is the scheme's default.
-pub(crate) fn host_header(selected: &Selected, tls: bool) -> String {
+/// is the scheme's default; `None` when the name cannot be a header value.
+pub(crate) fn host_header(selected: &Selected, tls: bool) -> Option<&HeaderValue> {
     let default_port = if tls { 443 } else { 80 };
     if selected.addr.port() == default_port {
-        selected.meta.host.to_string()
+        selected.meta.host_value.as_ref()
     } else {
-        selected.meta.authority.to_string()
+        selected.meta.authority_value.as_ref()
     }
 }
 
@@ -83,6 +103,34 @@ pub(crate) fn host_header(selected: &Selected, tls: bool) -> String {
 mod tests {
     use super::*;
     use http::HeaderMap;
+
+    #[test]
+    fn a_target_the_request_already_asks_for_is_recognised() {
+        let target = |path: &str, query: Option<&str>| DownstreamTarget {
+            path: path.to_string(),
+            query: query.map(str::to_string),
+        };
+        let req = |raw: &str| RequestHeader::build("GET", raw.as_bytes(), None).expect("head");
+        assert!(asks_for(&req("/a/b"), &target("/a/b", None)));
+        assert!(asks_for(&req("/a?x=1"), &target("/a", Some("x=1"))));
+        assert!(!asks_for(&req("/a?x=1"), &target("/a", None)));
+        assert!(!asks_for(&req("/a"), &target("/a", Some("x=1"))));
+        assert!(!asks_for(&req("/a?x=2"), &target("/a", Some("x=1"))));
+        assert!(!asks_for(&req("/a%20b"), &target("/a b", None)));
+        assert!(!asks_for(&req("/ab"), &target("/a", Some("b"))));
+        // An absolute-form target is kept verbatim by Pingora: rebuilt.
+        assert!(!asks_for(&req("http://h/a"), &target("/a", None)));
+    }
+
+    #[test]
+    fn no_hop_by_hop_header_leaves_the_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, "a".parse().unwrap());
+        h.append(HeaderName::from_static("x-kept"), "1".parse().unwrap());
+        let before = h.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
 
     #[test]
     fn hop_by_hop_headers_stay_behind() {

@@ -146,16 +146,9 @@ impl ServiceDiscovery for SharedDiscovery {
                 weight: 1,
                 ext: Default::default(),
             };
-            let host = if instance.host.contains(':') && !instance.host.starts_with('[') {
-                format!("[{}]", instance.host)
-            } else {
-                instance.host.clone()
-            };
-            backend.ext.insert(BackendMeta {
-                index,
-                authority: format!("{host}:{}", instance.port).into(),
-                host: host.into(),
-            });
+            backend
+                .ext
+                .insert(BackendMeta::new(index, &instance.host, instance.port));
             backends.insert(backend);
         }
         Ok((backends, HashMap::new()))

@@ -138,7 +138,10 @@ fn finish_path(path: &str) -> String {
             _ => push_pct(&mut out, b),
         }
     }
-    remove_dot_segments(&out).into_owned()
+    if let Cow::Owned(removed) = remove_dot_segments(&out) {
+        return removed;
+    }
+    out
 }
 
 /// Escapes what `System.Uri` would escape in a query; valid queries pass unchanged.
