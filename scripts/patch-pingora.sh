@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 version=0.9.1
-crates=(pingora-proxy pingora-core)
+crates=(pingora-proxy pingora-core pingora-timeout)
 
 # Let cargo download the releases into its registry cache, then find them there.
 scratch=$(mktemp -d)

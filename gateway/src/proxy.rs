@@ -421,7 +421,7 @@ impl ProxyHttp for Gateway {
                     "the downstream host name is not a valid Host header",
                 )
             })?;
-            upstream.insert_header(header::HOST, host.clone())?;
+            request_mapper::set_host(upstream, host.clone())?;
         }
         let upgrade = session.is_upgrade_req();
         request_mapper::remove_hop_by_hop(upstream, upgrade);

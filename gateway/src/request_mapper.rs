@@ -99,6 +99,19 @@ pub(crate) fn host_header(selected: &Selected, tls: bool) -> Option<&HeaderValue
     }
 }
 
+/// Sets the upstream request's `Host`. Pingora's `insert_header` reserves
+/// room for one more header before replacing, and the request header Pingora
+/// cloned for the upstream has none to spare, so replacing grew (reallocated
+/// and rehashed) the map on most requests; taking the client's `Host` out
+/// first leaves the room the new one needs.
+pub(crate) fn set_host(
+    upstream: &mut RequestHeader,
+    value: HeaderValue,
+) -> pingora_error::Result<()> {
+    upstream.remove_header(&header::HOST);
+    upstream.append_header(header::HOST, value).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +133,21 @@ mod tests {
         assert!(!asks_for(&req("/ab"), &target("/a", Some("b"))));
         // An absolute-form target is kept verbatim by Pingora: rebuilt.
         assert!(!asks_for(&req("http://h/a"), &target("/a", None)));
+    }
+
+    #[test]
+    fn the_host_is_replaced_whatever_the_client_sent() {
+        for client in [&["a.example"][..], &[], &["a.example", "b.example"]] {
+            let mut req = RequestHeader::build("GET", b"/", None).expect("head");
+            for host in client {
+                req.append_header(header::HOST, *host).expect("host");
+            }
+            req.append_header("x-kept", "1").expect("header");
+            set_host(&mut req, HeaderValue::from_static("svc:8080")).expect("set");
+            let hosts: Vec<_> = req.headers.get_all(header::HOST).iter().collect();
+            assert_eq!(hosts, ["svc:8080"], "client sent {client:?}");
+            assert_eq!(req.headers["x-kept"], "1");
+        }
     }
 
     #[test]
