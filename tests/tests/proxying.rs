@@ -55,6 +55,21 @@ async fn host_header_is_the_downstream_services() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_of_an_ipv6_service_has_brackets() {
+    bounded(async {
+        // `{"Host": "::1"}` in DownstreamHostAndPorts: the Host header (and
+        // any URL made from it) needs the address in brackets, RFC 3986.
+        let up =
+            EchoServer::start_on("up", "[::1]:0".parse().expect("addr")).expect("IPv6 loopback");
+        let gw = Gateway::start(config(vec![route("/h", "/h", &[&up])])).await;
+        let seen = assert_routed(&get(&gw.url("/h"), &[]).await, "up", "/h");
+        let expected = format!("[::1]:{}", up.port());
+        assert_eq!(seen.header_values("host"), vec![expected.as_str()]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_headers_are_forwarded_and_nothing_is_added() {
     bounded(async {
         let up = EchoServer::start("up");
