@@ -65,8 +65,6 @@ pub(crate) fn asks_for(upstream: &RequestHeader, target: &DownstreamTarget) -> b
     }
 }
 
-/// The request target sent to the service; 400 when the path and query the
-/// templates made are not a valid URI.
 /// The request target as text: path, then `?query` when there is one.
 pub(crate) fn uri_text(target: &DownstreamTarget) -> String {
     match &target.query {
@@ -75,6 +73,8 @@ pub(crate) fn uri_text(target: &DownstreamTarget) -> String {
     }
 }
 
+/// The request target sent to the service; 400 when the path and query the
+/// templates made are not a valid URI.
 pub(crate) fn uri(target: &DownstreamTarget) -> pingora_error::Result<http::Uri> {
     http::Uri::builder()
         .path_and_query(uri_text(target))
